@@ -1,0 +1,9 @@
+"""Names of the tf.Example features written by ImageExampleGen and read everywhere else."""
+
+IMAGE = "image_raw"  # encoded JPEG or PNG bytes, as ingested
+LABEL = "label"  # int64 index into the configured class list
+LABEL_NAME = "label_name"
+RELPATH = "relpath"  # path relative to the data root, e.g. myeloblast/MYO_0001.jpg
+SHA256 = "sha256"  # of the original file bytes
+HEIGHT = "height"
+WIDTH = "width"

@@ -1,0 +1,158 @@
+"""Finds the labelled images under a data root and verifies each file by decoding it fully."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# The pipeline decodes with TensorFlow, which reads JPEG and PNG; other formats are re-encoded as PNG.
+KEPT_FORMATS = frozenset({"JPEG", "PNG"})
+CONVERTIBLE_FORMATS = frozenset({"BMP", "TIFF"})
+# Our own pixel limit replaces Pillow's global decompression-bomb guard (checked before decoding).
+Image.MAX_IMAGE_PIXELS = None
+
+
+class IngestionError(RuntimeError):
+    """The data root as a whole cannot be ingested (missing or empty class folders)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    max_pixels: int
+    min_side: int
+    max_file_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A file found under the data root, with the class named by its top-level folder (None if unknown)."""
+
+    relpath: str
+    label_name: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+    relpath: str
+    label_name: str
+    sha256: str
+    height: int
+    width: int
+    image_bytes: bytes
+    converted_from: str  # "" when the original bytes are kept
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    relpath: str
+    reason: str
+
+
+def find_candidates(data_root: str | Path, classes: list[str]) -> tuple[list[Candidate], list[str]]:
+    """Lists every file in the class folders (recursively) and every stray file or folder.
+
+    Returns the candidates, sorted by path, and the top-level files that are not in any folder
+    (documentation such as PROVENANCE.md), which are not images of the dataset.
+    Raises IngestionError when the root or one of the class folders is missing.
+    """
+    root = Path(data_root)
+    if not root.is_dir():
+        raise IngestionError(f"data root {root} does not exist or is not a folder")
+    missing = [c for c in classes if not (root / c).is_dir()]
+    if missing:
+        raise IngestionError(f"data root {root}: class folders missing: {', '.join(missing)}")
+    candidates, loose = [], []
+    for entry in sorted(root.iterdir()):
+        if entry.is_file():
+            loose.append(entry.name)
+            continue
+        label = entry.name if entry.name in classes else None
+        for path in sorted(p for p in entry.rglob("*") if p.is_file()):
+            candidates.append(Candidate(path.relative_to(root).as_posix(), label))
+    return candidates, loose
+
+
+def _to_rgb8(image: Image.Image) -> Image.Image:
+    """Converts grayscale, palette, alpha, CMYK and 16-bit images to 8-bit RGB."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        pixels = np.asarray(image).astype(np.float64)
+        scale = 257.0 if pixels.max(initial=0) > 255 else 1.0
+        image = Image.fromarray(np.clip(np.round(pixels / scale), 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def verify_image(root: str | Path, candidate: Candidate, limits: Limits) -> ImageRecord | Rejection:
+    """Decodes one file fully and returns it as a record, or a rejection that says why."""
+    path = Path(root) / candidate.relpath
+
+    def reject(reason: str) -> Rejection:
+        return Rejection(candidate.relpath, reason)
+
+    if candidate.label_name is None:
+        return reject(f"unknown class folder '{candidate.relpath.split('/')[0]}'")
+    size = path.stat().st_size
+    if size == 0:
+        return reject("empty file (0 bytes)")
+    if size > limits.max_file_bytes:
+        return reject(f"file too large: {size} bytes > max_file_bytes {limits.max_file_bytes}")
+    data = path.read_bytes()
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        return reject("not an image (unrecognised content)")
+    fmt = image.format or "unknown"
+    if fmt not in KEPT_FORMATS | CONVERTIBLE_FORMATS:
+        return reject(f"unsupported image format {fmt} (accepted: JPEG, PNG, BMP, TIFF)")
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        return reject(
+            f"decompression bomb: {width}x{height} = {width * height} pixels > max_pixels {limits.max_pixels}"
+        )
+    if min(width, height) < limits.min_side:
+        return reject(f"image too small: {width}x{height}, min_side is {limits.min_side}")
+    if getattr(image, "n_frames", 1) > 1:
+        return reject(f"multi-frame {fmt} ({image.n_frames} frames); one image per file expected")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as err:
+        return reject(f"truncated or corrupt {fmt}: {err}")
+    converted_from = ""
+    if fmt not in KEPT_FORMATS or image.mode != "RGB":
+        converted_from = f"{fmt} {image.mode}"
+        try:
+            rgb = _to_rgb8(image)
+        except (OSError, ValueError) as err:
+            return reject(f"cannot convert {fmt} {image.mode} to RGB: {err}")
+        buffer = io.BytesIO()
+        rgb.save(buffer, format="PNG")
+        stored = buffer.getvalue()
+    else:
+        stored = data
+    return ImageRecord(
+        relpath=candidate.relpath,
+        label_name=candidate.label_name,
+        sha256=hashlib.sha256(data).hexdigest(),
+        height=height,
+        width=width,
+        image_bytes=stored,
+        converted_from=converted_from,
+    )
+
+
+def fingerprint(data_root: str | Path) -> str:
+    """A cheap identity of the data root's contents: SHA-256 over every file's path, size and mtime."""
+    digest = hashlib.sha256()
+    root = Path(data_root)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

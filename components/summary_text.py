@@ -1,0 +1,42 @@
+"""The end-of-run figures as readable text (shared by the run report and the command line)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_classification_report(per_class: dict[str, dict[str, float]], accuracy: float) -> str:
+    """Per-class precision, recall, F1 and support, then overall accuracy (NaN where undefined)."""
+    lines = [f"{'class':<16}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for name, f in per_class.items():
+        lines.append(f"{name:<16}{f['precision']:>10.4f}{f['recall']:>10.4f}{f['f1']:>10.4f}{f['support']:>10d}")
+    total = sum(f["support"] for f in per_class.values())
+    lines.append(f"{'accuracy':<16}{'':>20}{accuracy:>10.4f}{total:>10d}")
+    return "\n".join(lines) + "\n"
+
+
+def render_summary(summary: dict[str, Any], report_dir: str) -> str:
+    """The end-of-run figures as readable text."""
+    splits = summary["splits"]
+    ingestion = summary["ingestion"]
+    lines = [
+        "",
+        "=== bloodcell run summary ===",
+        f"images: found {ingestion['found']}, ingested {ingestion['ingested']}, "
+        f"duplicates removed {ingestion['duplicates']}, rejected {ingestion['rejected']}",
+        f"splits: train {splits['train']} / eval {splits['eval']} / test {splits['test']}",
+        f"epochs trained: {summary['epochs_trained']}",
+        f"test accuracy: {summary['test_accuracy']:.4f}",
+        format_classification_report(summary["per_class"], summary["test_accuracy"]),
+    ]
+    lines.append(f"{summary['critical_class']} recall: {summary['critical_recall']:.4f}")
+    if summary["blessed"]:
+        lines.append("gate: BLESSED")
+    else:
+        lines.append("gate: NOT BLESSED")
+        lines += [f"  failed: {failure}" for failure in summary["gate_failures"]]
+    lines.append(f"pushed: {summary['pushed_destination']}" if summary["pushed"] else "pushed: no (model not blessed)")
+    lines.append(
+        f"report: {report_dir} (summary.json, classification_report.txt, confusion_matrix.png, training_curves.png)"
+    )
+    return "\n".join(lines)

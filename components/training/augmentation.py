@@ -1,0 +1,63 @@
+"""Training-time augmentation: geometry (rotation, zoom, shifts, flips) and colour jitter. Off at inference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+import tf_keras as keras
+
+
+class ColourJitter(keras.layers.Layer):
+    """Per-image random brightness, contrast, saturation and hue on images in [0, 1]."""
+
+    def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+
+    def call(self, images: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        if not training:
+            return images
+        n = tf.shape(images)[0]
+
+        def factor(spread: float) -> tf.Tensor:
+            return tf.random.uniform([n, 1, 1, 1], -spread, spread)
+
+        hsv = tf.image.rgb_to_hsv(tf.clip_by_value(images, 0.0, 1.0))
+        hue = tf.math.floormod(hsv[..., :1] + factor(self.hue), 1.0)
+        saturation = tf.clip_by_value(hsv[..., 1:2] * (1.0 + factor(self.saturation)), 0.0, 1.0)
+        images = tf.image.hsv_to_rgb(tf.concat([hue, saturation, hsv[..., 2:]], axis=-1))
+        mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+        images = (images - mean) * (1.0 + factor(self.contrast)) + mean + factor(self.brightness)
+        return tf.clip_by_value(images, 0.0, 1.0)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "brightness": self.brightness,
+            "contrast": self.contrast,
+            "saturation": self.saturation,
+            "hue": self.hue,
+        }
+
+
+def build_augmenter(settings: dict[str, Any], seed: int | None = None) -> keras.Sequential:
+    """The augmentation stage named in config; apply it with training=True to image batches."""
+    flips = (
+        "horizontal_and_vertical"
+        if settings["horizontal_flip"] and settings["vertical_flip"]
+        else ("horizontal" if settings["horizontal_flip"] else "vertical" if settings["vertical_flip"] else None)
+    )
+    layers: list[keras.layers.Layer] = []
+    if flips:
+        layers.append(keras.layers.RandomFlip(flips, seed=seed))
+    if settings["rotation"]:
+        layers.append(keras.layers.RandomRotation(settings["rotation"], fill_mode="reflect", seed=seed))
+    if settings["zoom"]:
+        layers.append(keras.layers.RandomZoom(settings["zoom"], fill_mode="reflect", seed=seed))
+    if settings["shift"]:
+        layers.append(
+            keras.layers.RandomTranslation(settings["shift"], settings["shift"], fill_mode="reflect", seed=seed)
+        )
+    layers.append(ColourJitter(settings["brightness"], settings["contrast"], settings["saturation"], settings["hue"]))
+    return keras.Sequential(layers, name="augmentation")

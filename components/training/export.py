@@ -1,0 +1,58 @@
+"""Exports the trained classifier as a SavedModel for TF Serving (image bytes) and TFMA (tf.Examples)."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras as keras
+
+from components.training.preprocessing import parse_image_batch, preprocess_batch
+
+SERVING_INPUT = "image_bytes"
+EXAMPLES_INPUT = "examples"
+SERVING_SIGNATURE = "serving_default"
+EXAMPLES_SIGNATURE = "serving_examples"
+PROBABILITIES = "probabilities"
+PREDICTED_ONE_HOT = "predicted_one_hot"
+
+
+class ServingModule(tf.Module):
+    """Holds the Keras model and the signatures built around the shared preprocessing function."""
+
+    def __init__(self, model: keras.Model, classes: list[str], image_size: int):
+        super().__init__()
+        self.model = model
+        self.image_size = image_size
+        self.classes = list(classes)
+        self.class_names = tf.constant(classes)
+
+    def _outputs(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        probabilities = self.model(preprocess_batch(image_bytes, self.image_size), training=False)
+        index = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        n = tf.shape(image_bytes)[0]
+        return {
+            PROBABILITIES: probabilities,
+            "predicted_index": index,
+            "predicted_class": tf.gather(self.class_names, index),
+            "class_names": tf.tile(self.class_names[tf.newaxis], [n, 1]),
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
+    def serve_images(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._outputs(image_bytes)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+    def serve_examples(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
+        """For TFMA: adds the argmax decision as a one-hot vector, so per-class metrics are argmax-based."""
+        outputs = self._outputs(parse_image_batch(examples))
+        outputs[PREDICTED_ONE_HOT] = tf.one_hot(outputs["predicted_index"], len(self.classes))
+        return outputs
+
+
+def export_serving_model(model: keras.Model, classes: list[str], image_size: int, export_dir: str) -> None:
+    """Writes a SavedModel with `serving_default` (encoded images) and `serving_examples` signatures."""
+    module = ServingModule(model, classes, image_size)
+    tf.saved_model.save(
+        module,
+        export_dir,
+        signatures={SERVING_SIGNATURE: module.serve_images, EXAMPLES_SIGNATURE: module.serve_examples},
+    )

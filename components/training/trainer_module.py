@@ -1,0 +1,113 @@
+"""TFX Trainer module: tf.Examples -> preprocessing -> augmentation -> CNN -> SavedModel for serving."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import tensorflow as tf
+import tf_keras as keras
+from tfx.components.trainer.fn_args_utils import FnArgs
+
+from components.training.augmentation import build_augmenter
+from components.training.export import export_serving_model
+from components.training.model import build_model
+from components.training.preprocessing import parse_example, preprocess_image
+
+HISTORY_FILE = "history.json"
+
+
+def make_dataset(
+    file_patterns: list[str],
+    image_size: int,
+    batch_size: int,
+    augmenter: keras.Model | None = None,
+    shuffle_seed: int | None = None,
+) -> tf.data.Dataset:
+    """Reads gzipped tf.Examples and yields (images, labels) batches; augments when given an augmenter."""
+    files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no tf.Example files match {file_patterns}")
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    dataset = dataset.map(parse_example, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(
+        lambda image, label: (preprocess_image(image, image_size), label), num_parallel_calls=tf.data.AUTOTUNE
+    ).cache()
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(4096, seed=shuffle_seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    if augmenter is not None:
+        dataset = dataset.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Logs one line per epoch with the metrics, learning rate and elapsed time."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs, self.start = epochs, time.time()
+        self.rows: list[dict[str, float]] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        row = {k: float(v) for k, v in (logs or {}).items()}
+        row["lr"] = float(keras.backend.get_value(self.model.optimizer.learning_rate))
+        row["epoch"] = epoch + 1
+        self.rows.append(row)
+        logging.info(
+            "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  lr %.2g  (%.0f s)",
+            epoch + 1,
+            self.epochs,
+            row.get("loss", 0),
+            row.get("accuracy", 0),
+            row.get("val_loss", 0),
+            row.get("val_accuracy", 0),
+            row["lr"],
+            time.time() - self.start,
+        )
+
+
+def train(
+    train_files: list[str], eval_files: list[str], config: dict[str, Any], serving_model_dir: str, run_dir: str
+) -> list[dict[str, float]]:
+    """Trains the CNN with early stopping and learning-rate reduction, exports it, returns the history."""
+    training, classes, size = config["training"], config["classes"], config["image_size"]
+    keras.utils.set_random_seed(training["seed"])
+    augmenter = (
+        build_augmenter(config["augmentation"], seed=training["seed"]) if config["augmentation"]["enabled"] else None
+    )
+    train_ds = make_dataset(train_files, size, training["batch_size"], augmenter, shuffle_seed=training["seed"])
+    eval_ds = make_dataset(eval_files, size, training["batch_size"])
+    model = build_model(
+        len(classes), size, training["filters"], training["dense_units"], training["dropout"], training["learning_rate"]
+    )
+    epoch_log = EpochLog(training["epochs"])
+    callbacks = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=training["early_stopping_patience"], restore_best_weights=True
+        ),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss",
+            factor=training["reduce_lr_factor"],
+            patience=training["reduce_lr_patience"],
+            min_lr=1e-6,
+        ),
+        epoch_log,
+    ]
+    model.fit(train_ds, validation_data=eval_ds, epochs=training["epochs"], callbacks=callbacks, verbose=2)
+    export_serving_model(model, classes, size, serving_model_dir)
+    tf.io.gfile.makedirs(run_dir)
+    with tf.io.gfile.GFile(os.path.join(run_dir, HISTORY_FILE), "w") as f:
+        json.dump(epoch_log.rows, f, indent=1)
+    logging.info("Trainer: %d epochs, model exported to %s", len(epoch_log.rows), serving_model_dir)
+    return epoch_log.rows
+
+
+def run_fn(fn_args: FnArgs) -> None:
+    """TFX Trainer entry point."""
+    train(
+        fn_args.train_files, fn_args.eval_files, fn_args.custom_config, fn_args.serving_model_dir, fn_args.model_run_dir
+    )

@@ -1,0 +1,170 @@
+"""All pipeline settings in one place, loaded from `config.yaml` with command-line overrides."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "config.yaml"
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    data_root: str
+    output_root: str
+    serving_root: str
+    schema_dir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Ingestion:
+    split_ratios: dict[str, float]
+    split_seed: int
+    extensions: list[str]
+    max_pixels: int
+    min_side: int
+    max_file_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    image_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    enabled: bool
+    rotation: float
+    zoom: float
+    shift: float
+    horizontal_flip: bool
+    vertical_flip: bool
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    filters: list[int]
+    dense_units: int
+    dropout: float
+    learning_rate: float
+    batch_size: int
+    epochs: int
+    early_stopping_patience: int
+    reduce_lr_patience: int
+    reduce_lr_factor: float
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    min_accuracy: float
+    min_critical_recall: float
+    max_regression: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    pipeline_name: str
+    model_name: str
+    paths: Paths
+    classes: list[str]
+    critical_class: str
+    ingestion: Ingestion
+    preprocessing: Preprocessing
+    augmentation: Augmentation
+    training: Training
+    evaluation: Evaluation
+    beam_pipeline_args: list[str]
+
+    @property
+    def critical_index(self) -> int:
+        return self.classes.index(self.critical_class)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    """A config file or override that names an unknown field or holds a bad value."""
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, value = override.partition("=")
+    if not sep:
+        raise ConfigError(f"override {override!r} must look like section.field=value")
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(f"override {key!r}: unknown section {part!r}")
+        node = node[part]
+    if parts[-1] not in node:
+        raise ConfigError(f"override {key!r}: unknown field {parts[-1]!r}")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    missing = sorted(set(fields) - set(raw))
+    if unknown or missing:
+        raise ConfigError(f"{where or 'config'}: unknown fields {unknown}, missing fields {missing}")
+    values = {}
+    for name, field in fields.items():
+        value = raw[name]
+        if field.type in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}{name}: expected a mapping, got {value!r}")
+            value = _build(_SECTIONS[field.type], value, f"{where}{name}.")
+        values[name] = value
+    return cls(**values)
+
+
+_SECTIONS = {c.__name__: c for c in (Paths, Ingestion, Preprocessing, Augmentation, Training, Evaluation)}
+
+
+def _resolve_paths(paths: dict[str, str], base: Path) -> None:
+    for key, value in paths.items():
+        if "://" not in value and not Path(value).is_absolute():
+            paths[key] = str((base / value).resolve())
+
+
+def _validate(config: Config) -> None:
+    if len(set(config.classes)) != len(config.classes) or not config.classes:
+        raise ConfigError(f"classes: must be distinct and non-empty, got {config.classes}")
+    if config.critical_class not in config.classes:
+        raise ConfigError(f"critical_class: {config.critical_class!r} is not one of {config.classes}")
+    ratios = config.ingestion.split_ratios
+    if set(ratios) != {"train", "eval", "test"} or abs(sum(ratios.values()) - 1) > 1e-6:
+        raise ConfigError(f"ingestion.split_ratios: need train/eval/test summing to 1, got {ratios}")
+    if config.preprocessing.image_size < 16:
+        raise ConfigError("preprocessing.image_size: must be at least 16")
+    if config.training.epochs < 1 or config.training.batch_size < 1:
+        raise ConfigError("training.epochs and training.batch_size: must be positive")
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG, overrides: list[str] | None = None) -> Config:
+    """Reads the YAML config, applies `section.field=value` overrides and resolves relative paths."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read config: {err}") from err
+    raw = copy.deepcopy(raw)
+    for override in overrides or []:
+        _apply_override(raw, override)
+    if not isinstance(raw.get("paths"), dict):
+        raise ConfigError(f"{path}: 'paths' section missing")
+    _resolve_paths(raw["paths"], path.resolve().parent)
+    config = _build(Config, raw, "")
+    _validate(config)
+    return config

@@ -1,0 +1,144 @@
+"""Every kind of bad input is rejected with a reason; odd modes are converted; nothing is lost."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from components.image_verification import (
+    Candidate,
+    ImageRecord,
+    IngestionError,
+    Limits,
+    Rejection,
+    find_candidates,
+    fingerprint,
+    verify_image,
+)
+from tests.conftest import CLASSES, image_bytes, real_files
+
+LIMITS = Limits(max_pixels=4_000_000, min_side=32, max_file_bytes=5_000_000)
+
+
+def verify(root: Path, name: str, data: bytes, label: str | None = "myeloblast"):
+    folder = label or "unknown_cells"
+    (root / folder).mkdir(exist_ok=True)
+    (root / folder / name).write_bytes(data)
+    return verify_image(root, Candidate(f"{folder}/{name}", label), LIMITS)
+
+
+def test_real_jpeg_is_kept_byte_for_byte(tmp_path):
+    source = real_files("myeloblast", 1)[0]
+    record = verify(tmp_path, "cell.jpg", source.read_bytes())
+    assert isinstance(record, ImageRecord)
+    assert record.image_bytes == source.read_bytes()
+    assert (record.width, record.height) == (400, 400)
+    assert record.converted_from == ""
+    assert len(record.sha256) == 64
+
+
+@pytest.mark.parametrize(
+    "name, data, reason",
+    [
+        ("empty.jpg", b"", "empty file (0 bytes)"),
+        ("notes.jpg", b"this is not an image at all", "not an image"),
+        ("anim.gif", image_bytes("GIF", "P"), "unsupported image format GIF"),
+        ("tiny.png", image_bytes("PNG", size=(8, 8)), "image too small: 8x8"),
+    ],
+)
+def test_bad_files_are_rejected_with_reason(tmp_path, name, data, reason):
+    result = verify(tmp_path, name, data)
+    assert isinstance(result, Rejection)
+    assert result.relpath == f"myeloblast/{name}"
+    assert reason in result.reason
+
+
+def test_truncated_jpeg_is_rejected(tmp_path):
+    data = real_files("basophil", 1)[0].read_bytes()
+    result = verify(tmp_path, "cut.jpg", data[: len(data) // 2])
+    assert isinstance(result, Rejection)
+    assert "truncated or corrupt JPEG" in result.reason
+
+
+def test_decompression_bomb_is_rejected_before_decoding(tmp_path):
+    buffer = io.BytesIO()
+    Image.new("L", (3000, 2000)).save(buffer, format="PNG")  # 6 MP > 4 MP limit, tiny file
+    result = verify(tmp_path, "bomb.png", buffer.getvalue())
+    assert isinstance(result, Rejection)
+    assert "decompression bomb: 3000x2000 = 6000000 pixels" in result.reason
+
+
+def test_oversized_file_is_rejected(tmp_path):
+    limits = Limits(max_pixels=LIMITS.max_pixels, min_side=32, max_file_bytes=100)
+    (tmp_path / "myeloblast").mkdir()
+    (tmp_path / "myeloblast" / "big.png").write_bytes(image_bytes("PNG"))
+    result = verify_image(tmp_path, Candidate("myeloblast/big.png", "myeloblast"), limits)
+    assert isinstance(result, Rejection) and "file too large" in result.reason
+
+
+def test_unknown_class_folder_is_rejected(tmp_path):
+    result = verify(tmp_path, "a.jpg", image_bytes(), label=None)
+    assert isinstance(result, Rejection)
+    assert result.reason == "unknown class folder 'unknown_cells'"
+
+
+@pytest.mark.parametrize(
+    "fmt, mode",
+    [("PNG", "L"), ("PNG", "RGBA"), ("JPEG", "CMYK"), ("PNG", "I;16"), ("BMP", "RGB"), ("TIFF", "RGB"), ("PNG", "P")],
+)
+def test_odd_modes_are_converted_to_rgb_png(tmp_path, fmt, mode):
+    record = verify(tmp_path, f"odd.{fmt.lower()}", image_bytes(fmt, mode, size=(48, 40)))
+    assert isinstance(record, ImageRecord), record
+    assert record.converted_from == f"{fmt} {Image.open(io.BytesIO(image_bytes(fmt, mode, (48, 40)))).mode}"
+    image = Image.open(io.BytesIO(record.image_bytes))
+    assert (image.format, image.mode, image.size) == ("PNG", "RGB", (48, 40))
+
+
+def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
+    buffer = io.BytesIO()
+    Image.new("I;16", (40, 40), 65535).save(buffer, format="PNG")
+    record = verify(tmp_path, "deep.png", buffer.getvalue())
+    assert Image.open(io.BytesIO(record.image_bytes)).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    buffer = io.BytesIO()
+    Image.new("RGBA", (40, 40), (10, 20, 30, 0)).save(buffer, format="PNG")
+    record = verify(tmp_path, "clear.png", buffer.getvalue())
+    assert Image.open(io.BytesIO(record.image_bytes)).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_find_candidates_lists_class_folders_recursively_and_loose_files(generated_root):
+    (generated_root / "README.md").write_text("docs")
+    (generated_root / "myeloblast" / "2024-01").mkdir()
+    (generated_root / "myeloblast" / "2024-01" / "x.jpg").write_bytes(image_bytes())
+    (generated_root / "lymphocyte").mkdir()
+    (generated_root / "lymphocyte" / "l.jpg").write_bytes(image_bytes())
+    candidates, loose = find_candidates(generated_root, CLASSES)
+    assert loose == ["README.md"]
+    assert len(candidates) == 5 * 10 + 2
+    assert Candidate("myeloblast/2024-01/x.jpg", "myeloblast") in candidates
+    assert Candidate("lymphocyte/l.jpg", None) in candidates
+
+
+def test_missing_class_folder_stops_ingestion(generated_root):
+    for path in (generated_root / "monocyte").iterdir():
+        path.unlink()
+    (generated_root / "monocyte").rmdir()
+    with pytest.raises(IngestionError, match="class folders missing: monocyte"):
+        find_candidates(generated_root, CLASSES)
+
+
+def test_missing_data_root_is_named(tmp_path):
+    with pytest.raises(IngestionError, match="does-not-exist"):
+        find_candidates(tmp_path / "does-not-exist", CLASSES)
+
+
+def test_fingerprint_changes_when_a_file_changes(generated_root):
+    before = fingerprint(generated_root)
+    assert fingerprint(generated_root) == before
+    (generated_root / "basophil" / "new.jpg").write_bytes(image_bytes(seed=999))
+    assert fingerprint(generated_root) != before

@@ -1,0 +1,77 @@
+"""One preprocessing function: the served signature and the training input path agree on real files."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from components.image_example_gen import to_example
+from components.image_verification import Candidate, Limits, verify_image
+from components.training.augmentation import build_augmenter
+from components.training.export import EXAMPLES_SIGNATURE, SERVING_INPUT, export_serving_model
+from components.training.model import build_model
+from components.training.trainer_module import make_dataset
+from tests.conftest import CLASSES, CONFIG, REAL_DATA, real_files
+
+SIZE = CONFIG.preprocessing.image_size
+
+
+def write_examples(path, files):
+    limits = Limits(max_pixels=10**8, min_side=8, max_file_bytes=10**8)
+    with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+        for file in files:
+            record = verify_image(REAL_DATA, Candidate(file.relative_to(REAL_DATA).as_posix(), file.parent.name), limits)
+            writer.write(to_example(record, CLASSES))
+
+
+def test_served_model_and_training_path_see_the_same_tensor(tmp_path):
+    files = real_files("myeloblast", 2) + real_files("basophil", 2)
+    write_examples(tmp_path / "data.gz", files)
+    images, labels = next(iter(make_dataset([str(tmp_path / "data.gz")], SIZE, batch_size=8)))
+    assert images.shape == (4, SIZE, SIZE, 3) and list(labels.numpy()) == [3, 3, 0, 0]
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
+
+    model = build_model(len(CLASSES), SIZE, [8, 16], 16, 0.0, 1e-3)
+    export_serving_model(model, CLASSES, SIZE, str(tmp_path / "model"))
+    served = tf.saved_model.load(str(tmp_path / "model"))
+    outputs = served.signatures["serving_default"](**{SERVING_INPUT: tf.constant([f.read_bytes() for f in files])})
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), model(images, training=False).numpy(), atol=1e-5)
+    assert outputs["probabilities"].shape == (4, 5)
+    assert [c.decode() for c in outputs["predicted_class"].numpy()] == [
+        CLASSES[i] for i in np.argmax(outputs["probabilities"].numpy(), axis=1)
+    ]
+    assert [c.decode() for c in outputs["class_names"].numpy()[0]] == CLASSES
+
+    serialized = [rec.numpy() for rec in tf.data.TFRecordDataset(str(tmp_path / "data.gz"), compression_type="GZIP")]
+    by_examples = served.signatures[EXAMPLES_SIGNATURE](examples=tf.constant(serialized))
+    np.testing.assert_allclose(by_examples["probabilities"].numpy(), outputs["probabilities"].numpy(), atol=1e-6)
+    np.testing.assert_array_equal(by_examples["predicted_one_hot"].numpy().argmax(1), outputs["predicted_index"].numpy())
+
+
+def test_png_and_jpeg_of_the_same_pixels_are_served_alike(tmp_path):
+    model = build_model(len(CLASSES), SIZE, [8], 8, 0.0, 1e-3)
+    export_serving_model(model, CLASSES, SIZE, str(tmp_path / "model"))
+    served = tf.saved_model.load(str(tmp_path / "model")).signatures["serving_default"]
+    jpeg = real_files("monocyte", 1)[0].read_bytes()
+    png = io.BytesIO()
+    Image.open(io.BytesIO(jpeg)).save(png, format="PNG")
+    jpeg_probs = served(**{SERVING_INPUT: tf.constant([jpeg])})["probabilities"].numpy()
+    png_probs = served(**{SERVING_INPUT: tf.constant([png.getvalue()])})["probabilities"].numpy()
+    np.testing.assert_allclose(jpeg_probs, png_probs, atol=0.02)
+
+
+def test_augmentation_only_in_training():
+    settings = CONFIG.as_dict()["augmentation"]
+    augmenter = build_augmenter(settings, seed=1)
+    images = tf.random.stateless_uniform([8, SIZE, SIZE, 3], seed=[1, 2])
+    augmented = augmenter(images, training=True)
+    assert augmented.shape == images.shape
+    assert float(tf.reduce_mean(tf.abs(augmented - images))) > 0.01
+    assert 0.0 <= float(tf.reduce_min(augmented)) and float(tf.reduce_max(augmented)) <= 1.0
+    np.testing.assert_array_equal(augmenter(images, training=False).numpy(), images.numpy())
+    assert [layer.__class__.__name__ for layer in augmenter.layers] == [
+        "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "ColourJitter",
+    ]
