@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -64,6 +65,10 @@ class _ProgressFilter(logging.Filter):
 
 
 def main() -> None:
+    # TensorFlow's C++ banner and Google client deprecation notices, also in Beam worker processes.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    warnings.filterwarnings("ignore", category=FutureWarning)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     if not os.environ.get("BLOODCELL_VERBOSE"):

@@ -34,6 +34,7 @@ class Ingestion:
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
     image_size: int
+    central_crop: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +149,8 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"ingestion.split_ratios: need train/eval/test summing to 1, got {ratios}")
     if config.preprocessing.image_size < 16:
         raise ConfigError("preprocessing.image_size: must be at least 16")
+    if not 0.1 <= config.preprocessing.central_crop <= 1.0:
+        raise ConfigError("preprocessing.central_crop: must be between 0.1 and 1.0")
     if config.training.epochs < 1 or config.training.batch_size < 1:
         raise ConfigError("training.epochs and training.batch_size: must be positive")
 

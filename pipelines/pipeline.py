@@ -24,6 +24,7 @@ def trainer_config(config: Config) -> dict:
     return {
         "classes": config.classes,
         "image_size": config.preprocessing.image_size,
+        "central_crop": config.preprocessing.central_crop,
         "augmentation": settings["augmentation"],
         "training": settings["training"],
     }

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    return make_real_subset(root / "data", per_class=24), root / "out"
+    return make_real_subset(root / "data", per_class=40), root / "out"
 
 
 def config_for(workspace, *overrides):
@@ -54,14 +54,14 @@ def test_gate_blocks_then_cache_then_gate_passes_and_pushes(workspace):
     # 1. A bar no model can pass: the run completes, nothing is pushed.
     blocked = config_for(workspace, "evaluation.min_accuracy=1.01")
     summary, report_dir = run_local(blocked)
-    assert summary["splits"] == {"train": 85, "eval": 15, "test": 20}
-    assert summary["ingestion"] == {"found": 120, "ingested": 120, "duplicates": 0, "rejected": 0}
+    assert summary["splits"] == {"train": 140, "eval": 30, "test": 30}
+    assert summary["ingestion"] == {"found": 200, "ingested": 200, "duplicates": 0, "rejected": 0}
     assert not summary["blessed"] and not summary["pushed"]
     assert any(f.startswith("accuracy = ") and "required >= 1.01" in f for f in summary["gate_failures"])
     assert not os.path.exists(os.path.join(blocked.paths.serving_root, blocked.model_name))
     for name in ("summary.json", "classification_report.txt", "confusion_matrix.png", "training_curves.png"):
         assert os.path.getsize(os.path.join(report_dir, name)) > 0
-    assert sum(map(sum, summary["confusion_matrix"])) == 20
+    assert sum(map(sum, summary["confusion_matrix"])) == 30
     assert summary["epochs_trained"] == 2
 
     # 2. Thresholds any model passes: ingestion and training come from the cache, the model is pushed.

@@ -17,6 +17,7 @@ from components.training.trainer_module import make_dataset
 from tests.conftest import CLASSES, CONFIG, REAL_DATA, real_files
 
 SIZE = CONFIG.preprocessing.image_size
+CROP = CONFIG.preprocessing.central_crop
 
 
 def write_examples(path, files):
@@ -30,12 +31,12 @@ def write_examples(path, files):
 def test_served_model_and_training_path_see_the_same_tensor(tmp_path):
     files = real_files("myeloblast", 2) + real_files("basophil", 2)
     write_examples(tmp_path / "data.gz", files)
-    images, labels = next(iter(make_dataset([str(tmp_path / "data.gz")], SIZE, batch_size=8)))
+    images, labels = next(iter(make_dataset([str(tmp_path / "data.gz")], SIZE, CROP, batch_size=8)))
     assert images.shape == (4, SIZE, SIZE, 3) and list(labels.numpy()) == [3, 3, 0, 0]
     assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
 
     model = build_model(len(CLASSES), SIZE, [8, 16], 16, 0.0, 1e-3)
-    export_serving_model(model, CLASSES, SIZE, str(tmp_path / "model"))
+    export_serving_model(model, CLASSES, SIZE, CROP, str(tmp_path / "model"))
     served = tf.saved_model.load(str(tmp_path / "model"))
     outputs = served.signatures["serving_default"](**{SERVING_INPUT: tf.constant([f.read_bytes() for f in files])})
     np.testing.assert_allclose(outputs["probabilities"].numpy(), model(images, training=False).numpy(), atol=1e-5)
@@ -53,7 +54,7 @@ def test_served_model_and_training_path_see_the_same_tensor(tmp_path):
 
 def test_png_and_jpeg_of_the_same_pixels_are_served_alike(tmp_path):
     model = build_model(len(CLASSES), SIZE, [8], 8, 0.0, 1e-3)
-    export_serving_model(model, CLASSES, SIZE, str(tmp_path / "model"))
+    export_serving_model(model, CLASSES, SIZE, CROP, str(tmp_path / "model"))
     served = tf.saved_model.load(str(tmp_path / "model")).signatures["serving_default"]
     jpeg = real_files("monocyte", 1)[0].read_bytes()
     png = io.BytesIO()

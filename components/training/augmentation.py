@@ -52,12 +52,14 @@ def build_augmenter(settings: dict[str, Any], seed: int | None = None) -> keras.
     if flips:
         layers.append(keras.layers.RandomFlip(flips, seed=seed))
     if settings["rotation"]:
-        layers.append(keras.layers.RandomRotation(settings["rotation"], fill_mode="reflect", seed=seed))
+        layers.append(keras.layers.RandomRotation(settings["rotation"], fill_mode="reflect", interpolation="nearest", seed=seed))
     if settings["zoom"]:
-        layers.append(keras.layers.RandomZoom(settings["zoom"], fill_mode="reflect", seed=seed))
+        layers.append(keras.layers.RandomZoom(settings["zoom"], fill_mode="reflect", interpolation="nearest", seed=seed))
     if settings["shift"]:
         layers.append(
-            keras.layers.RandomTranslation(settings["shift"], settings["shift"], fill_mode="reflect", seed=seed)
+            keras.layers.RandomTranslation(
+                settings["shift"], settings["shift"], fill_mode="reflect", interpolation="nearest", seed=seed
+            )
         )
     layers.append(ColourJitter(settings["brightness"], settings["contrast"], settings["saturation"], settings["hue"]))
     return keras.Sequential(layers, name="augmentation")

@@ -18,15 +18,16 @@ PREDICTED_ONE_HOT = "predicted_one_hot"
 class ServingModule(tf.Module):
     """Holds the Keras model and the signatures built around the shared preprocessing function."""
 
-    def __init__(self, model: keras.Model, classes: list[str], image_size: int):
+    def __init__(self, model: keras.Model, classes: list[str], image_size: int, central_crop: float):
         super().__init__()
         self.model = model
         self.image_size = image_size
+        self.central_crop = central_crop
         self.classes = list(classes)
         self.class_names = tf.constant(classes)
 
     def _outputs(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        probabilities = self.model(preprocess_batch(image_bytes, self.image_size), training=False)
+        probabilities = self.model(preprocess_batch(image_bytes, self.image_size, self.central_crop), training=False)
         index = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         n = tf.shape(image_bytes)[0]
         return {
@@ -48,9 +49,11 @@ class ServingModule(tf.Module):
         return outputs
 
 
-def export_serving_model(model: keras.Model, classes: list[str], image_size: int, export_dir: str) -> None:
+def export_serving_model(
+    model: keras.Model, classes: list[str], image_size: int, central_crop: float, export_dir: str
+) -> None:
     """Writes a SavedModel with `serving_default` (encoded images) and `serving_examples` signatures."""
-    module = ServingModule(model, classes, image_size)
+    module = ServingModule(model, classes, image_size, central_crop)
     tf.saved_model.save(
         module,
         export_dir,

@@ -18,7 +18,7 @@ def build_model(
     x = inputs
     for i, width in enumerate(filters):
         x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i + 1}")(x)
-        x = keras.layers.BatchNormalization(name=f"bn{i + 1}")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i + 1}")(x)
         x = keras.layers.ReLU(name=f"relu{i + 1}")(x)
         x = keras.layers.MaxPool2D(name=f"pool{i + 1}")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)

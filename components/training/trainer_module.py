@@ -23,6 +23,7 @@ HISTORY_FILE = "history.json"
 def make_dataset(
     file_patterns: list[str],
     image_size: int,
+    central_crop: float,
     batch_size: int,
     augmenter: keras.Model | None = None,
     shuffle_seed: int | None = None,
@@ -34,7 +35,7 @@ def make_dataset(
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
     dataset = dataset.map(parse_example, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.map(
-        lambda image, label: (preprocess_image(image, image_size), label), num_parallel_calls=tf.data.AUTOTUNE
+        lambda image, label: (preprocess_image(image, image_size, central_crop), label), num_parallel_calls=tf.data.AUTOTUNE
     ).cache()
     if shuffle_seed is not None:
         dataset = dataset.shuffle(4096, seed=shuffle_seed, reshuffle_each_iteration=True)
@@ -74,13 +75,13 @@ def train(
     train_files: list[str], eval_files: list[str], config: dict[str, Any], serving_model_dir: str, run_dir: str
 ) -> list[dict[str, float]]:
     """Trains the CNN with early stopping and learning-rate reduction, exports it, returns the history."""
-    training, classes, size = config["training"], config["classes"], config["image_size"]
+    training, classes, size, crop = config["training"], config["classes"], config["image_size"], config["central_crop"]
     keras.utils.set_random_seed(training["seed"])
     augmenter = (
         build_augmenter(config["augmentation"], seed=training["seed"]) if config["augmentation"]["enabled"] else None
     )
-    train_ds = make_dataset(train_files, size, training["batch_size"], augmenter, shuffle_seed=training["seed"])
-    eval_ds = make_dataset(eval_files, size, training["batch_size"])
+    train_ds = make_dataset(train_files, size, crop, training["batch_size"], augmenter, shuffle_seed=training["seed"])
+    eval_ds = make_dataset(eval_files, size, crop, training["batch_size"])
     model = build_model(
         len(classes), size, training["filters"], training["dense_units"], training["dropout"], training["learning_rate"]
     )
@@ -98,7 +99,7 @@ def train(
         epoch_log,
     ]
     model.fit(train_ds, validation_data=eval_ds, epochs=training["epochs"], callbacks=callbacks, verbose=2)
-    export_serving_model(model, classes, size, serving_model_dir)
+    export_serving_model(model, classes, size, crop, serving_model_dir)
     tf.io.gfile.makedirs(run_dir)
     with tf.io.gfile.GFile(os.path.join(run_dir, HISTORY_FILE), "w") as f:
         json.dump(epoch_log.rows, f, indent=1)

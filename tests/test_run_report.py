@@ -1,0 +1,63 @@
+"""The run summary, its text rendering and the pictures, from known figures."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from components.plots import confusion_matrix_png, training_curves_png
+from components.summary_text import format_classification_report, render_summary
+from tests.conftest import CLASSES
+
+MATRIX = [[10, 0, 0, 0, 0], [0, 9, 1, 0, 0], [0, 0, 10, 0, 0], [0, 0, 0, 10, 0], [0, 0, 0, 2, 8]]
+
+
+def summary(blessed: bool) -> dict:
+    return {
+        "splits": {"train": 35, "eval": 10, "test": 50},
+        "ingestion": {"found": 96, "ingested": 95, "duplicates": 1, "rejected": 0},
+        "epochs_trained": 4,
+        "test_accuracy": 0.94,
+        "critical_class": "myeloblast",
+        "critical_recall": 1.0,
+        "per_class": {
+            name: {"precision": 1.0, "recall": row[k] / 10, "f1": 0.9, "support": sum(row)}
+            for k, (name, row) in enumerate(zip(CLASSES, MATRIX, strict=False))
+        },
+        "confusion_matrix": MATRIX,
+        "blessed": blessed,
+        "gate_failures": [] if blessed else ["accuracy = 0.9400, required >= 0.95"],
+        "pushed": blessed,
+        "pushed_destination": "/srv/bloodcell/1795700000" if blessed else "",
+    }
+
+
+def test_report_text_names_the_failed_threshold_and_no_push():
+    text = render_summary(summary(blessed=False), "/runs/7")
+    assert "splits: train 35 / eval 10 / test 50" in text
+    assert "gate: NOT BLESSED\n  failed: accuracy = 0.9400, required >= 0.95" in text
+    assert "pushed: no (model not blessed)" in text
+    assert "myeloblast recall: 1.0000" in text
+
+
+def test_report_text_shows_the_pushed_version():
+    text = render_summary(summary(blessed=True), "/runs/7")
+    assert "gate: BLESSED" in text and "pushed: /srv/bloodcell/1795700000" in text
+
+
+def test_classification_report_rows():
+    table = format_classification_report(summary(True)["per_class"], 0.94)
+    lines = table.splitlines()
+    assert lines[0].split() == ["class", "precision", "recall", "f1", "support"]
+    assert lines[2].split() == ["erythroblast", "1.0000", "0.9000", "0.9000", "10"]
+    assert lines[-1].split() == ["accuracy", "0.9400", "50"]
+
+
+def test_plots_are_written(tmp_path):
+    confusion_matrix_png(MATRIX, CLASSES, str(tmp_path / "cm.png"), "test")
+    history = [
+        {"epoch": e, "loss": 1 / e, "val_loss": 1.2 / e, "accuracy": 1 - 1 / (e + 1), "val_accuracy": 0.9, "lr": 1e-3}
+        for e in range(1, 5)
+    ]
+    training_curves_png(history, str(tmp_path / "curves.png"))
+    assert Image.open(tmp_path / "cm.png").size == (780, 660)
+    assert Image.open(tmp_path / "curves.png").size[0] > 1000
