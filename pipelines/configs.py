@@ -62,6 +62,7 @@ class Training:
     early_stopping_patience: int
     reduce_lr_patience: int
     reduce_lr_factor: float
+    critical_class_weight: float
     seed: int
 
 

@@ -23,6 +23,7 @@ def trainer_config(config: Config) -> dict:
     settings = config.as_dict()
     return {
         "classes": config.classes,
+        "critical_class": config.critical_class,
         "image_size": config.preprocessing.image_size,
         "central_crop": config.preprocessing.central_crop,
         "augmentation": settings["augmentation"],

@@ -13,6 +13,7 @@ from components.image_verification import Candidate, Limits, verify_image
 from components.training.augmentation import build_augmenter
 from components.training.export import EXAMPLES_SIGNATURE, SERVING_INPUT, export_serving_model
 from components.training.model import build_model
+from components.training.preprocessing import preprocess_image
 from components.training.trainer_module import make_dataset
 from tests.conftest import CLASSES, CONFIG, REAL_DATA, real_files
 
@@ -76,3 +77,14 @@ def test_augmentation_only_in_training():
     assert [layer.__class__.__name__ for layer in augmenter.layers] == [
         "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "ColourJitter",
     ]
+
+
+def test_central_crop_keeps_the_centre():
+    pixels = np.zeros((100, 100, 3), np.uint8)
+    pixels[25:75, 25:75] = 255  # a white square filling the central half
+    encoded = tf.io.encode_png(pixels)
+    full = preprocess_image(encoded, 20).numpy()
+    cropped = preprocess_image(encoded, 20, central_crop=0.5).numpy()
+    assert full.shape == cropped.shape == (20, 20, 3)
+    assert cropped.min() == 1.0  # only the white square is left
+    assert full[0, 0, 0] == 0.0 and full[10, 10, 0] == 1.0

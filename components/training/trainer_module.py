@@ -98,7 +98,16 @@ def train(
         ),
         epoch_log,
     ]
-    model.fit(train_ds, validation_data=eval_ds, epochs=training["epochs"], callbacks=callbacks, verbose=2)
+    class_weight = {k: 1.0 for k in range(len(classes))}
+    class_weight[classes.index(config["critical_class"])] = training["critical_class_weight"]
+    model.fit(
+        train_ds,
+        validation_data=eval_ds,
+        epochs=training["epochs"],
+        callbacks=callbacks,
+        class_weight=class_weight,
+        verbose=2,
+    )
     export_serving_model(model, classes, size, crop, serving_model_dir)
     tf.io.gfile.makedirs(run_dir)
     with tf.io.gfile.GFile(os.path.join(run_dir, HISTORY_FILE), "w") as f:
