@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -50,7 +51,9 @@ def last_execution_state(store, type_name):
     return executions[-1].last_known_state
 
 
-def test_gate_blocks_then_cache_then_gate_passes_and_pushes(workspace):
+def test_gate_blocks_then_cache_then_gate_passes_and_pushes(workspace, monkeypatch):
+    # TFX executors parse sys.argv with absl flags, which would read pytest's own options (-v).
+    monkeypatch.setattr(sys, "argv", ["bloodcell"])
     # 1. A bar no model can pass: the run completes, nothing is pushed.
     blocked = config_for(workspace, "evaluation.min_accuracy=1.01")
     summary, report_dir = run_local(blocked)
