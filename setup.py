@@ -17,7 +17,6 @@ setup(
         "typer",
         "pyyaml",
         "matplotlib",
-        "tqdm",
     ],
     entry_points={"console_scripts": ["bloodcell=pipelines.cli:main"]},
 )

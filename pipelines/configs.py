@@ -25,7 +25,6 @@ class Paths:
 class Ingestion:
     split_ratios: dict[str, float]
     split_seed: int
-    extensions: list[str]
     max_pixels: int
     min_side: int
     max_file_bytes: int
