@@ -51,15 +51,15 @@ def build_augmenter(settings: dict[str, Any], seed: int | None = None) -> keras.
     layers: list[keras.layers.Layer] = []
     if flips:
         layers.append(keras.layers.RandomFlip(flips, seed=seed))
+    # Nearest-neighbour, not bilinear: interpolation blurs every augmented training image, which the
+    # clean eval and served images never are, and batch-norm statistics then disagree between the two
+    # (eval accuracy swung between 0.6 and 0.97 with bilinear; it settles at about 0.99 with nearest).
+    geometry = {"fill_mode": "reflect", "interpolation": "nearest", "seed": seed}
     if settings["rotation"]:
-        layers.append(keras.layers.RandomRotation(settings["rotation"], fill_mode="reflect", interpolation="nearest", seed=seed))
+        layers.append(keras.layers.RandomRotation(settings["rotation"], **geometry))
     if settings["zoom"]:
-        layers.append(keras.layers.RandomZoom(settings["zoom"], fill_mode="reflect", interpolation="nearest", seed=seed))
+        layers.append(keras.layers.RandomZoom(settings["zoom"], **geometry))
     if settings["shift"]:
-        layers.append(
-            keras.layers.RandomTranslation(
-                settings["shift"], settings["shift"], fill_mode="reflect", interpolation="nearest", seed=seed
-            )
-        )
+        layers.append(keras.layers.RandomTranslation(settings["shift"], settings["shift"], **geometry))
     layers.append(ColourJitter(settings["brightness"], settings["contrast"], settings["saturation"], settings["hue"]))
     return keras.Sequential(layers, name="augmentation")
