@@ -7,8 +7,8 @@ setup(
     version="0.1.0",
     description="Kubeflow-orchestrated TFX pipeline that screens blood-cell images for leukemia",
     python_requires="==3.10.*",
-    packages=find_packages(include=["pipelines", "pipelines.*", "components", "components.*"]),
-    package_data={"pipelines": ["schema/*.pbtxt"]},
+    packages=find_packages(include=["pipelines", "pipelines.*", "components", "components.*", "serving", "serving.*"]),
+    package_data={"pipelines": ["schema/*.pbtxt"], "serving": ["static/*.html"]},
     # Exact versions come from requirements.lock; these are the direct needs.
     install_requires=[
         "tfx[kfp]==1.16.0",
@@ -17,6 +17,12 @@ setup(
         "typer",
         "pyyaml",
         "matplotlib",
+        "rich",
+        "tqdm",
+        "fastapi",
+        "uvicorn",
+        "python-multipart",
+        "croniter",
     ],
     entry_points={"console_scripts": ["bloodcell=pipelines.cli:main"]},
 )

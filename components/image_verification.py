@@ -90,61 +90,77 @@ def _to_rgb8(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def verify_image(root: str | Path, candidate: Candidate, limits: Limits) -> ImageRecord | Rejection:
-    """Decodes one file fully and returns it as a record, or a rejection that says why."""
-    path = Path(root) / candidate.relpath
+class ImageRejectedError(ValueError):
+    """Encoded bytes that are not a usable image; the message says why."""
 
-    def reject(reason: str) -> Rejection:
-        return Rejection(candidate.relpath, reason)
 
-    if candidate.label_name is None:
-        return reject(f"unknown class folder '{candidate.relpath.split('/')[0]}'")
-    size = path.stat().st_size
-    if size == 0:
-        return reject("empty file (0 bytes)")
-    if size > limits.max_file_bytes:
-        return reject(f"file too large: {size} bytes > max_file_bytes {limits.max_file_bytes}")
-    data = path.read_bytes()
+@dataclasses.dataclass(frozen=True)
+class CheckedImage:
+    image_bytes: bytes  # the original bytes, or a PNG re-encoding when converted
+    height: int
+    width: int
+    converted_from: str  # "" when the original bytes are kept
+
+
+def check_image(data: bytes, limits: Limits) -> CheckedImage:
+    """Decodes encoded image bytes fully, checks them against the limits and returns bytes TensorFlow can
+    decode (JPEG or PNG, 8-bit RGB). Shared by ingestion and the serving clients. Raises ImageRejectedError."""
+    if not data:
+        raise ImageRejectedError("empty file (0 bytes)")
+    if len(data) > limits.max_file_bytes:
+        raise ImageRejectedError(f"file too large: {len(data)} bytes > max_file_bytes {limits.max_file_bytes}")
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        return reject("not an image (unrecognised content)")
+        raise ImageRejectedError("not an image (unrecognised content)") from None
     fmt = image.format or "unknown"
     if fmt not in KEPT_FORMATS | CONVERTIBLE_FORMATS:
-        return reject(f"unsupported image format {fmt} (accepted: JPEG, PNG, BMP, TIFF)")
+        raise ImageRejectedError(f"unsupported image format {fmt} (accepted: JPEG, PNG, BMP, TIFF)")
     width, height = image.size
     if width * height > limits.max_pixels:
-        return reject(
+        raise ImageRejectedError(
             f"decompression bomb: {width}x{height} = {width * height} pixels > max_pixels {limits.max_pixels}"
         )
     if min(width, height) < limits.min_side:
-        return reject(f"image too small: {width}x{height}, min_side is {limits.min_side}")
+        raise ImageRejectedError(f"image too small: {width}x{height}, min_side is {limits.min_side}")
     if getattr(image, "n_frames", 1) > 1:
-        return reject(f"multi-frame {fmt} ({image.n_frames} frames); one image per file expected")
+        raise ImageRejectedError(f"multi-frame {fmt} ({image.n_frames} frames); one image per file expected")
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as err:
-        return reject(f"truncated or corrupt {fmt}: {err}")
-    converted_from = ""
-    if fmt not in KEPT_FORMATS or image.mode != "RGB":
-        converted_from = f"{fmt} {image.mode}"
-        try:
-            rgb = _to_rgb8(image)
-        except (OSError, ValueError) as err:
-            return reject(f"cannot convert {fmt} {image.mode} to RGB: {err}")
-        buffer = io.BytesIO()
-        rgb.save(buffer, format="PNG")
-        stored = buffer.getvalue()
-    else:
-        stored = data
+        raise ImageRejectedError(f"truncated or corrupt {fmt}: {err}") from None
+    if fmt in KEPT_FORMATS and image.mode == "RGB":
+        return CheckedImage(data, height, width, "")
+    try:
+        rgb = _to_rgb8(image)
+    except (OSError, ValueError) as err:
+        raise ImageRejectedError(f"cannot convert {fmt} {image.mode} to RGB: {err}") from None
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="PNG")
+    return CheckedImage(buffer.getvalue(), height, width, f"{fmt} {image.mode}")
+
+
+def verify_image(root: str | Path, candidate: Candidate, limits: Limits) -> ImageRecord | Rejection:
+    """Decodes one file fully and returns it as a record, or a rejection that says why."""
+    if candidate.label_name is None:
+        return Rejection(candidate.relpath, f"unknown class folder '{candidate.relpath.split('/')[0]}'")
+    path = Path(root) / candidate.relpath
+    size = path.stat().st_size
+    if size > limits.max_file_bytes:  # checked before reading the file into memory
+        return Rejection(candidate.relpath, f"file too large: {size} bytes > max_file_bytes {limits.max_file_bytes}")
+    data = path.read_bytes()
+    try:
+        checked = check_image(data, limits)
+    except ImageRejectedError as err:
+        return Rejection(candidate.relpath, str(err))
     return ImageRecord(
         relpath=candidate.relpath,
         label_name=candidate.label_name,
         sha256=hashlib.sha256(data).hexdigest(),
-        height=height,
-        width=width,
-        image_bytes=stored,
-        converted_from=converted_from,
+        height=checked.height,
+        width=checked.width,
+        image_bytes=checked.image_bytes,
+        converted_from=checked.converted_from,
     )
 
 

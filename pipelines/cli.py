@@ -12,7 +12,8 @@ from typing import List, Optional
 import typer
 
 from components.summary_text import render_summary
-from pipelines.configs import DEFAULT_CONFIG, ConfigError, load_config
+from pipelines.cli_options import CONFIG_OPTION, OVERRIDES_OPTION, load_config_or_exit
+from serving.cli import app as serving_app
 
 app = typer.Typer(
     help="Leukemia screening of blood-cell images: a TFX pipeline for local runs and Kubeflow.",
@@ -26,10 +27,13 @@ def _commands() -> None:
     """Keeps `bloodcell COMMAND` form as commands are added."""
 
 
+app.add_typer(serving_app)
+
+
 @app.command()
 def run(
-    config_path: Path = typer.Option(DEFAULT_CONFIG, "--config", help="YAML config file."),
-    overrides: Optional[List[str]] = typer.Option(None, "--set", help="Override a setting: section.field=value."),
+    config_path: Path = CONFIG_OPTION,
+    overrides: Optional[List[str]] = OVERRIDES_OPTION,
     data_root: Optional[str] = typer.Option(None, help="Folder with one sub-folder per class."),
     output_root: Optional[str] = typer.Option(None, help="Where artifacts, metadata and reports go."),
     epochs: Optional[int] = typer.Option(None, help="Maximum training epochs."),
@@ -40,11 +44,7 @@ def run(
     extra = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     if output_root is not None and not any(o.startswith("paths.serving_root=") for o in overrides or []):
         extra.append(f"paths.serving_root={os.path.join(output_root, 'serving')}")
-    try:
-        config = load_config(config_path, list(overrides or []) + extra)
-    except ConfigError as err:
-        typer.echo(f"config error: {err}", err=True)
-        raise typer.Exit(2) from err
+    config = load_config_or_exit(config_path, list(overrides or []) + extra)
     from pipelines.local_runner import run_local  # heavy imports only when running
 
     summary, report_dir = run_local(config, enable_cache=not no_cache)
@@ -66,7 +66,7 @@ class _ProgressFilter(logging.Filter):
 
 def main() -> None:
     # TensorFlow's C++ banner and Google client deprecation notices, also in Beam worker processes.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     warnings.filterwarnings("ignore", category=FutureWarning)
     handler = logging.StreamHandler(sys.stderr)

@@ -73,6 +73,18 @@ class Evaluation:
 
 
 @dataclasses.dataclass(frozen=True)
+class Serving:
+    grpc_target: str            # where `bloodcell predict|status|web` find TF Serving
+    batch_size: int             # images per Predict request
+    timeout_s: float            # deadline of one gRPC call
+    retries: int                # retries on UNAVAILABLE
+    max_message_mb: int         # gRPC message size limit, client and local server
+    poll_wait_s: float          # local server: how often the model base path is polled for new versions
+    web_max_files: int          # images per web request
+    web_max_file_bytes: int     # bytes per uploaded image
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     pipeline_name: str
     model_name: str
@@ -84,6 +96,7 @@ class Config:
     augmentation: Augmentation
     training: Training
     evaluation: Evaluation
+    serving: Serving
     beam_pipeline_args: list[str]
 
     @property
@@ -130,7 +143,7 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     return cls(**values)
 
 
-_SECTIONS = {c.__name__: c for c in (Paths, Ingestion, Preprocessing, Augmentation, Training, Evaluation)}
+_SECTIONS = {c.__name__: c for c in (Paths, Ingestion, Preprocessing, Augmentation, Training, Evaluation, Serving)}
 
 
 def _resolve_paths(paths: dict[str, str], base: Path) -> None:
@@ -153,6 +166,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("preprocessing.central_crop: must be between 0.1 and 1.0")
     if config.training.epochs < 1 or config.training.batch_size < 1:
         raise ConfigError("training.epochs and training.batch_size: must be positive")
+    if config.serving.batch_size < 1 or config.serving.web_max_files < 1:
+        raise ConfigError("serving.batch_size and serving.web_max_files: must be positive")
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG, overrides: list[str] | None = None) -> Config:
@@ -171,3 +186,18 @@ def load_config(path: str | Path = DEFAULT_CONFIG, overrides: list[str] | None =
     config = _build(Config, raw, "")
     _validate(config)
     return config
+
+
+def trainer_config(config: Config) -> dict:
+    """What the trainer module needs from the config (passed as the Trainer's custom_config)."""
+    settings = config.as_dict()
+    return {
+        "classes": config.classes,
+        "critical_class": config.critical_class,
+        "image_size": config.preprocessing.image_size,
+        "central_crop": config.preprocessing.central_crop,
+        "max_pixels": config.ingestion.max_pixels,
+        "min_side": config.ingestion.min_side,
+        "augmentation": settings["augmentation"],
+        "training": settings["training"],
+    }

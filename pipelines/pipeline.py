@@ -11,24 +11,11 @@ from components.evaluation import build_eval_config
 from components.image_example_gen import ImageExampleGen
 from components.run_report import RunReport
 from components.validation_gate import AnomaliesGate, class_coverage_check
-from pipelines.configs import Config
+from pipelines.configs import Config, trainer_config
 
 TRAINER_MODULE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "components", "training", "trainer_module.py"
 )
-
-
-def trainer_config(config: Config) -> dict:
-    """What the trainer module needs from the config (passed as the Trainer's custom_config)."""
-    settings = config.as_dict()
-    return {
-        "classes": config.classes,
-        "critical_class": config.critical_class,
-        "image_size": config.preprocessing.image_size,
-        "central_crop": config.preprocessing.central_crop,
-        "augmentation": settings["augmentation"],
-        "training": settings["training"],
-    }
 
 
 def create_pipeline(

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.configs import DEFAULT_CONFIG, load_config
+from pipelines.configs import DEFAULT_CONFIG, load_config, trainer_config
 
 CONFIG = load_config(DEFAULT_CONFIG)
 CLASSES = CONFIG.classes
 REAL_DATA = Path(CONFIG.paths.data_root)
+TRAINER_CONFIG = trainer_config(CONFIG)
 
 
 def image_bytes(fmt: str = "JPEG", mode: str = "RGB", size: tuple[int, int] = (64, 64), seed: int = 0) -> bytes:
@@ -51,3 +52,60 @@ def generated_root(tmp_path: Path) -> Path:
         for i in range(10):
             (tmp_path / name / f"{name}_{i}.jpg").write_bytes(image_bytes(seed=100 * k + i))
     return tmp_path
+
+
+def png_header(width: int, height: int) -> bytes:
+    """The first bytes of a PNG that declares the given size: enough for a header check, not a full image."""
+    return b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\x02"
+
+
+def bomb_png(side: int = 20000) -> bytes:
+    """A real, small PNG file of side x side pixels (1-bit, all black): a decompression bomb."""
+    buffer = io.BytesIO()
+    Image.new("1", (side, side)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def export_model(export_dir: Path, favour: str | None = None, seed: int = 0) -> Path:
+    """Exports a small CNN through the project's export code. With `favour`, the output layer is set to
+    answer that class for every image (to tell versions apart); otherwise weights are random (seeded)."""
+    import tf_keras as keras
+
+    from components.training.export import export_serving_model
+    from components.training.model import build_model
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(len(CLASSES), CONFIG.preprocessing.image_size, [8, 16], 16, 0.0, 1e-3)
+    if favour is not None:
+        output = model.get_layer("probabilities")
+        kernel, bias = output.get_weights()
+        bias[:] = 0.0
+        bias[CLASSES.index(favour)] = 8.0
+        output.set_weights([np.zeros_like(kernel), bias])
+    export_serving_model(model, TRAINER_CONFIG, str(export_dir))
+    return export_dir
+
+
+@pytest.fixture(scope="session")
+def model_exports(tmp_path_factory) -> dict[str, Path]:
+    """Three real SavedModels with the served signatures: random weights, always basophil, always myeloblast."""
+    root = tmp_path_factory.mktemp("exports")
+    return {
+        "random": export_model(root / "random"),
+        "basophil": export_model(root / "basophil", favour="basophil"),
+        "myeloblast": export_model(root / "myeloblast", favour="myeloblast"),
+    }
+
+
+@pytest.fixture
+def model_server(tmp_path, model_exports):
+    """`bloodcell serve`'s server on 127.0.0.1 (free port), serving the random model as version 1."""
+    from serving.model_server import start_server
+
+    base = tmp_path / "models" / CONFIG.model_name
+    shutil.copytree(model_exports["random"], base / "1")
+    running = start_server(CONFIG.model_name, base, port=0, host="127.0.0.1", poll_wait_s=0.2, max_message_mb=4)
+    running.base = base
+    running.target = f"127.0.0.1:{running.port}"
+    yield running
+    running.stop()

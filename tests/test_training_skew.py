@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from PIL import Image
 
@@ -15,7 +16,7 @@ from components.training.export import EXAMPLES_SIGNATURE, SERVING_INPUT, export
 from components.training.model import build_model
 from components.training.preprocessing import preprocess_image
 from components.training.trainer_module import make_dataset
-from tests.conftest import CLASSES, CONFIG, REAL_DATA, real_files
+from tests.conftest import CLASSES, CONFIG, REAL_DATA, TRAINER_CONFIG, real_files
 
 SIZE = CONFIG.preprocessing.image_size
 CROP = CONFIG.preprocessing.central_crop
@@ -37,7 +38,7 @@ def test_served_model_and_training_path_see_the_same_tensor(tmp_path):
     assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
 
     model = build_model(len(CLASSES), SIZE, [8, 16], 16, 0.0, 1e-3)
-    export_serving_model(model, CLASSES, SIZE, CROP, str(tmp_path / "model"))
+    export_serving_model(model, TRAINER_CONFIG, str(tmp_path / "model"))
     served = tf.saved_model.load(str(tmp_path / "model"))
     outputs = served.signatures["serving_default"](**{SERVING_INPUT: tf.constant([f.read_bytes() for f in files])})
     np.testing.assert_allclose(outputs["probabilities"].numpy(), model(images, training=False).numpy(), atol=1e-5)
@@ -55,7 +56,7 @@ def test_served_model_and_training_path_see_the_same_tensor(tmp_path):
 
 def test_png_and_jpeg_of_the_same_pixels_are_served_alike(tmp_path):
     model = build_model(len(CLASSES), SIZE, [8], 8, 0.0, 1e-3)
-    export_serving_model(model, CLASSES, SIZE, CROP, str(tmp_path / "model"))
+    export_serving_model(model, TRAINER_CONFIG, str(tmp_path / "model"))
     served = tf.saved_model.load(str(tmp_path / "model")).signatures["serving_default"]
     jpeg = real_files("monocyte", 1)[0].read_bytes()
     png = io.BytesIO()
@@ -88,3 +89,25 @@ def test_central_crop_keeps_the_centre():
     assert full.shape == cropped.shape == (20, 20, 3)
     assert cropped.min() == 1.0  # only the white square is left
     assert full[0, 0, 0] == 0.0 and full[10, 10, 0] == 1.0
+
+
+def png_header(width: int, height: int) -> bytes:
+    """The first bytes of a PNG that declares the given size (enough for the header check)."""
+    return b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\x02"
+
+
+def test_served_model_refuses_bombs_and_non_images_before_decoding(tmp_path):
+    model = build_model(len(CLASSES), SIZE, [8], 8, 0.0, 1e-3)
+    export_serving_model(model, TRAINER_CONFIG, str(tmp_path / "model"))
+    served = tf.saved_model.load(str(tmp_path / "model")).signatures["serving_default"]
+    good = real_files("basophil", 1)[0].read_bytes()
+    assert served(**{SERVING_INPUT: tf.constant([good])})["probabilities"].shape == (1, len(CLASSES))
+    bad = {
+        "max_pixels": png_header(20000, 20000),
+        "min_side": png_header(0, 0),
+        "not a JPEG or PNG": b"GIF89a not accepted",
+        "not a JPEG or PNG ": b"",
+    }
+    for message, data in bad.items():
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message.strip()):
+            served(**{SERVING_INPUT: tf.constant([good, data])})

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import tensorflow as tf
 import tf_keras as keras
 
-from components.training.preprocessing import parse_image_batch, preprocess_batch
+from components.training.preprocessing import check_encoded_image, parse_image_batch, preprocess_batch
 
 SERVING_INPUT = "image_bytes"
 EXAMPLES_INPUT = "examples"
@@ -18,16 +20,23 @@ PREDICTED_ONE_HOT = "predicted_one_hot"
 class ServingModule(tf.Module):
     """Holds the Keras model and the signatures built around the shared preprocessing function."""
 
-    def __init__(self, model: keras.Model, classes: list[str], image_size: int, central_crop: float):
+    def __init__(self, model: keras.Model, config: dict[str, Any]):
         super().__init__()
         self.model = model
-        self.image_size = image_size
-        self.central_crop = central_crop
-        self.classes = list(classes)
-        self.class_names = tf.constant(classes)
+        self.config = {k: config[k] for k in ("image_size", "central_crop", "max_pixels", "min_side")}
+        self.classes = list(config["classes"])
+        self.class_names = tf.constant(self.classes)
 
     def _outputs(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        probabilities = self.model(preprocess_batch(image_bytes, self.image_size, self.central_crop), training=False)
+        c = self.config
+        shapes = tf.map_fn(
+            lambda b: check_encoded_image(b, c["max_pixels"], c["min_side"]),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([2], tf.int64),
+        )
+        with tf.control_dependencies([shapes]):
+            images = preprocess_batch(tf.identity(image_bytes), c["image_size"], c["central_crop"])
+        probabilities = self.model(images, training=False)
         index = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         n = tf.shape(image_bytes)[0]
         return {
@@ -49,11 +58,11 @@ class ServingModule(tf.Module):
         return outputs
 
 
-def export_serving_model(
-    model: keras.Model, classes: list[str], image_size: int, central_crop: float, export_dir: str
-) -> None:
-    """Writes a SavedModel with `serving_default` (encoded images) and `serving_examples` signatures."""
-    module = ServingModule(model, classes, image_size, central_crop)
+def export_serving_model(model: keras.Model, config: dict[str, Any], export_dir: str) -> None:
+    """Writes a SavedModel with `serving_default` (encoded images) and `serving_examples` signatures.
+
+    `config` is the trainer config: classes, image_size, central_crop, max_pixels, min_side."""
+    module = ServingModule(model, config)
     tf.saved_model.save(
         module,
         export_dir,

@@ -108,7 +108,7 @@ def train(
         class_weight=class_weight,
         verbose=2,
     )
-    export_serving_model(model, classes, size, crop, serving_model_dir)
+    export_serving_model(model, config, serving_model_dir)
     tf.io.gfile.makedirs(run_dir)
     with tf.io.gfile.GFile(os.path.join(run_dir, HISTORY_FILE), "w") as f:
         json.dump(epoch_log.rows, f, indent=1)

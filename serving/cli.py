@@ -1,0 +1,235 @@
+"""`bloodcell predict | status | serve | web`: query TF Serving over gRPC, serve models locally, run the web endpoint."""
+
+from __future__ import annotations
+
+import csv
+import enum
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from pipelines.cli_options import CONFIG_OPTION, OVERRIDES_OPTION, load_config_or_exit
+from pipelines.configs import Config
+
+app = typer.Typer()
+
+SERVER_HELP = "TF Serving gRPC address HOST:PORT [default: serving.grpc_target]."
+EXIT_SERVING_ERROR, EXIT_NOT_CLASSIFIED = 1, 3
+
+
+class OutputFormat(str, enum.Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def _client(
+    config: Config, server: Optional[str], model: Optional[str], version: Optional[int], tls: bool, root_cert: Optional[Path]
+):
+    from serving.client import ServingClient
+
+    return ServingClient(
+        server or config.serving.grpc_target,
+        model or config.model_name,
+        version=version,
+        timeout_s=config.serving.timeout_s,
+        retries=config.serving.retries,
+        max_message_mb=config.serving.max_message_mb,
+        tls=tls,
+        root_certificates=root_cert.read_bytes() if root_cert else None,
+    )
+
+
+def _expand(paths: List[Path]) -> list[Path]:
+    """Files as given, and every file under the given folders (sorted); a missing path is an error."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        elif path.is_file():
+            files.append(path)
+        else:
+            typer.echo(f"error: {path}: no such file or folder", err=True)
+            raise typer.Exit(2)
+    return files
+
+
+def _rows(outcomes, classes: list[str], critical_class: str) -> list[dict]:
+    rows = []
+    for o in outcomes:
+        p = o.prediction
+        row = {
+            "file": o.name,
+            "predicted_class": p.predicted_class if p else "",
+            "myeloblast_alert": p.alert(critical_class) if p else "",
+            "model_version": p.model_version if p else "",
+        }
+        row.update({f"p_{c}": p.probabilities.get(c, "") if p else "" for c in classes})
+        row["error"] = o.error
+        rows.append(row)
+    return rows
+
+
+def _print_table(rows: list[dict], critical_class: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="Predictions")
+    table.add_column("file", overflow="fold")
+    table.add_column("predicted")
+    table.add_column("probability", justify="right")
+    table.add_column(f"p({critical_class})", justify="right")
+    table.add_column("alert", no_wrap=True)
+    classified = [r for r in rows if not r["error"]]
+    for row in classified:
+        alert = row["myeloblast_alert"]
+        table.add_row(
+            row["file"],
+            f"[bold red]{row['predicted_class']}" if alert else row["predicted_class"],
+            f"{row['p_' + row['predicted_class']]:.3f}",
+            f"{row['p_' + critical_class]:.3f}",
+            "[bold white on red] MYELOBLAST ALERT " if alert else "",
+        )
+    if classified:
+        console.print(table)
+    alerts = sum(1 for r in classified if r["myeloblast_alert"])
+    if alerts:
+        flagged = f"{alerts} of {len(classified)} image(s) flagged as {critical_class}"
+        console.print(f"[bold red]{flagged}: refer for haematologist review.")
+    else:
+        console.print(f"No {critical_class} flagged among {len(classified)} classified image(s).")
+    failed = [r for r in rows if r["error"]]
+    if failed:
+        console.print(f"[yellow]{len(failed)} image(s) not classified:")
+        for row in failed:
+            console.print(f"  {row['file']}: {row['error']}", highlight=False)
+
+
+@app.command()
+def predict(
+    paths: List[Path] = typer.Argument(..., help="Image files or folders (every file under a folder)."),
+    server: Optional[str] = typer.Option(None, help=SERVER_HELP),
+    model: Optional[str] = typer.Option(None, help="Model name [default: model_name in config]."),
+    version: Optional[int] = typer.Option(None, help="A specific model version [default: the latest served]."),
+    out: OutputFormat = typer.Option(OutputFormat.table, help="table for people; csv or json for scripts."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per request [default: serving.batch_size]."),
+    tls: bool = typer.Option(False, help="Use TLS for the gRPC channel."),
+    root_cert: Optional[Path] = typer.Option(None, help="PEM root certificates for --tls [default: system roots]."),
+    config_path: Path = CONFIG_OPTION,
+    overrides: Optional[List[str]] = OVERRIDES_OPTION,
+) -> None:
+    """Classify images with the model in TF Serving (gRPC Predict) and flag myeloblasts.
+
+    Exit codes: 0 all classified, 1 serving error, 2 bad arguments, 3 some images not classified."""
+    from tqdm import tqdm
+
+    from components.image_verification import Limits
+    from serving.client import ServingError
+    from serving.screening import screen_images
+
+    config = load_config_or_exit(config_path, overrides)
+    files = _expand(paths)
+    limits = Limits(config.ingestion.max_pixels, config.ingestion.min_side, config.ingestion.max_file_bytes)
+    items = [(str(f), f.read_bytes()) for f in files]
+    try:
+        with _client(config, server, model, version, tls, root_cert) as client, tqdm(
+            total=len(items), unit="img", disable=len(items) <= (batch_size or config.serving.batch_size), file=sys.stderr
+        ) as bar:
+            outcomes = screen_images(client, items, limits, batch_size or config.serving.batch_size, bar.update)
+    except ServingError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(EXIT_SERVING_ERROR) from None
+    rows = _rows(outcomes, config.classes, config.critical_class)
+    if out == OutputFormat.json:
+        typer.echo(json.dumps(rows, indent=1))
+    elif out == OutputFormat.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["file"])
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        _print_table(rows, config.critical_class)
+    if any(o.error for o in outcomes):
+        raise typer.Exit(EXIT_NOT_CLASSIFIED)
+
+
+@app.command()
+def status(
+    server: Optional[str] = typer.Option(None, help=SERVER_HELP),
+    model: Optional[str] = typer.Option(None, help="Model name [default: model_name in config]."),
+    tls: bool = typer.Option(False, help="Use TLS for the gRPC channel."),
+    root_cert: Optional[Path] = typer.Option(None, help="PEM root certificates for --tls."),
+    config_path: Path = CONFIG_OPTION,
+) -> None:
+    """Show the model's versions and states (GetModelStatus) and its signatures (GetModelMetadata)."""
+    from serving.client import ServingError
+
+    config = load_config_or_exit(config_path)
+    try:
+        with _client(config, server, model, None, tls, root_cert) as client:
+            versions = client.status()
+            typer.echo(f"model {client.model_name} at {client.target}")
+            for v in versions:
+                typer.echo(f"  version {v.version}: {v.state}" + (f"  ({v.error})" if v.error else ""))
+            if not any(v.state == "AVAILABLE" for v in versions):
+                return
+            served, signatures = client.metadata()
+    except ServingError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(EXIT_SERVING_ERROR) from None
+    typer.echo(f"signatures of version {served}:")
+    for name, sides in signatures.items():
+        typer.echo(f"  {name}")
+        for side, tensors in sides.items():
+            typer.echo(f"    {side}: " + ", ".join(f"{k} ({dtype})" for k, dtype in tensors.items()))
+
+
+@app.command()
+def serve(
+    model_base_path: Optional[Path] = typer.Option(
+        None, "--model-base-path", help="Folder of numbered versions [default: <serving_root>/<model_name>]."
+    ),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="[default: model_name in config]"),
+    port: int = typer.Option(8500, help="gRPC port."),
+    host: str = typer.Option("0.0.0.0", help="Interface to listen on."),
+    poll_wait_s: Optional[float] = typer.Option(
+        None, "--file-system-poll-wait-seconds", "--file_system_poll_wait_seconds", help="[default: serving.poll_wait_s]"
+    ),
+    config_path: Path = CONFIG_OPTION,
+) -> None:
+    """Serve pushed models over TF Serving's gRPC API (local runs and tests; production uses tensorflow/serving)."""
+    config = load_config_or_exit(config_path)
+    name = model_name or config.model_name
+    base = model_base_path or Path(config.paths.serving_root) / name
+    from serving.model_server import start_server
+
+    running = start_server(
+        name, base, port, host, poll_wait_s or config.serving.poll_wait_s, config.serving.max_message_mb
+    )
+    typer.echo(f"serving model {name} from {base} on {host}:{running.port} (Ctrl-C to stop)", err=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        running.stop()
+
+
+@app.command()
+def web(
+    grpc_target: Optional[str] = typer.Option(None, "--grpc", help=SERVER_HELP),
+    model: Optional[str] = typer.Option(None, help="Model name [default: model_name in config]."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 in a container)."),
+    port: int = typer.Option(8000, help="HTTP port."),
+    config_path: Path = CONFIG_OPTION,
+) -> None:
+    """Run the web endpoint and page (FastAPI): POST /predict, GET /healthz, /readyz, /docs and the page at /."""
+    import uvicorn
+
+    from serving.web_app import create_app, upload_limits
+
+    config = load_config_or_exit(config_path)
+    client = _client(config, grpc_target, model, None, False, None)
+    uvicorn.run(create_app(client, config.critical_class, upload_limits(config)), host=host, port=port)

@@ -1,0 +1,180 @@
+"""A gRPC client for TensorFlow Serving's official API (works unchanged against `tensorflow/serving` and
+`bloodcell serve`): Predict on encoded image bytes, model status and metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Sequence
+
+import grpc
+import numpy as np
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from components.training.export import PROBABILITIES, SERVING_INPUT, SERVING_SIGNATURE
+
+MB = 1024 * 1024
+
+
+class ServingError(RuntimeError):
+    """A failed call to TF Serving, with the gRPC status code and a readable message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.details = message
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    predicted_class: str
+    probabilities: dict[str, float]
+    model_version: int
+
+    def alert(self, critical_class: str) -> bool:
+        """True when the image is predicted to be of the critical (leukemic) class."""
+        return self.predicted_class == critical_class
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: str
+    error: str  # "" when the version's status is OK
+
+
+def string_tensor(values: Sequence[bytes]) -> tensor_pb2.TensorProto:
+    """A 1-D DT_STRING TensorProto (built without importing TensorFlow's runtime helpers)."""
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(values))])
+    return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape, string_val=list(values))
+
+
+def _rows(tensor: tensor_pb2.TensorProto) -> list[list]:
+    """A 2-D float or string TensorProto as rows of Python values (floats may come packed in tensor_content)."""
+    dims = [d.size for d in tensor.tensor_shape.dim]
+    if tensor.dtype == types_pb2.DT_FLOAT:
+        values = np.frombuffer(tensor.tensor_content, "<f4").tolist() if tensor.tensor_content else list(tensor.float_val)
+    else:
+        values = [v.decode() for v in tensor.string_val]
+    return [values[i * dims[1] : (i + 1) * dims[1]] for i in range(dims[0])]
+
+
+def _channel_options(max_message_mb: int, retries: int) -> list[tuple[str, object]]:
+    options: list[tuple[str, object]] = [
+        ("grpc.max_send_message_length", max_message_mb * MB),
+        ("grpc.max_receive_message_length", max_message_mb * MB),
+        ("grpc.enable_retries", 1 if retries else 0),
+    ]
+    if retries:
+        retry_policy = {
+            "maxAttempts": retries + 1,
+            "initialBackoff": "0.2s",
+            "maxBackoff": "2s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+        services = [{"service": "tensorflow.serving.PredictionService"}, {"service": "tensorflow.serving.ModelService"}]
+        options.append(("grpc.service_config", json.dumps({"methodConfig": [{"name": services, "retryPolicy": retry_policy}]})))
+    return options
+
+
+class ServingClient:
+    """Talks to one model on a TF Serving gRPC endpoint (`host:port`)."""
+
+    def __init__(
+        self,
+        target: str,
+        model_name: str,
+        version: int | None = None,
+        timeout_s: float = 30.0,
+        retries: int = 3,
+        max_message_mb: int = 64,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+    ):
+        self.target, self.model_name, self.version, self.timeout_s = target, model_name, version, timeout_s
+        options = _channel_options(max_message_mb, retries)
+        if tls:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> ServingClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _spec(self, spec, signature: bool = True) -> None:
+        spec.name = self.model_name
+        if self.version is not None:
+            spec.version.value = self.version
+        if signature:
+            spec.signature_name = SERVING_SIGNATURE
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout_s)
+        except grpc.RpcError as err:
+            code, details = err.code(), err.details()
+            if code == grpc.StatusCode.UNAVAILABLE:
+                details = f"TF Serving at {self.target} is unreachable ({details})"
+            elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                details = f"no answer from TF Serving at {self.target} within {self.timeout_s:g} s"
+            raise ServingError(code, details) from None
+
+    def predict(self, images: Sequence[bytes]) -> list[Prediction]:
+        """One Predict call on `serving_default` for a batch of encoded images."""
+        request = predict_pb2.PredictRequest()
+        self._spec(request.model_spec)
+        request.inputs[SERVING_INPUT].CopyFrom(string_tensor(images))
+        request.output_filter.extend([PROBABILITIES, "predicted_class", "class_names"])
+        response = self._call(self.predictions.Predict, request)
+        names = _rows(response.outputs["class_names"])
+        probabilities = _rows(response.outputs[PROBABILITIES])
+        predicted = [v.decode() for v in response.outputs["predicted_class"].string_val]
+        version = response.model_spec.version.value
+        return [
+            Prediction(cls, {n: round(p, 6) for n, p in zip(row_names, row, strict=False)}, version)
+            for cls, row_names, row in zip(predicted, names, probabilities, strict=False)
+        ]
+
+    def status(self) -> list[VersionStatus]:
+        """ModelService.GetModelStatus: every version TF Serving knows of, with its state."""
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._spec(request.model_spec, signature=False)
+        response = self._call(self.models.GetModelStatus, request)
+        states = get_model_status_pb2.ModelVersionStatus.State
+        return [
+            VersionStatus(s.version, states.Name(s.state), s.status.error_message)
+            for s in response.model_version_status
+        ]
+
+    def metadata(self) -> tuple[int, dict[str, dict[str, dict[str, str]]]]:
+        """PredictionService.GetModelMetadata: (version, {signature: {"inputs"|"outputs": {name: dtype}}})."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._spec(request.model_spec, signature=False)
+        response = self._call(self.predictions.GetModelMetadata, request)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        signatures = {
+            name: {
+                side: {k: types_pb2.DataType.Name(v.dtype) for k, v in getattr(sig, side).items()}
+                for side in ("inputs", "outputs")
+            }
+            for name, sig in sorted(signature_map.signature_def.items())
+        }
+        return response.model_spec.version.value, signatures

@@ -1,0 +1,280 @@
+"""A local model server that speaks TensorFlow Serving's gRPC API, for machines without the
+`tensorflow_model_server` binary or Docker (development and tests). Production uses the official
+`tensorflow/serving` image (k8s/); clients work unchanged against both.
+
+Semantics follow TF Serving: the highest numeric version under the base path is served; the base path
+is polled; a new version is loaded before the old one is unloaded; a version that fails to load is
+retried a few times and the old one keeps serving; TF Serving's status codes are returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+MB = 1024 * 1024
+State = get_model_status_pb2.ModelVersionStatus.State
+
+
+class RequestError(Exception):
+    """A request that fails with a gRPC status code, as TF Serving would answer it."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedVersion:
+    version: int
+    model: object  # the object tf.saved_model.load returns
+    signature_defs: dict  # name -> SignatureDef proto, as TF Serving reports them
+
+
+@dataclasses.dataclass
+class VersionState:
+    state: int
+    error: str = ""
+    failures: int = 0
+
+
+def _read_signature_defs(path: Path) -> dict:
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((path / "saved_model.pb").read_bytes())
+    defs = saved_model.meta_graphs[0].signature_def
+    return {name: defs[name] for name in defs if not name.startswith("__")}
+
+
+class VersionManager:
+    """Keeps the highest loadable version of one model under `base_path` loaded, polling for new ones."""
+
+    def __init__(self, model_name: str, base_path: str | Path, poll_wait_s: float = 1.0, max_load_retries: int = 5):
+        self.model_name, self.base_path = model_name, Path(base_path)
+        self.poll_wait_s, self.max_load_retries = poll_wait_s, max_load_retries
+        self._lock = threading.Lock()
+        self._serving: LoadedVersion | None = None
+        self._states: dict[int, VersionState] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _versions_on_disk(self) -> list[int]:
+        if not self.base_path.is_dir():
+            return []
+        return sorted(
+            int(p.name) for p in self.base_path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()
+        )
+
+    def poll(self) -> None:
+        """Loads the highest version on disk if it is not the one being served (one attempt)."""
+        versions = self._versions_on_disk()
+        if not versions:
+            log.warning("no versions of model %s found under %s", self.model_name, self.base_path)
+            return
+        wanted = versions[-1]
+        current = self._serving
+        state = self._states.setdefault(wanted, VersionState(State.START))
+        if (current and current.version == wanted) or state.failures >= self.max_load_retries:
+            return
+        state.state = State.LOADING
+        path = self.base_path / str(wanted)
+        try:
+            loaded = LoadedVersion(wanted, tf.saved_model.load(str(path)), _read_signature_defs(path))
+        except Exception as err:  # any load failure keeps the old version serving
+            state.failures += 1
+            state.error = f"failed to load {path}: {str(err).splitlines()[0]}"
+            if state.failures >= self.max_load_retries:
+                state.state = State.END
+                log.error("giving up on version %d after %d attempts: %s", wanted, state.failures, state.error)
+            else:
+                log.warning("version %d: %s (attempt %d, will retry)", wanted, state.error, state.failures)
+            return
+        with self._lock:
+            self._serving = loaded
+            state.state, state.error = State.AVAILABLE, ""
+            if current is not None:
+                self._states[current.version].state = State.END
+        log.info("serving %s version %d from %s", self.model_name, wanted, path)
+
+    def start(self) -> None:
+        """Loads what is on disk now, then keeps polling in a background thread."""
+        self.poll()
+
+        def loop() -> None:
+            while not self._stop.wait(self.poll_wait_s):
+                self.poll()
+
+        self._thread = threading.Thread(target=loop, name="version-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def get(self, model_spec) -> LoadedVersion:
+        """The loaded version a request's ModelSpec asks for, or NOT_FOUND as TF Serving answers."""
+        if model_spec.name != self.model_name:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({model_spec.name})")
+        if model_spec.version_label:
+            raise RequestError(
+                grpc.StatusCode.NOT_FOUND, f"Unrecognized servable version label: {model_spec.version_label}"
+            )
+        serving = self._serving
+        if model_spec.HasField("version"):
+            if serving is None or serving.version != model_spec.version.value:
+                raise RequestError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"Servable not found for request: Specific({self.model_name}, {model_spec.version.value})",
+                )
+        elif serving is None:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({self.model_name})")
+        return serving
+
+    def statuses(self, model_spec) -> list[get_model_status_pb2.ModelVersionStatus]:
+        if model_spec.name != self.model_name:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {model_spec.name}")
+        with self._lock:
+            states = dict(self._states)
+        if model_spec.HasField("version"):
+            wanted = model_spec.version.value
+            if wanted not in states:
+                raise RequestError(
+                    grpc.StatusCode.NOT_FOUND, f"Could not find version {wanted} of model {self.model_name}"
+                )
+            states = {wanted: states[wanted]}
+        result = []
+        for version, state in sorted(states.items()):
+            status = get_model_status_pb2.ModelVersionStatus(version=version, state=state.state)
+            if state.error:
+                status.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
+                status.status.error_message = state.error
+            result.append(status)
+        return result
+
+
+def _run_signature(loaded: LoadedVersion, request: predict_pb2.PredictRequest) -> dict[str, tf.Tensor]:
+    name = request.model_spec.signature_name or "serving_default"
+    if name not in loaded.signature_defs:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f'Serving signature key "{name}" not found.')
+    signature_def = loaded.signature_defs[name]
+    expected, given = set(signature_def.inputs), set(request.inputs)
+    if expected != given:
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"input keys {sorted(given)} do not match the signature's inputs {sorted(expected)}",
+        )
+    unknown_outputs = set(request.output_filter) - set(signature_def.outputs)
+    if unknown_outputs:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"output_filter names unknown outputs {sorted(unknown_outputs)}")
+    inputs = {}
+    for key, proto in request.inputs.items():
+        if proto.dtype != signature_def.inputs[key].dtype:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key!r}: wrong dtype {proto.dtype}")
+        inputs[key] = tf.constant(tf.make_ndarray(proto))
+    try:
+        outputs = loaded.model.signatures[name](**inputs)
+    except tf.errors.OpError as err:
+        code = next((c for c in grpc.StatusCode if c.value[0] == err.error_code), grpc.StatusCode.UNKNOWN)
+        raise RequestError(code, err.message.strip().splitlines()[0]) from None
+    wanted = set(request.output_filter) or set(outputs)
+    return {k: v for k, v in outputs.items() if k in wanted}
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, manager: VersionManager):
+        self.manager = manager
+
+    def Predict(self, request, context):  # noqa: N802 (gRPC method name)
+        try:
+            loaded = self.manager.get(request.model_spec)
+            outputs = _run_signature(loaded, request)
+        except RequestError as err:
+            context.abort(err.code, str(err))
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = self.manager.model_name
+        response.model_spec.version.value = loaded.version
+        response.model_spec.signature_name = request.model_spec.signature_name or "serving_default"
+        for key, value in outputs.items():
+            response.outputs[key].CopyFrom(tf.make_tensor_proto(value.numpy()))
+        return response
+
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        try:
+            loaded = self.manager.get(request.model_spec)
+            if list(request.metadata_field) != ["signature_def"]:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "Metadata field signature_def is the only one supported")
+        except RequestError as err:
+            context.abort(err.code, str(err))
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for name, signature_def in loaded.signature_defs.items():
+            signature_map.signature_def[name].CopyFrom(signature_def)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = self.manager.model_name
+        response.model_spec.version.value = loaded.version
+        response.metadata["signature_def"].Pack(signature_map)
+        return response
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, manager: VersionManager):
+        self.manager = manager
+
+    def GetModelStatus(self, request, context):  # noqa: N802
+        try:
+            statuses = self.manager.statuses(request.model_spec)
+        except RequestError as err:
+            context.abort(err.code, str(err))
+        return get_model_status_pb2.GetModelStatusResponse(model_version_status=statuses)
+
+
+@dataclasses.dataclass
+class RunningServer:
+    server: grpc.Server
+    manager: VersionManager
+    port: int
+
+    def stop(self) -> None:
+        self.manager.stop()
+        self.server.stop(grace=2).wait()
+
+
+def start_server(
+    model_name: str,
+    model_base_path: str | Path,
+    port: int = 8500,
+    host: str = "0.0.0.0",
+    poll_wait_s: float = 1.0,
+    max_message_mb: int = 64,
+    workers: int = 16,
+) -> RunningServer:
+    """Loads the model, then serves TF Serving's PredictionService and ModelService on host:port
+    (port 0 picks a free port). Returns at once; call `.stop()` to shut down."""
+    manager = VersionManager(model_name, model_base_path, poll_wait_s)
+    manager.start()
+    options = [
+        ("grpc.max_receive_message_length", max_message_mb * MB),
+        ("grpc.max_send_message_length", max_message_mb * MB),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    server.start()
+    log.info("TF Serving gRPC API for model %s on %s:%d (base path %s)", model_name, host, bound, model_base_path)
+    return RunningServer(server, manager, bound)

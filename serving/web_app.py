@@ -1,0 +1,105 @@
+"""The web endpoint: a FastAPI app in front of TF Serving (gRPC), with a small page for people."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import List
+
+import grpc
+from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+
+from components.image_verification import Limits
+from pipelines.configs import Config
+from serving.client import ServingClient, ServingError
+from serving.screening import screen_images
+
+log = logging.getLogger(__name__)
+PAGE = Path(__file__).with_name("static") / "index.html"
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadLimits:
+    max_files: int
+    image: Limits
+
+
+def upload_limits(config: Config) -> UploadLimits:
+    """Ingestion's pixel limits, the web's own file size and count limits."""
+    image = Limits(config.ingestion.max_pixels, config.ingestion.min_side, config.serving.web_max_file_bytes)
+    return UploadLimits(config.serving.web_max_files, image)
+
+
+def _serving_error(err: ServingError) -> HTTPException:
+    """Maps a TF Serving failure to an HTTP status without leaking internals."""
+    if err.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return HTTPException(503, f"model server unavailable: {err.details}")
+    if err.code == grpc.StatusCode.NOT_FOUND:
+        return HTTPException(503, f"model not loaded in the model server: {err.details}")
+    if err.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return HTTPException(413, f"request too large for the model server: {err.details}")
+    return HTTPException(502, f"model server error ({err.code.name})")
+
+
+def create_app(client: ServingClient, critical_class: str, limits: UploadLimits) -> FastAPI:
+    """The app; `client` points at TF Serving and is shared by all requests (gRPC channels are thread-safe)."""
+    app = FastAPI(
+        title="Blood-cell screening",
+        description="Classifies blood-cell images into five classes and flags myeloblasts (leukemic blasts). "
+        "A screening aid for review by a haematologist, not a diagnosis.",
+        version="1",
+    )
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(PAGE, media_type="text/html")
+
+    @app.get("/healthz", summary="The process is up")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="The model is loaded in TF Serving")
+    def readyz() -> JSONResponse:
+        try:
+            available = [s.version for s in client.status() if s.state == "AVAILABLE"]
+        except ServingError as err:
+            return JSONResponse({"ready": False, "detail": _serving_error(err).detail}, status_code=503)
+        if not available:
+            return JSONResponse({"ready": False, "detail": "no model version AVAILABLE"}, status_code=503)
+        return JSONResponse({"ready": True, "model": client.model_name, "version": max(available)})
+
+    @app.post("/predict", summary="Classify one or more uploaded images (multipart field 'files')")
+    def predict(files: List[UploadFile] = File(default=[])) -> JSONResponse:
+        if not files:
+            raise HTTPException(400, "no image in the request: send one or more files in the multipart field 'files'")
+        if len(files) > limits.max_files:
+            raise HTTPException(413, f"{len(files)} files in one request; at most {limits.max_files}")
+        items = [(f.filename or f"file {i}", f.file.read(limits.image.max_file_bytes + 1)) for i, f in enumerate(files)]
+        try:
+            outcomes = screen_images(client, items, limits.image, batch_size=limits.max_files)
+        except ServingError as err:
+            raise _serving_error(err) from None
+        results = []
+        for outcome in outcomes:
+            result = {"index": outcome.index, "filename": outcome.name, "ok": outcome.prediction is not None}
+            if outcome.prediction is not None:
+                result.update(
+                    predicted_class=outcome.prediction.predicted_class,
+                    probabilities=outcome.prediction.probabilities,
+                    myeloblast_alert=outcome.prediction.alert(critical_class),
+                    model_version=outcome.prediction.model_version,
+                )
+            else:
+                result["error"] = outcome.error
+            results.append(result)
+        status = 200 if any(r["ok"] for r in results) else 422
+        return JSONResponse({"model": client.model_name, "critical_class": critical_class, "results": results}, status)
+
+    return app
