@@ -3,6 +3,8 @@ PYTHON ?= /root/.pyenv/versions/3.10.13/bin/python3.10
 VENV := .venv
 UV := $(PYTHON) -m uv
 STAMP := $(VENV)/.installed
+# The web page test drives Debian's chromium (no browser download); installed once, needs root.
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: install run test lint
 
@@ -15,10 +17,13 @@ $(STAMP): requirements.lock setup.py
 
 install: $(STAMP)
 
+$(CHROMIUM):
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+
 run: $(STAMP)
 	$(VENV)/bin/bloodcell run
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -v --durations=15
 

@@ -113,6 +113,8 @@ def check_image(data: bytes, limits: Limits) -> CheckedImage:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageRejectedError("not an image (unrecognised content)") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageRejectedError(f"corrupt image header: {err}") from None
     fmt = image.format or "unknown"
     if fmt not in KEPT_FORMATS | CONVERTIBLE_FORMATS:
         raise ImageRejectedError(f"unsupported image format {fmt} (accepted: JPEG, PNG, BMP, TIFF)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import threading
 from concurrent import futures
 from pathlib import Path
@@ -167,6 +168,17 @@ class VersionManager:
         return result
 
 
+def _op_error_message(err: tf.errors.OpError) -> str:
+    """The useful sentence of a TensorFlow error (graph errors wrap it in node traces)."""
+    assertion = re.search(r"assertion failed: \[([^\]]*)\]", err.message)
+    if assertion:
+        return assertion.group(1)
+    lines = [line.strip() for line in err.message.splitlines() if line.strip()]
+    noise = ("Graph execution error", "Detected at node", "File ", "[[", "<stack traces")
+    useful = [line for line in lines if not line.startswith(noise)]
+    return re.sub(r"\s*\[\[.*$", "", (useful or lines or ["TensorFlow error"])[0])
+
+
 def _run_signature(loaded: LoadedVersion, request: predict_pb2.PredictRequest) -> dict[str, tf.Tensor]:
     name = request.model_spec.signature_name or "serving_default"
     if name not in loaded.signature_defs:
@@ -190,7 +202,7 @@ def _run_signature(loaded: LoadedVersion, request: predict_pb2.PredictRequest) -
         outputs = loaded.model.signatures[name](**inputs)
     except tf.errors.OpError as err:
         code = next((c for c in grpc.StatusCode if c.value[0] == err.error_code), grpc.StatusCode.UNKNOWN)
-        raise RequestError(code, err.message.strip().splitlines()[0]) from None
+        raise RequestError(code, _op_error_message(err)) from None
     wanted = set(request.output_filter) or set(outputs)
     return {k: v for k, v in outputs.items() if k in wanted}
 

@@ -18,7 +18,7 @@ from components.image_verification import (
     fingerprint,
     verify_image,
 )
-from tests.conftest import CLASSES, image_bytes, real_files
+from tests.conftest import CLASSES, image_bytes, png_header, real_files
 
 LIMITS = Limits(max_pixels=4_000_000, min_side=32, max_file_bytes=5_000_000)
 
@@ -47,6 +47,7 @@ def test_real_jpeg_is_kept_byte_for_byte(tmp_path):
         ("notes.jpg", b"this is not an image at all", "not an image"),
         ("anim.gif", image_bytes("GIF", "P"), "unsupported image format GIF"),
         ("tiny.png", image_bytes("PNG", size=(8, 8)), "image too small: 8x8"),
+        ("header-only.png", png_header(0, 0), "corrupt image header"),
     ],
 )
 def test_bad_files_are_rejected_with_reason(tmp_path, name, data, reason):

@@ -69,16 +69,17 @@ def test_unknown_model_or_version_is_not_found(model_server, model, version, cod
 def test_bad_input_is_invalid_argument(model_server):
     jpeg = real_files("erythroblast", 1)[0].read_bytes()
     cases = {
-        "empty": b"",
-        "not an image": b"hello, I am text",
-        "truncated JPEG": jpeg[: len(jpeg) // 3],
-        "0x0 image": png_header(0, 0),
-        "decompression bomb": bomb_png(),
+        "empty": (b"", "not a JPEG or PNG image"),
+        "text": (b"hello, I am text", "not a JPEG or PNG image"),
+        "truncated JPEG": (jpeg[: len(jpeg) // 3], "JPEG"),
+        "0x0 image": (png_header(0, 0), "image side under min_side=32"),
+        "decompression bomb": (bomb_png(), "image over max_pixels=40000000"),
     }
-    for name, data in cases.items():
+    for name, (data, message) in cases.items():
         with pytest.raises(grpc.RpcError) as err:
             raw_predict(model_server.target, [jpeg, data])
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+        assert message in err.value.details(), (name, err.value.details())
     with pytest.raises(grpc.RpcError) as err:
         raw_predict(model_server.target, [jpeg], input_key="images")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "image_bytes" in err.value.details()

@@ -17,6 +17,8 @@ from tfx import v1 as tfx
 from components.training.export import SERVING_INPUT
 from pipelines.configs import DEFAULT_CONFIG, load_config
 from pipelines.local_runner import metadata_path, run_local
+from serving.client import ServingClient
+from serving.model_server import start_server
 from tests.conftest import CLASSES, make_real_subset, real_files
 
 pytestmark = pytest.mark.slow
@@ -86,6 +88,19 @@ def test_gate_blocks_then_cache_then_gate_passes_and_pushes(workspace, monkeypat
     files = [real_files(c, 1)[0] for c in CLASSES]
     outputs = served(**{SERVING_INPUT: tf.constant([f.read_bytes() for f in files])})
     np.testing.assert_allclose(outputs["probabilities"].numpy().sum(axis=1), 1.0, atol=1e-5)
+
+    # ... and `bloodcell serve` serves the pushed version over gRPC with the same answers.
+    base = os.path.join(passing.paths.serving_root, passing.model_name)
+    running = start_server(passing.model_name, base, port=0, host="127.0.0.1")
+    try:
+        with ServingClient(f"127.0.0.1:{running.port}", passing.model_name) as client:
+            predictions = client.predict([f.read_bytes() for f in files])
+    finally:
+        running.stop()
+    assert {p.model_version for p in predictions} == {int(os.path.basename(summary2["pushed_destination"]))}
+    np.testing.assert_allclose(
+        [[p.probabilities[c] for c in CLASSES] for p in predictions], outputs["probabilities"].numpy(), atol=1e-5
+    )
 
     # 3. TFMA cross-check: recompute accuracy and myeloblast recall from raw predictions on the test split.
     model_uri = sorted(store.get_artifacts_by_type("Model"), key=lambda a: a.id)[-1].uri
