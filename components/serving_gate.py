@@ -1,0 +1,148 @@
+"""ServingGate: blesses a candidate model only if it passes the screening bars and does not regress
+against the model TF Serving is serving now (the newest version under the serving base path).
+
+Comparing against the served model, scored on this run's test split, needs no Resolver node: the same
+gate runs under LocalDagRunner and on Kubeflow Pipelines (whose open-source v2 backend has no Resolver).
+"""
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import tensorflow as tf
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
+
+from components.evaluation import ACCURACY, CRITICAL_RECALL, read_metrics
+from components.training.export import EXAMPLES_INPUT, EXAMPLES_SIGNATURE
+from components.training.preprocessing import parse_example
+
+GATE_FILE = "gate.json"
+SERVING_FORMAT = "Format-Serving"
+
+
+def served_versions(serving_dir: str) -> list[int]:
+    """Version numbers under a TF Serving model base path that hold a SavedModel, ascending."""
+    if not tf.io.gfile.isdir(serving_dir):
+        return []
+    names = [name.rstrip("/") for name in tf.io.gfile.listdir(serving_dir)]
+    return sorted(
+        int(n) for n in names if n.isdigit() and tf.io.gfile.exists(os.path.join(serving_dir, n, "saved_model.pb"))
+    )
+
+
+def serving_state(serving_dir: str) -> str:
+    """Identifies what is served now (for the local runner's cache key): the newest version, or ''."""
+    versions = served_versions(serving_dir)
+    return str(versions[-1]) if versions else ""
+
+
+def model_digest(model_dir: str) -> str:
+    """SHA-256 over a SavedModel's files (names and bytes): equal digests mean the same model."""
+    digest = hashlib.sha256()
+    for root, _, files in sorted(tf.io.gfile.walk(model_dir)):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            digest.update(os.path.relpath(path, model_dir).encode())
+            digest.update(tf.io.gfile.GFile(path, "rb").read())
+    return digest.hexdigest()
+
+
+def score_model(model_dir: str, example_files: list[str], critical_index: int, batch_size: int = 64) -> dict[str, float]:
+    """Accuracy and critical-class recall of the argmax decision of a SavedModel on tf.Example files."""
+    predict = tf.saved_model.load(model_dir).signatures[EXAMPLES_SIGNATURE]
+    labels, predicted = [], []
+    for batch in tf.data.TFRecordDataset(example_files, compression_type="GZIP").batch(batch_size):
+        labels += [int(parse_example(s)[1]) for s in batch]
+        predicted += predict(**{EXAMPLES_INPUT: batch})["predicted_index"].numpy().tolist()
+    critical = [p for y, p in zip(labels, predicted) if y == critical_index]
+    return {
+        ACCURACY: sum(y == p for y, p in zip(labels, predicted)) / len(labels),
+        CRITICAL_RECALL: sum(p == critical_index for p in critical) / len(critical) if critical else float("nan"),
+    }
+
+
+def decide(
+    candidate: dict[str, float],
+    served: dict[str, float] | None,
+    min_accuracy: float,
+    min_critical_recall: float,
+    max_regression: float,
+    critical_class: str,
+) -> list[str]:
+    """Every failed condition, in words (empty: the candidate may ship)."""
+    failures = []
+    bars = {ACCURACY: ("accuracy", min_accuracy), CRITICAL_RECALL: (f"{critical_class} recall", min_critical_recall)}
+    for key, (label, bar) in bars.items():
+        if not candidate[key] >= bar:
+            failures.append(f"{label} = {candidate[key]:.4f}, required >= {bar}")
+        if served is not None and not candidate[key] >= served[key] - max_regression:
+            failures.append(
+                f"{label} = {candidate[key]:.4f}, served model {served[key]:.4f}: drop > max_regression {max_regression}"
+            )
+    return failures
+
+
+def _example_files(examples_uri: str, split: str) -> list[str]:
+    return sorted(tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{split}", "*.gz")))
+
+
+@component
+def ServingGate(  # noqa: N802 - TFX component names are classes
+    model: InputArtifact[standard_artifacts.Model],
+    evaluation: InputArtifact[standard_artifacts.ModelEvaluation],
+    examples: InputArtifact[standard_artifacts.Examples],
+    serving_dir: Parameter[str],
+    classes_json: Parameter[str],
+    critical_class: Parameter[str],
+    min_accuracy: Parameter[float],
+    min_critical_recall: Parameter[float],
+    max_regression: Parameter[float],
+    serving_state: Parameter[str],
+    blessing: OutputArtifact[standard_artifacts.ModelBlessing],
+):
+    """Blesses the candidate (for the Pusher) and writes gate.json with the figures and the reasons.
+
+    `serving_state` names what was served when the run started, so that a cached decision is reused only
+    while the served model is unchanged (the local runner sets it; Kubeflow disables caching for this step).
+    """
+    del serving_state  # part of the cache key only
+    classes = json.loads(classes_json)
+    candidate = read_metrics(evaluation.uri, classes)
+    candidate_figures = {k: candidate[k] for k in (ACCURACY, CRITICAL_RECALL)}
+    versions = served_versions(serving_dir)
+    served: dict[str, Any] | None = None
+    identical = False
+    if versions:
+        served_dir = os.path.join(serving_dir, str(versions[-1]))
+        identical = model_digest(served_dir) == model_digest(os.path.join(model.uri, SERVING_FORMAT))
+        served = score_model(served_dir, _example_files(examples.uri, "test"), classes.index(critical_class))
+        served["version"] = versions[-1]
+    failures = decide(candidate_figures, served, min_accuracy, min_critical_recall, max_regression, critical_class)
+    blessed = not failures and not identical
+    result = {
+        "blessed": blessed,
+        "failures": failures,
+        "identical_to_served": identical,
+        "candidate": candidate_figures,
+        "served": served,
+        "thresholds": {
+            "min_accuracy": min_accuracy,
+            "min_critical_recall": min_critical_recall,
+            "max_regression": max_regression,
+        },
+    }
+    tf.io.gfile.makedirs(blessing.uri)
+    with tf.io.gfile.GFile(os.path.join(blessing.uri, GATE_FILE), "w") as f:
+        json.dump(result, f, indent=1)
+    with tf.io.gfile.GFile(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w") as f:
+        f.write("")
+    blessing.set_int_custom_property("blessed", int(blessed))
+    blessing.set_string_custom_property("current_model", model.uri)
+
+
+def read_gate(blessing_uri: str) -> dict[str, Any]:
+    with tf.io.gfile.GFile(os.path.join(blessing_uri, GATE_FILE)) as f:
+        return json.load(f)
