@@ -57,9 +57,9 @@ def score_model(model_dir: str, example_files: list[str], critical_index: int, b
     for batch in tf.data.TFRecordDataset(example_files, compression_type="GZIP").batch(batch_size):
         labels += [int(parse_example(s)[1]) for s in batch]
         predicted += predict(**{EXAMPLES_INPUT: batch})["predicted_index"].numpy().tolist()
-    critical = [p for y, p in zip(labels, predicted) if y == critical_index]
+    critical = [p for y, p in zip(labels, predicted, strict=True) if y == critical_index]
     return {
-        ACCURACY: sum(y == p for y, p in zip(labels, predicted)) / len(labels),
+        ACCURACY: sum(y == p for y, p in zip(labels, predicted, strict=True)) / len(labels),
         CRITICAL_RECALL: sum(p == critical_index for p in critical) / len(critical) if critical else float("nan"),
     }
 

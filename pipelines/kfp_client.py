@@ -74,7 +74,9 @@ def _experiment_id(client: kfp.Client, experiment: str, namespace: str) -> str:
     return client.create_experiment(experiment, namespace=namespace).experiment_id
 
 
-def start_run(client: kfp.Client, connection: Connection, name: str, experiment: str, run_name: str, params: dict[str, Any]) -> str:
+def start_run(
+    client: kfp.Client, connection: Connection, name: str, experiment: str, run_name: str, params: dict[str, Any]
+) -> str:
     """Starts one run of the latest version of the pipeline; returns the run id."""
     pipeline_id, version_id = _latest_version(client, name)
     run = client.run_pipeline(
