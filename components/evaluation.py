@@ -1,4 +1,4 @@
-"""TFMA evaluation config with the screening gate, and readers for what the Evaluator wrote."""
+"""TFMA evaluation config, and readers for what the Evaluator wrote."""
 
 from __future__ import annotations
 
@@ -20,54 +20,21 @@ PER_CLASS = ("precision", "recall", "f1")
 SCORES, DECISIONS = PROBABILITIES, PREDICTED_ONE_HOT
 
 
-def _lower_bound(value: float, max_regression: float | None) -> tfma.MetricThreshold:
-    threshold = tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(lower_bound={"value": value}))
-    if max_regression is not None:
-        threshold.change_threshold.CopyFrom(
-            tfma.GenericChangeThreshold(
-                direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -max_regression}
-            )
-        )
-    return threshold
-
-
-def _model_spec(name: str, is_baseline: bool = False) -> tfma.ModelSpec:
-    return tfma.ModelSpec(
-        name=name,
-        signature_name=EXAMPLES_SIGNATURE,
-        label_keys={SCORES: features.LABEL, DECISIONS: features.LABEL},
-        is_baseline=is_baseline,
+def build_eval_config(classes: list[str], critical_class: str) -> tfma.EvalConfig:
+    """Accuracy, per-class precision/recall/F1 of the argmax decision, the critical class's recall and the
+    confusion matrix. The bars are applied by the ServingGate, which also compares with the served model."""
+    spec = tfma.ModelSpec(
+        name="candidate", signature_name=EXAMPLES_SIGNATURE, label_keys={SCORES: features.LABEL, DECISIONS: features.LABEL}
     )
-
-
-def build_eval_config(
-    classes: list[str],
-    critical_class: str,
-    min_accuracy: float,
-    min_critical_recall: float,
-    max_regression: float | None,
-) -> tfma.EvalConfig:
-    """Accuracy, per-class precision/recall/F1 and the confusion matrix, gated on accuracy and the
-    critical class's recall; with `max_regression`, also on no larger drop against a baseline model."""
-    model_specs = [_model_spec("candidate")]
-    if max_regression is not None:
-        model_specs.append(_model_spec("baseline", is_baseline=True))
-    names = [s.name for s in model_specs]
     scores = tfma.MetricsSpec(
-        model_names=names,
         output_names=[SCORES],
         metrics=[
             tfma.MetricConfig(class_name="ExampleCount"),
-            tfma.MetricConfig(
-                class_name="SparseCategoricalAccuracy",
-                config=f'"name": "{ACCURACY}"',
-                threshold=_lower_bound(min_accuracy, max_regression),
-            ),
+            tfma.MetricConfig(class_name="SparseCategoricalAccuracy", config=f'"name": "{ACCURACY}"'),
             tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
         ],
     )
     per_class = tfma.MetricsSpec(
-        model_names=names,
         output_names=[DECISIONS],
         binarize=tfma.BinarizationOptions(class_ids={"values": list(range(len(classes)))}),
         metrics=[
@@ -75,21 +42,12 @@ def build_eval_config(
             for kind, name in zip(("Precision", "Recall", "F1Score"), PER_CLASS, strict=False)
         ],
     )
-    gate = tfma.MetricsSpec(
-        model_names=names,
+    critical = tfma.MetricsSpec(
         output_names=[DECISIONS],
         binarize=tfma.BinarizationOptions(class_ids={"values": [classes.index(critical_class)]}),
-        metrics=[
-            tfma.MetricConfig(
-                class_name="Recall",
-                config=f'"name": "{CRITICAL_RECALL}"',
-                threshold=_lower_bound(min_critical_recall, max_regression),
-            )
-        ],
+        metrics=[tfma.MetricConfig(class_name="Recall", config=f'"name": "{CRITICAL_RECALL}"')],
     )
-    return tfma.EvalConfig(
-        model_specs=model_specs, slicing_specs=[tfma.SlicingSpec()], metrics_specs=[scores, per_class, gate]
-    )
+    return tfma.EvalConfig(model_specs=[spec], slicing_specs=[tfma.SlicingSpec()], metrics_specs=[scores, per_class, critical])
 
 
 def _candidate_name(evaluation_uri: str) -> str | None:
@@ -126,19 +84,3 @@ def read_confusion_matrix(evaluation_uri: str, num_classes: int) -> list[list[in
         if 0 <= predicted < num_classes:
             matrix[actual][predicted] += round(entry.get("numWeightedExamples", 0))
     return matrix
-
-
-def read_validation(evaluation_uri: str) -> dict[str, Any]:
-    """Whether the gate passed and, if not, each failed threshold in words."""
-    result = tfma.load_validation_result(evaluation_uri)
-    failures = []
-    for per_slice in result.metric_validations_per_slice:
-        for failure in per_slice.failures:
-            bound = failure.metric_threshold
-            value = failure.metric_value.double_value.value
-            if failure.metric_key.is_diff:
-                limit = f"change >= {bound.change_threshold.absolute.value} against the last blessed model"
-            else:
-                limit = f">= {bound.value_threshold.lower_bound.value}"
-            failures.append(f"{failure.metric_key.name} = {value:.4f}, required {limit} {failure.message}".strip())
-    return {"blessed": bool(result.validation_ok), "failures": failures}

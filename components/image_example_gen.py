@@ -36,7 +36,7 @@ REPORT_FILE = "ingestion_report.json"
 class IngestionReport(artifact.Artifact):
     """JSON account of every file found: ingested (with its split), duplicate, or rejected and why."""
 
-    TYPE_NAME = "IngestionReport"
+    TYPE_NAME = "bloodcell.IngestionReport"  # namespace.Name, as Kubeflow requires
 
 
 def to_example(record: ImageRecord, classes: list[str]) -> bytes:

@@ -9,9 +9,10 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, standard_artifacts
 
-from components.evaluation import ACCURACY, CRITICAL_RECALL, read_confusion_matrix, read_metrics, read_validation
+from components.evaluation import ACCURACY, CRITICAL_RECALL, read_confusion_matrix, read_metrics
 from components.image_example_gen import REPORT_FILE, IngestionReport
 from components.plots import confusion_matrix_png, training_curves_png
+from components.serving_gate import read_gate
 from components.summary_text import format_classification_report
 from components.training.trainer_module import HISTORY_FILE
 
@@ -24,14 +25,14 @@ TRAINING_CURVES_FILE = "training_curves.png"
 class RunSummary(artifact.Artifact):
     """A run's summary.json, classification report, confusion matrix and training curves."""
 
-    TYPE_NAME = "RunSummary"
+    TYPE_NAME = "bloodcell.RunSummary"
 
 
 def build_summary(
     ingestion: dict[str, Any],
     metrics: dict[str, Any],
     matrix: list[list[int]],
-    validation: dict[str, Any],
+    gate: dict[str, Any],
     history: list[dict[str, float]],
     pushed: bool,
     pushed_destination: str,
@@ -48,8 +49,10 @@ def build_summary(
         "critical_recall": metrics[CRITICAL_RECALL],
         "per_class": per_class,
         "confusion_matrix": matrix,
-        "blessed": validation["blessed"],
-        "gate_failures": validation["failures"],
+        "blessed": gate["blessed"],
+        "gate_failures": gate["failures"],
+        "identical_to_served": gate["identical_to_served"],
+        "served_model": gate["served"],
         "pushed": pushed,
         "pushed_destination": pushed_destination if pushed else "",
     }
@@ -60,6 +63,7 @@ def RunReport(  # noqa: N802 - TFX component names are classes
     ingestion_report: InputArtifact[IngestionReport],
     model_run: InputArtifact[standard_artifacts.ModelRun],
     evaluation: InputArtifact[standard_artifacts.ModelEvaluation],
+    blessing: InputArtifact[standard_artifacts.ModelBlessing],
     pushed_model: InputArtifact[standard_artifacts.PushedModel],
     classes_json: Parameter[str],
     critical_class: Parameter[str],
@@ -76,7 +80,7 @@ def RunReport(  # noqa: N802 - TFX component names are classes
         ingestion,
         read_metrics(evaluation.uri, classes),
         matrix,
-        read_validation(evaluation.uri),
+        read_gate(blessing.uri),
         history,
         bool(pushed_model.get_int_custom_property("pushed")),
         pushed_model.get_string_custom_property("pushed_destination"),

@@ -30,12 +30,23 @@ def render_summary(summary: dict[str, Any], report_dir: str) -> str:
         format_classification_report(summary["per_class"], summary["test_accuracy"]),
     ]
     lines.append(f"{summary['critical_class']} recall: {summary['critical_recall']:.4f}")
+    served = summary["served_model"]
+    if served:
+        lines.append(
+            f"served model (version {served['version']}) on this test split: accuracy {served['accuracy']:.4f}, "
+            f"{summary['critical_class']} recall {served['critical_recall']:.4f}"
+        )
     if summary["blessed"]:
         lines.append("gate: BLESSED")
+    elif summary["identical_to_served"]:
+        lines.append(f"gate: passed, but this model is the one already served (version {served['version']})")
     else:
         lines.append("gate: NOT BLESSED")
         lines += [f"  failed: {failure}" for failure in summary["gate_failures"]]
-    lines.append(f"pushed: {summary['pushed_destination']}" if summary["pushed"] else "pushed: no (model not blessed)")
+    if summary["pushed"]:
+        lines.append(f"pushed: {summary['pushed_destination']}")
+    else:
+        lines.append("pushed: no (" + ("already served" if summary["identical_to_served"] else "model not blessed") + ")")
     lines.append(
         f"report: {report_dir} (summary.json, classification_report.txt, confusion_matrix.png, training_curves.png)"
     )

@@ -1,33 +1,23 @@
-"""Data validation: every class in every split (TFDV custom check), and a gate that stops on anomalies."""
+"""Data validation gate: stops the run before training on TFDV anomalies or a class missing from a split."""
 
+import json
 import os
 
 import tensorflow as tf
-from tensorflow_data_validation.anomalies.proto import custom_validation_config_pb2
+import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import anomalies_pb2
-from tfx.dsl.component.experimental.annotations import InputArtifact
+from tfx.dsl.component.experimental.annotations import InputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
 
 from components import features
 
 ANOMALIES_FILE = "SchemaDiff.pb"
+STATISTICS_FILE = "FeatureStats.pb"
 
 
 class DataValidationError(RuntimeError):
-    """ExampleValidator found anomalies; training must not start."""
-
-
-def class_coverage_check(num_classes: int) -> custom_validation_config_pb2.CustomValidationConfig:
-    """A TFDV SQL check that each split holds all classes (a missing class is an anomaly)."""
-    config = custom_validation_config_pb2.CustomValidationConfig()
-    validation = config.feature_validations.add()
-    validation.feature_path.step.append(features.LABEL_NAME)
-    check = validation.validations.add()
-    check.sql_expression = f"feature.string_stats.unique = {num_classes}"
-    check.severity = anomalies_pb2.AnomalyInfo.ERROR
-    check.description = f"a class is missing: expected all {num_classes} classes in every split"
-    return config
+    """ExampleValidator found anomalies, or a split lacks a class; training must not start."""
 
 
 def describe_anomalies(anomalies_uri: str, split_names: list[str]) -> list[str]:
@@ -46,14 +36,39 @@ def describe_anomalies(anomalies_uri: str, split_names: list[str]) -> list[str]:
     return lines
 
 
-def check_anomalies(anomalies_uri: str, split_names: list[str]) -> None:
-    """Raises DataValidationError naming every anomaly, if there is any."""
-    problems = describe_anomalies(anomalies_uri, split_names)
+def describe_missing_classes(statistics_uri: str, split_names: list[str], classes: list[str]) -> list[str]:
+    """One line per split whose TFDV statistics of `label_name` lack one of the classes."""
+    lines = []
+    for split in split_names:
+        stats = tfdv.load_stats_binary(os.path.join(statistics_uri, f"Split-{split}", STATISTICS_FILE))
+        present = {
+            bucket.label
+            for dataset in stats.datasets
+            for feature in dataset.features
+            if feature.path.step == [features.LABEL_NAME]
+            for bucket in feature.string_stats.rank_histogram.buckets
+        }
+        missing = [c for c in classes if c not in present]
+        if missing:
+            lines.append(f"split {split}, feature '{features.LABEL_NAME}': classes missing: {', '.join(missing)}")
+    return lines
+
+
+def check_data(anomalies_uri: str, statistics_uri: str, split_names: list[str], classes: list[str]) -> None:
+    """Raises DataValidationError naming every anomaly and every missing class, if there is any."""
+    problems = describe_anomalies(anomalies_uri, split_names) + describe_missing_classes(
+        statistics_uri, split_names, classes
+    )
     if problems:
         raise DataValidationError("data validation failed, training stopped:\n  " + "\n  ".join(problems))
 
 
 @component
-def AnomaliesGate(anomalies: InputArtifact[standard_artifacts.ExampleAnomalies]):  # noqa: N802
-    """Fails the run when ExampleValidator found anomalies; the Trainer runs after this gate."""
-    check_anomalies(anomalies.uri, artifact_utils.decode_split_names(anomalies.split_names))
+def AnomaliesGate(  # noqa: N802
+    anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
+    statistics: InputArtifact[standard_artifacts.ExampleStatistics],
+    classes_json: Parameter[str],
+):
+    """Fails the run when ExampleValidator found anomalies or a split lacks a class; the Trainer runs after."""
+    splits = artifact_utils.decode_split_names(anomalies.split_names)
+    check_data(anomalies.uri, statistics.uri, splits, json.loads(classes_json))

@@ -85,6 +85,20 @@ class Serving:
 
 
 @dataclasses.dataclass(frozen=True)
+class Kubeflow:
+    image: str                      # component image (Dockerfile), the project installed at /app
+    pipeline_root: str              # artifacts: gs://, s3:// or a path on the data volume
+    data_root: str                  # default of the data_root runtime parameter
+    serving_root: str               # TF Serving's model volume, as mounted in pipeline pods
+    schema_dir: str                 # the curated schema inside the image
+    data_pvc: str                   # PersistentVolumeClaim mounted at data_mount in every pipeline pod
+    data_mount: str
+    models_pvc: str                 # PersistentVolumeClaim shared with TF Serving, mounted at models_mount
+    models_mount: str
+    beam_pipeline_args: list[str]   # Beam on Kubeflow: DirectRunner in the pod, or Dataflow/Flink/Spark
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     pipeline_name: str
     model_name: str
@@ -97,6 +111,7 @@ class Config:
     training: Training
     evaluation: Evaluation
     serving: Serving
+    kubeflow: Kubeflow
     beam_pipeline_args: list[str]
 
     @property
@@ -143,7 +158,7 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     return cls(**values)
 
 
-_SECTIONS = {c.__name__: c for c in (Paths, Ingestion, Preprocessing, Augmentation, Training, Evaluation, Serving)}
+_SECTIONS = {c.__name__: c for c in (Paths, Ingestion, Preprocessing, Augmentation, Training, Evaluation, Serving, Kubeflow)}
 
 
 def _resolve_paths(paths: dict[str, str], base: Path) -> None:

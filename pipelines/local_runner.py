@@ -12,6 +12,7 @@ from tfx import v1 as tfx
 
 from components.image_verification import fingerprint
 from components.run_report import SUMMARY_FILE, RunSummary
+from components.serving_gate import serving_state
 from pipelines.configs import Config
 from pipelines.pipeline import create_pipeline
 
@@ -47,6 +48,7 @@ def run_local(config: Config, enable_cache: bool = True) -> tuple[dict[str, Any]
         pipeline_root=pipeline_root(config),
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path(config)),
         input_fingerprint=input_fingerprint,
+        serving_state=serving_state(os.path.join(config.paths.serving_root, config.model_name)),
         enable_cache=enable_cache,
     )
     tfx.orchestration.LocalDagRunner().run(pipeline)

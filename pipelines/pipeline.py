@@ -4,18 +4,39 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 from tfx import v1 as tfx
 
 from components.evaluation import build_eval_config
 from components.image_example_gen import ImageExampleGen
 from components.run_report import RunReport
-from components.validation_gate import AnomaliesGate, class_coverage_check
+from components.serving_gate import ServingGate
+from components.validation_gate import AnomaliesGate
 from pipelines.configs import Config, trainer_config
 
 TRAINER_MODULE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "components", "training", "trainer_module.py"
 )
+# On Kubeflow the project is installed in the component image: the Trainer imports its run_fn from there.
+TRAINER_RUN_FN = "components.training.trainer_module.run_fn"
+# Steps that look at state outside the pipeline's artifacts (files under the data root, the served model):
+# orchestrators that cache by inputs alone must not cache them.
+UNCACHEABLE = ("ImageExampleGen", "ServingGate")
+
+
+def runtime_parameters(config: Config) -> dict[str, Any]:
+    """What users change per run on Kubeflow (dashboard or `bloodcell kfp run`), with the config's values
+    as defaults. `trainer_config` is the Trainer's JSON settings (epochs among them)."""
+    parameter = tfx.dsl.experimental.RuntimeParameter
+    evaluation = config.evaluation
+    return {
+        "data_root": parameter(name="data_root", ptype=str, default=config.paths.data_root),
+        "trainer_config": parameter(name="trainer_config", ptype=str, default=json.dumps(trainer_config(config))),
+        "min_accuracy": parameter(name="min_accuracy", ptype=float, default=evaluation.min_accuracy),
+        "min_critical_recall": parameter(name="min_critical_recall", ptype=float, default=evaluation.min_critical_recall),
+        "max_regression": parameter(name="max_regression", ptype=float, default=evaluation.max_regression),
+    }
 
 
 def create_pipeline(
@@ -23,17 +44,29 @@ def create_pipeline(
     pipeline_root: str,
     metadata_connection_config=None,
     input_fingerprint: str = "",
-    use_resolver: bool = True,
+    serving_state: str = "",
     enable_cache: bool = True,
+    kubeflow: bool = False,
 ) -> tfx.dsl.Pipeline:
-    """Ingestion -> validation -> training -> evaluation gate -> push -> run report.
+    """Ingestion -> validation -> training -> evaluation -> serving gate -> push -> run report.
 
-    `use_resolver` compares the candidate against the latest blessed model (LatestBlessedModelStrategy);
-    orchestrators without Resolver support switch it off.
+    `input_fingerprint` and `serving_state` describe the data root and the served model for the local
+    runner's cache. `kubeflow` reads settings from runtime parameters and the Trainer's code from the image.
     """
+    evaluation = config.evaluation
+    settings: dict[str, Any] = {
+        "data_root": config.paths.data_root,
+        "trainer_config": trainer_config(config),
+        "min_accuracy": evaluation.min_accuracy,
+        "min_critical_recall": evaluation.min_critical_recall,
+        "max_regression": evaluation.max_regression,
+    }
+    if kubeflow:
+        settings.update(runtime_parameters(config))
+    classes_json = json.dumps(config.classes)
     example_gen = ImageExampleGen(
-        data_root=config.paths.data_root,
-        classes_json=json.dumps(config.classes),
+        data_root=settings["data_root"],
+        classes_json=classes_json,
         split_json=json.dumps({"ratios": config.ingestion.split_ratios, "seed": config.ingestion.split_seed}),
         limits_json=json.dumps(
             {
@@ -47,62 +80,61 @@ def create_pipeline(
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.ImportSchemaGen(schema_file=os.path.join(config.paths.schema_dir, "schema.pbtxt"))
     example_validator = tfx.components.ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"],
-        schema=schema_gen.outputs["schema"],
-        custom_validation_config=class_coverage_check(len(config.classes)),
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
     )
-    anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+    anomalies_gate = AnomaliesGate(
+        anomalies=example_validator.outputs["anomalies"],
+        statistics=statistics_gen.outputs["statistics"],
+        classes_json=classes_json,
+    )
     trainer = tfx.components.Trainer(
-        module_file=TRAINER_MODULE,
+        run_fn=TRAINER_RUN_FN if kubeflow else None,
+        module_file=None if kubeflow else TRAINER_MODULE,
         examples=example_gen.outputs["examples"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-        custom_config=trainer_config(config),
+        custom_config=settings["trainer_config"],
     )
     trainer.add_upstream_node(anomalies_gate)
-    components = [example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate, trainer]
-
-    baseline = None
-    if use_resolver:
-        resolver = tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-        ).with_id("latest_blessed_model_resolver")
-        baseline = resolver.outputs["model"]
-        components.append(resolver)
-    evaluation = config.evaluation
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
-        baseline_model=baseline,
         example_splits=["test"],
-        eval_config=build_eval_config(
-            config.classes,
-            config.critical_class,
-            evaluation.min_accuracy,
-            evaluation.min_critical_recall,
-            evaluation.max_regression if use_resolver else None,
-        ),
+        eval_config=build_eval_config(config.classes, config.critical_class),
+    )
+    serving_dir = os.path.join(config.paths.serving_root, config.model_name)
+    serving_gate = ServingGate(
+        model=trainer.outputs["model"],
+        evaluation=evaluator.outputs["evaluation"],
+        examples=example_gen.outputs["examples"],
+        serving_dir=serving_dir,
+        classes_json=classes_json,
+        critical_class=config.critical_class,
+        min_accuracy=settings["min_accuracy"],
+        min_critical_recall=settings["min_critical_recall"],
+        max_regression=settings["max_regression"],
+        serving_state=serving_state,
     )
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
-        model_blessing=evaluator.outputs["blessing"],
+        model_blessing=serving_gate.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=os.path.join(config.paths.serving_root, config.model_name)
-            )
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_dir)
         ),
     )
     run_report = RunReport(
         ingestion_report=example_gen.outputs["report"],
         model_run=trainer.outputs["model_run"],
         evaluation=evaluator.outputs["evaluation"],
+        blessing=serving_gate.outputs["blessing"],
         pushed_model=pusher.outputs["pushed_model"],
-        classes_json=json.dumps(config.classes),
+        classes_json=classes_json,
         critical_class=config.critical_class,
     )
-    components += [evaluator, pusher, run_report]
+    components = [
+        example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
+        trainer, evaluator, serving_gate, pusher, run_report,
+    ]  # fmt: skip
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=pipeline_root,

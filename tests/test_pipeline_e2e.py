@@ -1,5 +1,5 @@
 """The real pipeline on a small real subset: gate blocks, cache reuses, gate passes and pushes, and
-TFMA's figures agree with a recomputation from raw predictions."""
+TFMA's figures agree with a recomputation from raw predictions, and an unchanged model is not pushed twice."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
+from components.serving_gate import score_model
 from components.training.export import SERVING_INPUT
 from pipelines.configs import DEFAULT_CONFIG, load_config
 from pipelines.local_runner import metadata_path, run_local
@@ -120,3 +121,13 @@ def test_gate_blocks_then_cache_then_gate_passes_and_pushes(workspace, monkeypat
     assert summary2["critical_recall"] == pytest.approx(recall, abs=1e-6)
     for k, name in enumerate(CLASSES):
         assert summary2["per_class"][name]["support"] == int(np.sum(labels == k))
+    # The ServingGate scores the served model the same way TFMA scores the candidate.
+    test_files = sorted(glob.glob(os.path.join(examples_uri, "Split-test", "*.gz")))
+    scored = score_model(os.path.dirname(versions[0]), test_files, critical)
+    assert scored == pytest.approx({"accuracy": summary2["test_accuracy"], "critical_recall": summary2["critical_recall"]})
+
+    # 4. Nothing changed: the gate finds the candidate is the served model, nothing is pushed again.
+    summary3, _ = run_local(passing)
+    assert summary3["identical_to_served"] and not summary3["blessed"] and not summary3["pushed"]
+    assert summary3["served_model"]["version"] == int(os.path.basename(summary2["pushed_destination"]))
+    assert glob.glob(os.path.join(passing.paths.serving_root, passing.model_name, "*", "saved_model.pb")) == versions

@@ -26,6 +26,8 @@ def summary(blessed: bool) -> dict:
         "confusion_matrix": MATRIX,
         "blessed": blessed,
         "gate_failures": [] if blessed else ["accuracy = 0.9400, required >= 0.95"],
+        "identical_to_served": False,
+        "served_model": None,
         "pushed": blessed,
         "pushed_destination": "/srv/bloodcell/1795700000" if blessed else "",
     }
@@ -42,6 +44,18 @@ def test_report_text_names_the_failed_threshold_and_no_push():
 def test_report_text_shows_the_pushed_version():
     text = render_summary(summary(blessed=True), "/runs/7")
     assert "gate: BLESSED" in text and "pushed: /srv/bloodcell/1795700000" in text
+
+
+def test_report_text_shows_the_served_model_and_an_unchanged_model():
+    figures = summary(blessed=False) | {
+        "gate_failures": [],
+        "identical_to_served": True,
+        "served_model": {"version": 1795700000, "accuracy": 0.94, "critical_recall": 1.0},
+    }
+    text = render_summary(figures, "/runs/8")
+    assert "served model (version 1795700000) on this test split: accuracy 0.9400, myeloblast recall 1.0000" in text
+    assert "gate: passed, but this model is the one already served (version 1795700000)" in text
+    assert "pushed: no (already served)" in text
 
 
 def test_classification_report_rows():

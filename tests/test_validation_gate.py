@@ -12,10 +12,11 @@ from components.image_example_gen import to_example
 from components.image_verification import ImageRecord
 from components.validation_gate import (
     ANOMALIES_FILE,
+    STATISTICS_FILE,
     DataValidationError,
-    check_anomalies,
-    class_coverage_check,
+    check_data,
     describe_anomalies,
+    describe_missing_classes,
 )
 from tests.conftest import CLASSES, CONFIG, image_bytes
 
@@ -31,26 +32,29 @@ def statistics_of(tmp_path, labels: list[str], classes: list[str] = CLASSES):
     return tfdv.generate_statistics_from_tfrecord(str(path))
 
 
-def write_anomalies(tmp_path, split: str, anomalies) -> str:
-    uri = tmp_path / "anomalies"
+def write_split(tmp_path, kind: str, split: str, proto) -> str:
+    """Writes a proto where TFX puts it: <artifact>/Split-<split>/<file>."""
+    uri = tmp_path / kind
     os.makedirs(uri / f"Split-{split}", exist_ok=True)
-    (uri / f"Split-{split}" / ANOMALIES_FILE).write_bytes(anomalies.SerializeToString())
+    name = ANOMALIES_FILE if kind == "anomalies" else STATISTICS_FILE
+    (uri / f"Split-{split}" / name).write_bytes(proto.SerializeToString())
     return str(uri)
 
 
-def test_complete_split_has_no_anomalies(tmp_path):
+def write_anomalies(tmp_path, split: str, anomalies) -> str:
+    return write_split(tmp_path, "anomalies", split, anomalies)
+
+
+def test_complete_split_has_no_anomalies_and_no_missing_class(tmp_path):
     stats = statistics_of(tmp_path, CLASSES * 3)
-    anomalies = tfdv.validate_statistics(stats, SCHEMA, custom_validation_config=class_coverage_check(5))
-    assert describe_anomalies(write_anomalies(tmp_path, "train", anomalies), ["train"]) == []
+    assert describe_anomalies(write_anomalies(tmp_path, "train", tfdv.validate_statistics(stats, SCHEMA)), ["train"]) == []
+    assert describe_missing_classes(write_split(tmp_path, "statistics", "train", stats), ["train"], CLASSES) == []
 
 
-def test_missing_class_is_an_anomaly_that_names_the_split(tmp_path):
+def test_missing_class_is_reported_with_its_split(tmp_path):
     stats = statistics_of(tmp_path, ["basophil", "monocyte", "myeloblast", "seg_neutrophil"] * 3)
-    anomalies = tfdv.validate_statistics(stats, SCHEMA, custom_validation_config=class_coverage_check(5))
-    problems = describe_anomalies(write_anomalies(tmp_path, "eval", anomalies), ["eval"])
-    assert len(problems) == 1
-    assert problems[0].startswith("split eval, feature 'label_name'")
-    assert "a class is missing" in problems[0] or "feature.string_stats.unique = 5" in problems[0]
+    problems = describe_missing_classes(write_split(tmp_path, "statistics", "eval", stats), ["eval"], CLASSES)
+    assert problems == ["split eval, feature 'label_name': classes missing: erythroblast"]
 
 
 def test_label_outside_the_domain_is_an_anomaly(tmp_path):
@@ -62,11 +66,12 @@ def test_label_outside_the_domain_is_an_anomaly(tmp_path):
 
 
 def test_gate_raises_with_every_problem(tmp_path):
-    stats = statistics_of(tmp_path, ["basophil"] * 4)
-    anomalies = tfdv.validate_statistics(stats, SCHEMA, custom_validation_config=class_coverage_check(5))
-    train_uri = write_anomalies(tmp_path, "train", tfdv.validate_statistics(statistics_of(tmp_path, CLASSES), SCHEMA))
-    uri = write_anomalies(tmp_path, "test", anomalies)
-    assert uri == train_uri
-    check_anomalies(uri, ["train"])  # a clean split passes
-    with pytest.raises(DataValidationError, match="training stopped:\n  split test, feature 'label_name'"):
-        check_anomalies(uri, ["train", "test"])
+    clean = statistics_of(tmp_path, CLASSES)
+    one_class = statistics_of(tmp_path, ["basophil"] * 4)
+    anomalies = write_anomalies(tmp_path, "train", tfdv.validate_statistics(clean, SCHEMA))
+    write_anomalies(tmp_path, "test", tfdv.validate_statistics(one_class, SCHEMA))
+    statistics = write_split(tmp_path, "statistics", "train", clean)
+    write_split(tmp_path, "statistics", "test", one_class)
+    check_data(anomalies, statistics, ["train"], CLASSES)  # a clean split passes
+    with pytest.raises(DataValidationError, match="training stopped:\n  split test, feature 'label_name': classes missing"):
+        check_data(anomalies, statistics, ["train", "test"], CLASSES)

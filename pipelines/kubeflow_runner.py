@@ -1,0 +1,64 @@
+"""Compiles the pipeline for Kubeflow Pipelines (KubeflowV2DagRunner): the same `create_pipeline` as the
+local run, settings from runtime parameters, volumes mounted in every pod, a YAML `kfp.Client` uploads."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tfx import v1 as tfx
+
+from pipelines.configs import Config
+from pipelines.pipeline import UNCACHEABLE, create_pipeline, runtime_parameters
+
+
+def kubeflow_config(config: Config) -> Config:
+    """The config as seen from inside the cluster: paths on the mounted volumes, the cluster's Beam args."""
+    kf = config.kubeflow
+    paths = dataclasses.replace(
+        config.paths, data_root=kf.data_root, output_root=kf.pipeline_root, serving_root=kf.serving_root, schema_dir=kf.schema_dir
+    )
+    return dataclasses.replace(config, paths=paths, beam_pipeline_args=list(kf.beam_pipeline_args))
+
+
+def _pipeline_spec(pipeline_job: dict[str, Any], cluster: Config) -> dict[str, Any]:
+    """The PipelineSpec of TFX's PipelineJob with the runtime parameters' defaults filled in (the dashboard
+    shows them) and caching off where the result depends on state outside the artifacts."""
+    spec = pipeline_job["pipelineSpec"]
+    defaults = {name: parameter.default for name, parameter in runtime_parameters(cluster).items()}
+    for name, parameter in spec["root"]["inputDefinitions"]["parameters"].items():
+        parameter["defaultValue"] = defaults[name]
+        parameter["isOptional"] = True
+    for name, task in spec["root"]["dag"]["tasks"].items():
+        if name in UNCACHEABLE:
+            task["cachingOptions"] = {"enableCache": False}
+    spec["pipelineInfo"]["description"] = "Blood-cell leukemia screening: ingest, validate, train, evaluate, gate, push"
+    return spec
+
+
+def _platform_spec(spec: dict[str, Any], config: Config) -> dict[str, Any]:
+    """KFP's Kubernetes platform config: the data and model volumes mounted in every pipeline pod."""
+    kf = config.kubeflow
+    mounts = [{"constant": kf.data_pvc, "mountPath": kf.data_mount}, {"constant": kf.models_pvc, "mountPath": kf.models_mount}]
+    executors = {name: {"pvcMount": mounts} for name in spec["deploymentSpec"]["executors"]}
+    return {"platforms": {"kubernetes": {"deploymentSpec": {"executors": executors}}}}
+
+
+def compile_pipeline(config: Config, output: str | Path, image: str | None = None) -> dict[str, Any]:
+    """Writes the pipeline YAML for Kubeflow Pipelines and returns its PipelineSpec."""
+    cluster = kubeflow_config(config)
+    pipeline = create_pipeline(cluster, pipeline_root=cluster.paths.output_root, kubeflow=True)
+    runner_config = tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+        default_image=image or config.kubeflow.image, use_pipeline_spec_2_1=True
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        job_file = Path(tmp) / "pipeline_job.json"
+        tfx.orchestration.experimental.KubeflowV2DagRunner(runner_config, output_filename=str(job_file)).run(pipeline)
+        pipeline_job = json.loads(job_file.read_text())
+    spec = _pipeline_spec(pipeline_job, cluster)
+    Path(output).write_text(yaml.safe_dump_all([spec, _platform_spec(spec, config)], sort_keys=False))
+    return spec

@@ -1,0 +1,39 @@
+"""The serving gate's decision, the served-version lookup and the model digest."""
+
+from __future__ import annotations
+
+import shutil
+
+from components.serving_gate import decide, model_digest, served_versions, serving_state
+
+BARS = {"min_accuracy": 0.95, "min_critical_recall": 0.99, "max_regression": 0.01, "critical_class": "myeloblast"}
+
+
+def test_bars_without_a_served_model():
+    assert decide({"accuracy": 0.97, "critical_recall": 1.0}, None, **BARS) == []
+    failures = decide({"accuracy": 0.94, "critical_recall": 0.98}, None, **BARS)
+    assert failures == ["accuracy = 0.9400, required >= 0.95", "myeloblast recall = 0.9800, required >= 0.99"]
+
+
+def test_regression_against_the_served_model():
+    served = {"accuracy": 0.99, "critical_recall": 1.0}
+    assert decide({"accuracy": 0.985, "critical_recall": 1.0}, served, **BARS) == []  # within max_regression
+    failures = decide({"accuracy": 0.97, "critical_recall": 1.0}, served, **BARS)
+    assert failures == ["accuracy = 0.9700, served model 0.9900: drop > max_regression 0.01"]
+
+
+def test_nan_recall_fails():
+    assert decide({"accuracy": 1.0, "critical_recall": float("nan")}, None, **BARS) == [
+        "myeloblast recall = nan, required >= 0.99"
+    ]
+
+
+def test_served_versions_need_a_saved_model(tmp_path, model_exports):
+    assert served_versions(str(tmp_path / "none")) == [] and serving_state(str(tmp_path / "none")) == ""
+    shutil.copytree(model_exports["random"], tmp_path / "7")
+    shutil.copytree(model_exports["basophil"], tmp_path / "12")
+    (tmp_path / "20").mkdir()  # being copied: no saved_model.pb yet
+    (tmp_path / "tmp").mkdir()
+    assert served_versions(str(tmp_path)) == [7, 12] and serving_state(str(tmp_path)) == "12"
+    assert model_digest(str(tmp_path / "7")) == model_digest(str(model_exports["random"]))
+    assert model_digest(str(tmp_path / "7")) != model_digest(str(tmp_path / "12"))
