@@ -13,6 +13,7 @@ import typer
 
 from components.summary_text import render_summary
 from pipelines.cli_options import CONFIG_OPTION, OVERRIDES_OPTION, load_config_or_exit
+from pipelines.kfp_cli import app as kfp_app
 from serving.cli import app as serving_app
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ def _commands() -> None:
 
 
 app.add_typer(serving_app)
+app.add_typer(kfp_app)
 
 
 @app.command()
