@@ -1,0 +1,18 @@
+# Pipeline component image: every Kubeflow step runs this project's code on TFX 1.16.0.
+# Built by skaffold (skaffold.yaml); `bloodcell compile --image <tag>` points the pipeline at it.
+FROM tensorflow/tfx:1.16.0
+
+WORKDIR /app
+COPY requirements.lock ./
+# The lock is the environment CI tests (TFX 1.16.0, Beam 2.61.0, TF 2.16.2): only differences install.
+RUN python -m pip install --no-cache-dir "uv==0.13.9" \
+    && python -m uv pip install --system --no-cache -r requirements.lock
+COPY setup.py config.yaml ./
+COPY pipelines/ pipelines/
+COPY components/ components/
+COPY serving/ serving/
+RUN python -m uv pip install --system --no-cache --no-deps -e . \
+    && python -c "import components.serving_gate, components.training.trainer_module"
+
+# TFX's Kubeflow v2 launcher is the entry point (set per step in the compiled pipeline).
+ENTRYPOINT []
