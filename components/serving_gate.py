@@ -18,19 +18,10 @@ from tfx.types import standard_artifacts
 from components.evaluation import ACCURACY, CRITICAL_RECALL, read_metrics
 from components.training.export import EXAMPLES_INPUT, EXAMPLES_SIGNATURE
 from components.training.preprocessing import parse_example
+from serving.model_versions import served_versions
 
 GATE_FILE = "gate.json"
 SERVING_FORMAT = "Format-Serving"
-
-
-def served_versions(serving_dir: str) -> list[int]:
-    """Version numbers under a TF Serving model base path that hold a SavedModel, ascending."""
-    if not tf.io.gfile.isdir(serving_dir):
-        return []
-    names = [name.rstrip("/") for name in tf.io.gfile.listdir(serving_dir)]
-    return sorted(
-        int(n) for n in names if n.isdigit() and tf.io.gfile.exists(os.path.join(serving_dir, n, "saved_model.pb"))
-    )
 
 
 def serving_state(serving_dir: str) -> str:

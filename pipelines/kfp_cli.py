@@ -66,8 +66,10 @@ def _run_parameters(config: Config, data_root: Optional[str]) -> dict:
     }
 
 
-def _fail(err: Exception) -> None:
-    typer.echo(f"error: {err}", err=True)
+def _fail(err: Exception, connection=None) -> None:  # connection: pipelines.kfp_client.Connection
+    from pipelines.kfp_client import describe_error
+
+    typer.echo(f"error: {describe_error(err, connection) if connection else err}", err=True)
     raise typer.Exit(1) from None
 
 
@@ -88,11 +90,12 @@ def upload(
     if not package.is_file():
         _fail(FileNotFoundError(f"{package} not found: run `bloodcell compile -o {package}` first"))
     version = version or datetime.datetime.now(datetime.timezone.utc).strftime("v%Y%m%d-%H%M%S")
+    connection = _connection(host, namespace, token)
     try:
-        client = connect(_connection(host, namespace, token))
+        client = connect(connection)
         pipeline_id, version_id = upload_pipeline(client, str(package), config.pipeline_name, version)
     except Exception as err:  # noqa: BLE001 - kfp raises ApiException, urllib3 and ValueError errors; exit 1
-        _fail(err)
+        _fail(err, connection)
     typer.echo(f"pipeline {config.pipeline_name}: id {pipeline_id}, version {version_id}")
 
 
@@ -112,12 +115,12 @@ def run(
 
     config = load_config_or_exit(config_path, overrides)
     name = run_name or datetime.datetime.now(datetime.timezone.utc).strftime(f"{config.pipeline_name}-%Y%m%d-%H%M%S")
+    connection = _connection(host, namespace, token)
     try:
-        connection = _connection(host, namespace, token)
         parameters = _run_parameters(config, data_root)
         run_id = start_run(connect(connection), connection, config.pipeline_name, experiment, name, parameters)
     except Exception as err:  # noqa: BLE001 - reported, exit 1
-        _fail(err)
+        _fail(err, connection)
     typer.echo(f"run {name}: id {run_id}")
 
 
@@ -147,14 +150,14 @@ def schedule(
     typer.echo(f"cron '{cron}': next runs " + ", ".join(t.strftime("%Y-%m-%d %H:%M:%S UTC") for t in fire_times))
     if dry_run:
         return
+    connection = _connection(host, namespace, token)
     try:
-        connection = _connection(host, namespace, token)
         client = connect(connection)
         recurring_id = create_schedule(
             client, connection, config.pipeline_name, experiment, schedule_name, cron, _run_parameters(config, data_root)
         )
     except Exception as err:  # noqa: BLE001 - reported, exit 1
-        _fail(err)
+        _fail(err, connection)
     typer.echo(f"recurring run {schedule_name}: id {recurring_id} (enabled, one run at a time, no catch-up)")
 
 
@@ -168,11 +171,11 @@ def schedules(
     """List recurring runs."""
     from pipelines.kfp_client import connect, list_schedules
 
+    connection = _connection(host, namespace, token)
     try:
-        connection = _connection(host, namespace, token)
         rows = list_schedules(connect(connection), connection)
     except Exception as err:  # noqa: BLE001 - reported, exit 1
-        _fail(err)
+        _fail(err, connection)
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
@@ -193,10 +196,11 @@ def unschedule(
     from pipelines.kfp_client import connect
     from pipelines.kfp_client import unschedule as disable
 
+    connection = _connection(host, namespace, token)
     try:
-        disable(connect(_connection(host, namespace, token)), recurring_run_id)
+        disable(connect(connection), recurring_run_id)
     except Exception as err:  # noqa: BLE001 - reported, exit 1
-        _fail(err)
+        _fail(err, connection)
     typer.echo(f"recurring run {recurring_run_id} disabled")
 
 

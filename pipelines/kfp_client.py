@@ -8,6 +8,8 @@ import datetime
 from typing import Any
 
 import kfp
+import kfp_server_api
+import urllib3
 from croniter import croniter
 
 
@@ -35,6 +37,16 @@ class Connection:
     host: str | None  # None: from the kube config (in-cluster or ~/.kube/config)
     namespace: str = "kubeflow"
     token: str | None = None  # bearer token (e.g. from `kubectl create token`)
+
+
+def describe_error(err: Exception, connection: Connection) -> str:
+    """A one-line reason for a failed KFP call: unreachable, an HTTP error from the API, or the error itself."""
+    where = connection.host or "the cluster in the kube config"
+    if isinstance(err, urllib3.exceptions.MaxRetryError):
+        return f"cannot reach Kubeflow Pipelines at {where}: {err.reason}"
+    if isinstance(err, kfp_server_api.ApiException):
+        return f"Kubeflow Pipelines at {where} answered {err.status} {err.reason}: {(err.body or '').strip()[:300]}"
+    return str(err)
 
 
 def connect(connection: Connection) -> kfp.Client:

@@ -27,6 +27,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from serving.model_versions import served_versions
+
 log = logging.getLogger(__name__)
 MB = 1024 * 1024
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -73,16 +75,9 @@ class VersionManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _versions_on_disk(self) -> list[int]:
-        if not self.base_path.is_dir():
-            return []
-        return sorted(
-            int(p.name) for p in self.base_path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()
-        )
-
     def poll(self) -> None:
         """Loads the highest version on disk if it is not the one being served (one attempt)."""
-        versions = self._versions_on_disk()
+        versions = served_versions(str(self.base_path))
         if not versions:
             log.warning("no versions of model %s found under %s", self.model_name, self.base_path)
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,13 @@ def generated_root(tmp_path: Path) -> Path:
         for i in range(10):
             (tmp_path / name / f"{name}_{i}.jpg").write_bytes(image_bytes(seed=100 * k + i))
     return tmp_path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (at the time of the call)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def png_header(width: int, height: int) -> bytes:

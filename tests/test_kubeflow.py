@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from pipelines.cli import app
 from pipelines.configs import trainer_config
 from pipelines.kfp_client import KfpError, validate_cron
-from tests.conftest import CONFIG
+from tests.conftest import CONFIG, free_port
 from tests.kfp_test_double import API, FakeKfp, serve
 
 runner = CliRunner()
@@ -169,3 +169,9 @@ def test_run_before_upload_is_a_readable_error(kfp_api):
     fake, url = kfp_api
     result = runner.invoke(app, ["kfp", "run", "--host", url])
     assert result.exit_code == 1 and "no pipeline named 'bloodcell'" in result.output and "bloodcell kfp upload" in result.output
+
+
+def test_unreachable_kfp_is_a_readable_error():
+    result = runner.invoke(app, ["kfp", "schedules", "--host", f"http://127.0.0.1:{free_port()}"])
+    assert result.exit_code == 1
+    assert "error: cannot reach Kubeflow Pipelines at http://127.0.0.1:" in result.output

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 from typer.testing import CliRunner
 
@@ -11,7 +10,7 @@ from components.image_verification import Limits
 from pipelines.cli import app
 from serving.client import ServingClient
 from serving.screening import screen_images
-from tests.conftest import CONFIG, image_bytes, real_files
+from tests.conftest import CONFIG, free_port, image_bytes, real_files
 
 runner = CliRunner()
 
@@ -59,12 +58,6 @@ def test_status_shows_versions_and_signatures(model_server):
     result = runner.invoke(app, ["status", "--server", model_server.target])
     assert result.exit_code == 0, result.output
     assert "version 1: AVAILABLE" in result.output and "image_bytes (DT_STRING)" in result.output
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_server_down_or_unknown_model_exits_nonzero_with_a_readable_message(model_server):

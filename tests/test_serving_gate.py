@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import shutil
 
-from components.serving_gate import decide, model_digest, served_versions, serving_state
+from components.serving_gate import decide, model_digest, serving_state
+from serving.model_versions import served_versions
 
 BARS = {"min_accuracy": 0.95, "min_critical_recall": 0.99, "max_regression": 0.01, "critical_class": "myeloblast"}
 

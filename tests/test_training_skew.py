@@ -16,7 +16,7 @@ from components.training.export import EXAMPLES_SIGNATURE, SERVING_INPUT, export
 from components.training.model import build_model
 from components.training.preprocessing import preprocess_image
 from components.training.trainer_module import make_dataset
-from tests.conftest import CLASSES, CONFIG, REAL_DATA, TRAINER_CONFIG, real_files
+from tests.conftest import CLASSES, CONFIG, REAL_DATA, TRAINER_CONFIG, png_header, real_files
 
 SIZE = CONFIG.preprocessing.image_size
 CROP = CONFIG.preprocessing.central_crop
@@ -89,11 +89,6 @@ def test_central_crop_keeps_the_centre():
     assert full.shape == cropped.shape == (20, 20, 3)
     assert cropped.min() == 1.0  # only the white square is left
     assert full[0, 0, 0] == 0.0 and full[10, 10, 0] == 1.0
-
-
-def png_header(width: int, height: int) -> bytes:
-    """The first bytes of a PNG that declares the given size (enough for the header check)."""
-    return b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\x02"
 
 
 def test_served_model_refuses_bombs_and_non_images_before_decoding(tmp_path):
