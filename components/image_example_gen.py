@@ -1,8 +1,10 @@
 """ImageExampleGen: labelled image folders -> verified, deduplicated, split tf.Examples (Beam)."""
 
+import hashlib
 import json
 import logging
 import os
+import sys
 from collections import Counter
 from typing import Any
 
@@ -18,7 +20,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact, artifact_utils, standard_artifacts
 
-from components import features
+from components import features, image_verification, splitting
 from components.image_verification import (
     Candidate,
     ImageRecord,
@@ -186,6 +188,16 @@ def summarise(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+
+def code_fingerprint() -> str:
+    """SHA-256 of the ingestion code. TFX caches custom components by their parameters, not their code:
+    the local runner adds this to `input_fingerprint` so that a changed ingestion rule re-ingests."""
+    digest = hashlib.sha256()
+    for module in (features, image_verification, splitting, sys.modules[__name__]):
+        with open(module.__file__, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
 @component(use_beam=True)
 def ImageExampleGen(  # noqa: N802 - TFX component names are classes
     data_root: Parameter[str],
@@ -199,8 +211,8 @@ def ImageExampleGen(  # noqa: N802 - TFX component names are classes
 ):
     """Reads `<data_root>/<class>/**`, verifies every file and writes train/eval/test tf.Examples.
 
-    `input_fingerprint` (paths, sizes and modification times of the files) only serves caching: a
-    changed data root gives a new fingerprint and so a new ingestion.
+    `input_fingerprint` (paths, sizes and modification times of the files, and the ingestion code) only
+    serves caching: a changed data root or ingestion rule gives a new fingerprint and so a new ingestion.
     """
     classes = json.loads(classes_json)
     split = json.loads(split_json)

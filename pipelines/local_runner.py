@@ -10,6 +10,7 @@ from typing import Any
 from ml_metadata.metadata_store import metadata_store
 from tfx import v1 as tfx
 
+from components.image_example_gen import code_fingerprint
 from components.image_verification import fingerprint
 from components.run_report import SUMMARY_FILE, RunSummary
 from components.serving_gate import serving_state
@@ -41,7 +42,7 @@ def latest_summary(config: Config) -> tuple[dict[str, Any], str]:
 def run_local(config: Config, enable_cache: bool = True) -> tuple[dict[str, Any], str]:
     """Runs the whole pipeline and returns the run's summary and report folder."""
     os.makedirs(config.paths.output_root, exist_ok=True)
-    input_fingerprint = fingerprint(config.paths.data_root)
+    input_fingerprint = f"{fingerprint(config.paths.data_root)}:{code_fingerprint()}"
     logging.info("data root %s, fingerprint %s", config.paths.data_root, input_fingerprint[:16])
     pipeline = create_pipeline(
         config,
