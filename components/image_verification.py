@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
 # The pipeline decodes with TensorFlow, which reads JPEG and PNG; other formats are re-encoded as PNG.
@@ -53,6 +54,19 @@ class Rejection:
     reason: str
 
 
+def _join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def _files_under(top: str) -> list[str]:
+    """Paths of every file under `top`, relative to it, sorted (local paths, gs:// and other TF filesystems)."""
+    found = []
+    for folder, _, files in tf.io.gfile.walk(top):
+        relative = folder.rstrip("/")[len(top.rstrip("/")) :].strip("/")
+        found += [f"{relative}/{name}" if relative else name for name in files]
+    return sorted(found)
+
+
 def find_candidates(data_root: str | Path, classes: list[str]) -> tuple[list[Candidate], list[str]]:
     """Lists every file in the class folders (recursively) and every stray file or folder.
 
@@ -60,20 +74,19 @@ def find_candidates(data_root: str | Path, classes: list[str]) -> tuple[list[Can
     (documentation such as PROVENANCE.md), which are not images of the dataset.
     Raises IngestionError when the root or one of the class folders is missing.
     """
-    root = Path(data_root)
-    if not root.is_dir():
+    root = str(data_root)
+    if not tf.io.gfile.isdir(root):
         raise IngestionError(f"data root {root} does not exist or is not a folder")
-    missing = [c for c in classes if not (root / c).is_dir()]
+    missing = [c for c in classes if not tf.io.gfile.isdir(_join(root, c))]
     if missing:
         raise IngestionError(f"data root {root}: class folders missing: {', '.join(missing)}")
     candidates, loose = [], []
-    for entry in sorted(root.iterdir()):
-        if entry.is_file():
-            loose.append(entry.name)
+    for name in sorted(entry.rstrip("/") for entry in tf.io.gfile.listdir(root)):
+        if not tf.io.gfile.isdir(_join(root, name)):
+            loose.append(name)
             continue
-        label = entry.name if entry.name in classes else None
-        for path in sorted(p for p in entry.rglob("*") if p.is_file()):
-            candidates.append(Candidate(path.relative_to(root).as_posix(), label))
+        label = name if name in classes else None
+        candidates += [Candidate(f"{name}/{relative}", label) for relative in _files_under(_join(root, name))]
     return candidates, loose
 
 
@@ -146,11 +159,12 @@ def verify_image(root: str | Path, candidate: Candidate, limits: Limits) -> Imag
     """Decodes one file fully and returns it as a record, or a rejection that says why."""
     if candidate.label_name is None:
         return Rejection(candidate.relpath, f"unknown class folder '{candidate.relpath.split('/')[0]}'")
-    path = Path(root) / candidate.relpath
-    size = path.stat().st_size
+    path = _join(str(root), candidate.relpath)
+    size = tf.io.gfile.stat(path).length
     if size > limits.max_file_bytes:  # checked before reading the file into memory
         return Rejection(candidate.relpath, f"file too large: {size} bytes > max_file_bytes {limits.max_file_bytes}")
-    data = path.read_bytes()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        data = f.read()
     try:
         checked = check_image(data, limits)
     except ImageRejectedError as err:
@@ -169,8 +183,8 @@ def verify_image(root: str | Path, candidate: Candidate, limits: Limits) -> Imag
 def fingerprint(data_root: str | Path) -> str:
     """A cheap identity of the data root's contents: SHA-256 over every file's path, size and mtime."""
     digest = hashlib.sha256()
-    root = Path(data_root)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    root = str(data_root)
+    for relative in _files_under(root):
+        stat = tf.io.gfile.stat(_join(root, relative))
+        digest.update(f"{relative}\0{stat.length}\0{stat.mtime_nsec}\n".encode())
     return digest.hexdigest()

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from components.image_verification import (
@@ -143,3 +144,24 @@ def test_fingerprint_changes_when_a_file_changes(generated_root):
     assert fingerprint(generated_root) == before
     (generated_root / "basophil" / "new.jpg").write_bytes(image_bytes(seed=999))
     assert fingerprint(generated_root) != before
+
+
+def test_a_data_root_on_another_filesystem_is_read_through_tf_gfile():
+    # ram:// is TensorFlow's in-memory filesystem; gs:// and s3:// go through the same tf.io.gfile calls.
+    root = "ram://bloodcell-test-data"
+    for k, name in enumerate(CLASSES):
+        tf.io.gfile.makedirs(f"{root}/{name}/batch1")
+        for i in range(2):
+            with tf.io.gfile.GFile(f"{root}/{name}/batch1/{i}.jpg", "wb") as f:
+                f.write(image_bytes(seed=10 * k + i))
+    with tf.io.gfile.GFile(f"{root}/README.md", "w") as f:
+        f.write("docs")
+    candidates, loose = find_candidates(root, CLASSES)
+    assert loose == ["README.md"] and len(candidates) == 2 * len(CLASSES)
+    assert candidates[0] == Candidate("basophil/batch1/0.jpg", "basophil")
+    record = verify_image(root, candidates[0], LIMITS)
+    assert isinstance(record, ImageRecord) and record.image_bytes == image_bytes(seed=0)
+    before = fingerprint(root)
+    with tf.io.gfile.GFile(f"{root}/basophil/batch1/new.jpg", "wb") as f:
+        f.write(image_bytes(seed=99))
+    assert fingerprint(root) != before
