@@ -135,12 +135,16 @@ def predict(
     config = load_config_or_exit(config_path, overrides)
     files = _expand(paths)
     limits = Limits(config.ingestion.max_pixels, config.ingestion.min_side, config.ingestion.max_file_bytes)
-    items = [(str(f), f.read_bytes()) for f in files]
+    size = batch_size or config.serving.batch_size
+    outcomes = []
     try:
         with _client(config, server, model, version, tls, root_cert) as client, tqdm(
-            total=len(items), unit="img", disable=len(items) <= (batch_size or config.serving.batch_size), file=sys.stderr
+            total=len(files), unit="img", disable=len(files) <= size, file=sys.stderr
         ) as bar:
-            outcomes = screen_images(client, items, limits, batch_size or config.serving.batch_size, bar.update)
+            for start in range(0, len(files), size):  # reads one batch of files at a time
+                chunk = [(str(f), f.read_bytes()) for f in files[start : start + size]]
+                outcomes += screen_images(client, chunk, limits, size)
+                bar.update(len(chunk))
     except ServingError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(EXIT_SERVING_ERROR) from None

@@ -4,7 +4,7 @@ accounts for every input (a prediction, or the reason it was refused)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Sequence
 
 import grpc
 
@@ -25,7 +25,6 @@ def screen_images(
     items: Sequence[tuple[str, bytes]],
     limits: Limits,
     batch_size: int,
-    on_batch: Callable[[int], None] = lambda n: None,
 ) -> list[Outcome]:
     """Returns one Outcome per (name, encoded bytes) item, in input order.
 
@@ -45,7 +44,6 @@ def screen_images(
         for index, result in _predict_batch(client, batch):
             name = items[index][0]
             outcomes[index] = Outcome(index, name, error=result) if isinstance(result, str) else Outcome(index, name, result)
-        on_batch(len(batch))
     return [outcomes[i] for i in range(len(items))]
 
 
