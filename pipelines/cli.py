@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -51,6 +52,85 @@ def run(
 
     summary, report_dir = run_local(config, enable_cache=not no_cache)
     typer.echo(render_summary(summary, report_dir))
+
+
+@app.command()
+def runs(
+    config_path: Path = CONFIG_OPTION,
+    output_root: Optional[str] = typer.Option(None, help="Output root of the runs [default: paths.output_root]."),
+    as_json: bool = typer.Option(False, "--json", help="JSON for scripts."),
+) -> None:
+    """List past local pipeline runs (from ML Metadata): start, data, accuracy, myeloblast recall, push."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.local_runner import metadata_path
+    from pipelines.run_history import list_runs
+
+    config = _config_with_output_root(config_path, output_root)
+    records = _history(config, list_runs)
+    if as_json:
+        typer.echo(json.dumps([r.row() for r in records], indent=1))
+        return
+    table = Table(title=f"Runs in {metadata_path(config)}")
+    for column in ("run id", "started (UTC)", "data", "accuracy", f"{config.critical_class} recall", "blessed", "pushed"):
+        table.add_column(column)
+    for r in records:
+        table.add_row(
+            r.run_id, r.started, r.data_fingerprint, f"{r.test_accuracy:.4f}", f"{r.critical_recall:.4f}",
+            "yes" if r.blessed else "no", r.pushed_version or "-",
+        )  # fmt: skip
+    Console().print(table)
+
+
+@app.command()
+def compare(
+    run_a: str = typer.Argument(..., help="Run id (or a unique prefix), from `bloodcell runs`."),
+    run_b: str = typer.Argument(..., help="Run id (or a unique prefix)."),
+    config_path: Path = CONFIG_OPTION,
+    output_root: Optional[str] = typer.Option(None, help="Output root of the runs [default: paths.output_root]."),
+    as_json: bool = typer.Option(False, "--json", help="JSON for scripts."),
+) -> None:
+    """Show two runs' test metrics side by side with the change from A to B."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.run_history import compare as compare_runs
+    from pipelines.run_history import find_run, list_runs
+
+    config = _config_with_output_root(config_path, output_root)
+    records = _history(config, list_runs)
+    try:
+        a, b = find_run(records, run_a), find_run(records, run_b)
+    except KeyError as err:
+        typer.echo(f"error: {err.args[0]}", err=True)
+        raise typer.Exit(2) from None
+    rows = compare_runs(a, b)
+    if as_json:
+        typer.echo(json.dumps({"a": a.run_id, "b": b.run_id, "metrics": rows}, indent=1))
+        return
+    table = Table(title=f"A = {a.run_id}   B = {b.run_id}")
+    for column in ("metric", "A", "B", "B - A"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for row in rows:
+        delta = row["delta"]
+        style = "green" if delta > 0 else "red" if delta < 0 else ""
+        table.add_row(row["metric"], f"{row['a']:.4f}", f"{row['b']:.4f}", f"[{style}]{delta:+.4f}" if style else f"{delta:+.4f}")
+    Console().print(table)
+
+
+def _config_with_output_root(config_path: Path, output_root: Optional[str]):
+    return load_config_or_exit(config_path, [f"paths.output_root={output_root}"] if output_root else [])
+
+
+def _history(config, list_runs):
+    from pipelines.local_runner import metadata_path
+
+    try:
+        return list_runs(metadata_path(config))
+    except FileNotFoundError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
 
 
 class _ProgressFilter(logging.Filter):

@@ -4,6 +4,7 @@ TFMA's figures agree with a recomputation from raw predictions, and an unchanged
 from __future__ import annotations
 
 import glob
+import json
 import os
 import sys
 
@@ -13,11 +14,14 @@ import tensorflow as tf
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
+from typer.testing import CliRunner
 
 from components.serving_gate import score_model
 from components.training.export import SERVING_INPUT
+from pipelines.cli import app
 from pipelines.configs import DEFAULT_CONFIG, load_config
 from pipelines.local_runner import metadata_path, run_local
+from pipelines.run_history import list_runs
 from serving.client import ServingClient
 from serving.model_server import start_server
 from tests.conftest import CLASSES, make_real_subset, real_files
@@ -131,3 +135,16 @@ def test_gate_blocks_then_cache_then_gate_passes_and_pushes(workspace, monkeypat
     assert summary3["identical_to_served"] and not summary3["blessed"] and not summary3["pushed"]
     assert summary3["served_model"]["version"] == int(os.path.basename(summary2["pushed_destination"]))
     assert glob.glob(os.path.join(passing.paths.serving_root, passing.model_name, "*", "saved_model.pb")) == versions
+
+    # 5. Run history from ML Metadata: three runs on the same data, one pushed.
+    records = list_runs(metadata_path(passing))
+    assert [(r.blessed, bool(r.pushed_version)) for r in records] == [(False, False), (True, True), (False, False)]
+    assert records[1].pushed_version == os.path.basename(summary2["pushed_destination"])
+    assert len({r.data_fingerprint for r in records}) == 1 and records[0].test_accuracy == summary["test_accuracy"]
+    listed = CliRunner().invoke(app, ["runs", "--output-root", str(passing.paths.output_root), "--json"])
+    assert [r["run_id"] for r in json.loads(listed.output)] == [r.run_id for r in records]
+    compared = CliRunner().invoke(
+        app, ["compare", records[0].run_id, records[2].run_id, "--output-root", str(passing.paths.output_root), "--json"]
+    )
+    deltas = {m["metric"]: m["delta"] for m in json.loads(compared.output)["metrics"]}
+    assert deltas["test_accuracy"] == pytest.approx(summary3["test_accuracy"] - summary["test_accuracy"])
