@@ -64,15 +64,11 @@ def runs(
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.local_runner import metadata_path
-    from pipelines.run_history import list_runs
-
-    config = _config_with_output_root(config_path, output_root)
-    records = _history(config, list_runs)
+    config, records, where = _history(config_path, output_root)
     if as_json:
         typer.echo(json.dumps([r.row() for r in records], indent=1))
         return
-    table = Table(title=f"Runs in {metadata_path(config)}")
+    table = Table(title=f"Runs in {where}")
     for column in ("run id", "started (UTC)", "data", "accuracy", f"{config.critical_class} recall", "blessed", "pushed"):
         table.add_column(column)
     for r in records:
@@ -96,10 +92,9 @@ def compare(
     from rich.table import Table
 
     from pipelines.run_history import compare as compare_runs
-    from pipelines.run_history import find_run, list_runs
+    from pipelines.run_history import find_run
 
-    config = _config_with_output_root(config_path, output_root)
-    records = _history(config, list_runs)
+    _, records, _ = _history(config_path, output_root)
     try:
         a, b = find_run(records, run_a), find_run(records, run_b)
     except KeyError as err:
@@ -119,15 +114,14 @@ def compare(
     Console().print(table)
 
 
-def _config_with_output_root(config_path: Path, output_root: Optional[str]):
-    return load_config_or_exit(config_path, [f"paths.output_root={output_root}"] if output_root else [])
-
-
-def _history(config, list_runs):
+def _history(config_path: Path, output_root: Optional[str]):
+    """The config, the runs recorded under its output root and the metadata store's path."""
     from pipelines.local_runner import metadata_path
+    from pipelines.run_history import list_runs
 
+    config = load_config_or_exit(config_path, [f"paths.output_root={output_root}"] if output_root else [])
     try:
-        return list_runs(metadata_path(config))
+        return config, list_runs(metadata_path(config)), metadata_path(config)
     except FileNotFoundError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
