@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +217,29 @@ def trainer_config(config: Config) -> dict:
         "augmentation": settings["augmentation"],
         "training": settings["training"],
     }
+
+
+def run_settings(config: Config) -> dict[str, Any]:
+    """What users change per run: used as is by the local run, as runtime parameters on Kubeflow."""
+    evaluation = config.evaluation
+    return {
+        "data_root": config.paths.data_root,
+        "trainer_config": trainer_config(config),
+        "min_accuracy": float(evaluation.min_accuracy),
+        "min_critical_recall": float(evaluation.min_critical_recall),
+        "max_regression": float(evaluation.max_regression),
+    }
+
+
+def parameter_values(config: Config) -> dict[str, str | float]:
+    """`run_settings` as Kubeflow parameter values (the Trainer's settings as JSON)."""
+    return {k: json.dumps(v) if isinstance(v, dict) else v for k, v in run_settings(config).items()}
+
+
+def kubeflow_config(config: Config) -> Config:
+    """The config as seen from inside the cluster: paths on the mounted volumes, the cluster's Beam args."""
+    kf = config.kubeflow
+    paths = dataclasses.replace(
+        config.paths, data_root=kf.data_root, output_root=kf.pipeline_root, serving_root=kf.serving_root, schema_dir=kf.schema_dir
+    )
+    return dataclasses.replace(config, paths=paths, beam_pipeline_args=list(kf.beam_pipeline_args))

@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from pipelines.cli_options import CONFIG_OPTION, OVERRIDES_OPTION, load_config_or_exit
-from pipelines.configs import Config, trainer_config
+from pipelines.configs import Config, kubeflow_config, parameter_values
 
 app = typer.Typer()
 kfp_app = typer.Typer(help="Drive Kubeflow Pipelines: upload, run, schedule retraining.", no_args_is_help=True)
@@ -55,15 +55,9 @@ def _connection(host: Optional[str], namespace: str, token: Optional[str]):
 
 
 def _run_parameters(config: Config, data_root: Optional[str]) -> dict:
-    """Runtime parameter values from the config (with --set overrides): thresholds, trainer settings."""
-    evaluation = config.evaluation
-    return {
-        "data_root": data_root or config.kubeflow.data_root,
-        "trainer_config": json.dumps(trainer_config(config)),
-        "min_accuracy": evaluation.min_accuracy,
-        "min_critical_recall": evaluation.min_critical_recall,
-        "max_regression": evaluation.max_regression,
-    }
+    """Runtime parameter values from the config (with --set overrides), as seen in the cluster."""
+    values = parameter_values(kubeflow_config(config))
+    return {**values, "data_root": data_root or values["data_root"]}
 
 
 def _fail(err: Exception, connection=None) -> None:  # connection: pipelines.kfp_client.Connection

@@ -3,7 +3,6 @@ local run, settings from runtime parameters, volumes mounted in every pod, a YAM
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -12,24 +11,15 @@ from typing import Any
 import yaml
 from tfx import v1 as tfx
 
-from pipelines.configs import Config
-from pipelines.pipeline import UNCACHEABLE, create_pipeline, runtime_parameters
-
-
-def kubeflow_config(config: Config) -> Config:
-    """The config as seen from inside the cluster: paths on the mounted volumes, the cluster's Beam args."""
-    kf = config.kubeflow
-    paths = dataclasses.replace(
-        config.paths, data_root=kf.data_root, output_root=kf.pipeline_root, serving_root=kf.serving_root, schema_dir=kf.schema_dir
-    )
-    return dataclasses.replace(config, paths=paths, beam_pipeline_args=list(kf.beam_pipeline_args))
+from pipelines.configs import Config, kubeflow_config, parameter_values
+from pipelines.pipeline import UNCACHEABLE, create_pipeline
 
 
 def _pipeline_spec(pipeline_job: dict[str, Any], cluster: Config) -> dict[str, Any]:
     """The PipelineSpec of TFX's PipelineJob with the runtime parameters' defaults filled in (the dashboard
     shows them) and caching off where the result depends on state outside the artifacts."""
     spec = pipeline_job["pipelineSpec"]
-    defaults = {name: parameter.default for name, parameter in runtime_parameters(cluster).items()}
+    defaults = parameter_values(cluster)
     for name, parameter in spec["root"]["inputDefinitions"]["parameters"].items():
         parameter["defaultValue"] = defaults[name]
         parameter["isOptional"] = True

@@ -13,7 +13,7 @@ from components.image_example_gen import ImageExampleGen
 from components.run_report import RunReport
 from components.serving_gate import ServingGate
 from components.validation_gate import AnomaliesGate
-from pipelines.configs import Config, trainer_config
+from pipelines.configs import Config, parameter_values, run_settings
 
 TRAINER_MODULE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "components", "training", "trainer_module.py"
@@ -26,17 +26,9 @@ UNCACHEABLE = ("ImageExampleGen", "ServingGate")
 
 
 def runtime_parameters(config: Config) -> dict[str, Any]:
-    """What users change per run on Kubeflow (dashboard or `bloodcell kfp run`), with the config's values
-    as defaults. `trainer_config` is the Trainer's JSON settings (epochs among them)."""
+    """`run_settings` as Kubeflow runtime parameters, the config's values as defaults (shown in the dashboard)."""
     parameter = tfx.dsl.experimental.RuntimeParameter
-    evaluation = config.evaluation
-    return {
-        "data_root": parameter(name="data_root", ptype=str, default=config.paths.data_root),
-        "trainer_config": parameter(name="trainer_config", ptype=str, default=json.dumps(trainer_config(config))),
-        "min_accuracy": parameter(name="min_accuracy", ptype=float, default=evaluation.min_accuracy),
-        "min_critical_recall": parameter(name="min_critical_recall", ptype=float, default=evaluation.min_critical_recall),
-        "max_regression": parameter(name="max_regression", ptype=float, default=evaluation.max_regression),
-    }
+    return {name: parameter(name=name, ptype=type(value), default=value) for name, value in parameter_values(config).items()}
 
 
 def create_pipeline(
@@ -53,16 +45,7 @@ def create_pipeline(
     `input_fingerprint` and `serving_state` describe the data root and the served model for the local
     runner's cache. `kubeflow` reads settings from runtime parameters and the Trainer's code from the image.
     """
-    evaluation = config.evaluation
-    settings: dict[str, Any] = {
-        "data_root": config.paths.data_root,
-        "trainer_config": trainer_config(config),
-        "min_accuracy": evaluation.min_accuracy,
-        "min_critical_recall": evaluation.min_critical_recall,
-        "max_regression": evaluation.max_regression,
-    }
-    if kubeflow:
-        settings.update(runtime_parameters(config))
+    settings = runtime_parameters(config) if kubeflow else run_settings(config)
     classes_json = json.dumps(config.classes)
     example_gen = ImageExampleGen(
         data_root=settings["data_root"],
