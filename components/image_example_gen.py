@@ -188,7 +188,6 @@ def summarise(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-
 def code_fingerprint() -> str:
     """SHA-256 of the ingestion code. TFX caches custom components by their parameters, not their code:
     the local runner adds this to `input_fingerprint` so that a changed ingestion rule re-ingests."""
@@ -197,6 +196,7 @@ def code_fingerprint() -> str:
         with open(module.__file__, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()
+
 
 @component(use_beam=True)
 def ImageExampleGen(  # noqa: N802 - TFX component names are classes
