@@ -1,5 +1,7 @@
 """RunReport: the run's figures in one place (summary JSON, classification report, plots)."""
 
+import csv
+import io
 import json
 import os
 from typing import Any
@@ -9,17 +11,22 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, standard_artifacts
 
+from components.audit.audit_component import AUDIT_FILE, ShortcutAuditReport
 from components.evaluation import ACCURACY, CRITICAL_RECALL, read_confusion_matrix, read_metrics
+from components.experiment_tracking import log_run
 from components.image_example_gen import REPORT_FILE, IngestionReport
+from components.model_card import render_model_card
 from components.plots import confusion_matrix_png, training_curves_png
 from components.serving_gate import read_gate
 from components.summary_text import format_classification_report
-from components.training.trainer_module import HISTORY_FILE
+from components.training.trainer_module import HISTORY_FILE, OPERATING_POINT_FILE
 
 SUMMARY_FILE = "summary.json"
 CLASSIFICATION_REPORT_FILE = "classification_report.txt"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 TRAINING_CURVES_FILE = "training_curves.png"
+MODEL_CARD_FILE = "model_card.md"
+TRIALS_FILE = "tuner_trials.csv"
 
 
 class RunSummary(artifact.Artifact):
@@ -38,6 +45,8 @@ def build_summary(
     pushed_destination: str,
     classes: list[str],
     critical_class: str,
+    audit: dict[str, Any],
+    operating_point: dict[str, float],
 ) -> dict[str, Any]:
     per_class = {name: {**metrics["per_class"][name], "support": sum(matrix[k])} for k, name in enumerate(classes)}
     return {
@@ -55,7 +64,31 @@ def build_summary(
         "served_model": gate["served"],
         "pushed": pushed,
         "pushed_destination": pushed_destination if pushed else "",
+        "pushed_version": os.path.basename(os.path.normpath(pushed_destination)) if pushed else "",
+        "operating_point": operating_point,
+        "audit": {k: audit[k] for k in ("clean", "colour_baseline", "morphology_gain", "groups", "stress", "bars", "passes")},
     }
+
+
+def trials_csv(tuner_results_uri: str) -> str:
+    """The Tuner's trials (tuner_results.json: one record per completed trial, best first) as CSV."""
+    records = _read_json(tuner_results_uri, "tuner_results.json")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in records for k in r)))
+    writer.writeheader()
+    writer.writerows(records)
+    return buffer.getvalue()
+
+
+def _read_json(folder: str, name: str) -> Any:
+    with tf.io.gfile.GFile(os.path.join(folder, name)) as f:
+        return json.load(f)
+
+
+def _write(folder: str, name: str, text: str) -> None:
+    tf.io.gfile.makedirs(folder)
+    with tf.io.gfile.GFile(os.path.join(folder, name), "w") as f:
+        f.write(text)
 
 
 @component
@@ -65,16 +98,24 @@ def RunReport(  # noqa: N802 - TFX component names are classes
     evaluation: InputArtifact[standard_artifacts.ModelEvaluation],
     blessing: InputArtifact[standard_artifacts.ModelBlessing],
     pushed_model: InputArtifact[standard_artifacts.PushedModel],
+    audit: InputArtifact[ShortcutAuditReport],
     classes_json: Parameter[str],
     critical_class: Parameter[str],
+    model_name: Parameter[str],
+    settings_json: Parameter[str],
+    tracking_uri: Parameter[str],
+    experiment: Parameter[str],
+    pipeline_run_id: Parameter[str],
     report: OutputArtifact[RunSummary],
+    tuner_results: InputArtifact[standard_artifacts.TunerResults] = None,
 ):
-    """Collects the figures of this run and draws the confusion matrix and training curves."""
+    """Collects the figures of this run, draws the confusion matrix and training curves, writes the model
+    card (also beside the pushed model, in assets.extra/) and logs the run to MLflow.
+
+    `pipeline_run_id` is the orchestrator's run id (ML Metadata's pipeline_run context) when known."""
     classes = json.loads(classes_json)
-    with tf.io.gfile.GFile(os.path.join(ingestion_report.uri, REPORT_FILE)) as f:
-        ingestion = json.load(f)
-    with tf.io.gfile.GFile(os.path.join(model_run.uri, HISTORY_FILE)) as f:
-        history = json.load(f)
+    ingestion = _read_json(ingestion_report.uri, REPORT_FILE)
+    history = _read_json(model_run.uri, HISTORY_FILE)
     matrix = read_confusion_matrix(evaluation.uri, len(classes))
     summary = build_summary(
         ingestion,
@@ -86,12 +127,17 @@ def RunReport(  # noqa: N802 - TFX component names are classes
         pushed_model.get_string_custom_property("pushed_destination"),
         classes,
         critical_class,
+        _read_json(audit.uri, AUDIT_FILE),
+        _read_json(model_run.uri, OPERATING_POINT_FILE),
     )
-    tf.io.gfile.makedirs(report.uri)
-    with tf.io.gfile.GFile(os.path.join(report.uri, SUMMARY_FILE), "w") as f:
-        json.dump(summary, f, indent=1)
-    with tf.io.gfile.GFile(os.path.join(report.uri, CLASSIFICATION_REPORT_FILE), "w") as f:
-        f.write(format_classification_report(summary["per_class"], summary["test_accuracy"]))
+    _write(report.uri, CLASSIFICATION_REPORT_FILE, format_classification_report(summary["per_class"], summary["test_accuracy"]))
+    card = render_model_card(summary, model_name, pipeline_run_id)
+    _write(report.uri, MODEL_CARD_FILE, card)
+    if summary["pushed"]:
+        _write(os.path.join(summary["pushed_destination"], "assets.extra"), MODEL_CARD_FILE, card)
+    if tuner_results is not None:
+        _write(report.uri, TRIALS_FILE, trials_csv(tuner_results.uri))
+    tf.io.gfile.copy(os.path.join(audit.uri, AUDIT_FILE), os.path.join(report.uri, AUDIT_FILE), overwrite=True)
     confusion_matrix_png(
         matrix,
         classes,
@@ -99,3 +145,15 @@ def RunReport(  # noqa: N802 - TFX component names are classes
         f"test split, accuracy {summary['test_accuracy']:.4f}",
     )
     training_curves_png(history, os.path.join(report.uri, TRAINING_CURVES_FILE))
+    _write(report.uri, SUMMARY_FILE, json.dumps(summary, indent=1))
+    summary["tracking"] = log_run(
+        tracking_uri,
+        experiment,
+        model_name,
+        pipeline_run_id,
+        json.loads(settings_json),
+        summary,
+        history,
+        {"": report.uri, "ingestion": ingestion_report.uri},
+    )
+    _write(report.uri, SUMMARY_FILE, json.dumps(summary, indent=1))

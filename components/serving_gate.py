@@ -31,9 +31,12 @@ def serving_state(serving_dir: str) -> str:
 
 
 def model_digest(model_dir: str) -> str:
-    """SHA-256 over a SavedModel's files (names and bytes): equal digests mean the same model."""
+    """SHA-256 over a SavedModel's files (names and bytes): equal digests mean the same model. The
+    documents beside it (model card) are left out; the operating point is also in the graph."""
     digest = hashlib.sha256()
     for root, _, files in sorted(tf.io.gfile.walk(model_dir)):
+        if os.path.relpath(root, model_dir).split(os.sep)[0] == "assets.extra":
+            continue
         for name in sorted(files):
             path = os.path.join(root, name)
             digest.update(os.path.relpath(path, model_dir).encode())

@@ -29,7 +29,27 @@ def render_summary(summary: dict[str, Any], report_dir: str) -> str:
         f"test accuracy: {summary['test_accuracy']:.4f}",
         format_classification_report(summary["per_class"], summary["test_accuracy"]),
     ]
-    lines.append(f"{summary['critical_class']} recall: {summary['critical_recall']:.4f}")
+    critical = summary["critical_class"]
+    lines.append(f"{critical} recall: {summary['critical_recall']:.4f}")
+    point = summary["operating_point"]
+    lines.append(
+        f"{critical} alert: calibrated p >= {point['threshold']:.4f} (eval recall {point['recall']:.4f}, "
+        f"precision {point['precision']:.4f}); ECE {point['ece_before']:.4f} -> {point['ece_after']:.4f} "
+        f"(temperature {point['temperature']:.3f})"
+    )
+    audit = summary["audit"]
+    lines.append(
+        f"shortcut audit: colour-histogram baseline {audit['colour_baseline']['accuracy']:.4f} "
+        f"(CNN {audit['clean']['accuracy']:.4f})"
+    )
+    for group, g in audit["groups"].items():
+        lines.append(f"  group {group}: {g['count']} images, accuracy {g['accuracy']:.4f}")
+    for name, v in audit["stress"].items():
+        recall = "n/a" if v["critical_recall"] is None else f"{v['critical_recall']:.4f}"
+        lines.append(
+            f"  stress {name}: accuracy {v['accuracy']:.4f} (drop {v['drop']:+.4f}), {critical} recall {recall}"
+            + ("" if v["passes"] else "  FAILS the bar")
+        )
     served = summary["served_model"]
     if served:
         lines.append(
@@ -47,7 +67,14 @@ def render_summary(summary: dict[str, Any], report_dir: str) -> str:
         lines.append(f"pushed: {summary['pushed_destination']}")
     else:
         lines.append("pushed: no (" + ("already served" if summary["identical_to_served"] else "model not blessed") + ")")
+    tracking = summary.get("tracking", {})
+    if "error" in tracking:
+        lines.append(f"MLflow: NOT logged to {tracking['uri']}: {tracking['error']}")
+    elif tracking:
+        registered = f", registered version {tracking['registered_version']}" if tracking["registered_version"] else ""
+        lines.append(f"MLflow: run {tracking['run_id']} in {tracking['uri']}{registered}")
     lines.append(
-        f"report: {report_dir} (summary.json, classification_report.txt, confusion_matrix.png, training_curves.png)"
+        f"report: {report_dir} (summary.json, model_card.md, audit.json, classification_report.txt, "
+        "confusion_matrix.png, training_curves.png)"
     )
     return "\n".join(lines)

@@ -41,9 +41,15 @@ def run(
     output_root: Optional[str] = typer.Option(None, help="Where artifacts, metadata and reports go."),
     epochs: Optional[int] = typer.Option(None, help="Maximum training epochs."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute every step instead of reusing cached results."),
+    tune: bool = typer.Option(False, "--tune", help="Search hyperparameters first (tuning section of the config)."),
 ) -> None:
-    """Run the full pipeline locally: ingest, validate, train, evaluate, gate, push."""
-    shortcuts = {"paths.data_root": data_root, "paths.output_root": output_root, "training.epochs": epochs}
+    """Run the full pipeline locally: ingest, validate, [tune], train, evaluate and audit, gate, push."""
+    shortcuts = {
+        "paths.data_root": data_root,
+        "paths.output_root": output_root,
+        "training.epochs": epochs,
+        "tuning.enabled": "true" if tune else None,
+    }
     extra = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     if output_root is not None and not any(o.startswith("paths.serving_root=") for o in overrides or []):
         extra.append(f"paths.serving_root={os.path.join(output_root, 'serving')}")

@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from components.experiment_tracking import default_tracking_uri
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "config.yaml"
 
@@ -49,6 +51,7 @@ class Augmentation:
     contrast: float
     saturation: float
     hue: float
+    grayscale: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,10 +70,36 @@ class Training:
 
 
 @dataclasses.dataclass(frozen=True)
+class Tuning:
+    enabled: bool
+    max_trials: int
+    epochs: int                     # per trial
+    search_space: dict[str, list]   # see components/training/tuning.py
+
+
+@dataclasses.dataclass(frozen=True)
 class Evaluation:
     min_accuracy: float
     min_critical_recall: float
     max_regression: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Screening:
+    alert_recall: float         # critical-class recall the alert threshold is chosen for, on the eval split
+    review_confidence: float    # predictions whose calibrated top probability is lower need human review
+
+
+@dataclasses.dataclass(frozen=True)
+class Audit:
+    max_stress_drop: float              # accuracy drop allowed on each stress variant of the test split
+    min_stress_critical_recall: float   # critical-class recall required on each stress variant
+
+
+@dataclasses.dataclass(frozen=True)
+class Tracking:
+    uri: str            # MLflow tracking URI; "" = SQLite store <output_root>/mlflow.db
+    experiment: str     # MLflow experiment of the pipeline runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +139,11 @@ class Config:
     preprocessing: Preprocessing
     augmentation: Augmentation
     training: Training
+    tuning: Tuning
     evaluation: Evaluation
+    screening: Screening
+    audit: Audit
+    tracking: Tracking
     serving: Serving
     kubeflow: Kubeflow
     beam_pipeline_args: list[str]
@@ -159,7 +192,13 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     return cls(**values)
 
 
-_SECTIONS = {c.__name__: c for c in (Paths, Ingestion, Preprocessing, Augmentation, Training, Evaluation, Serving, Kubeflow)}
+_SECTIONS = {
+    c.__name__: c
+    for c in (
+        Paths, Ingestion, Preprocessing, Augmentation, Training, Tuning,
+        Evaluation, Screening, Audit, Tracking, Serving, Kubeflow,
+    )
+}  # fmt: skip
 
 
 def _resolve_paths(paths: dict[str, str], base: Path) -> None:
@@ -216,7 +255,14 @@ def trainer_config(config: Config) -> dict:
         "min_side": config.ingestion.min_side,
         "augmentation": settings["augmentation"],
         "training": settings["training"],
+        "screening": settings["screening"],
+        "tuning": {k: v for k, v in settings["tuning"].items() if k != "enabled"},
     }
+
+
+def tracking_uri(config: Config) -> str:
+    """Where runs are tracked: `tracking.uri`, or the SQLite store under the output root."""
+    return config.tracking.uri or default_tracking_uri(config.paths.output_root)
 
 
 def run_settings(config: Config) -> dict[str, Any]:

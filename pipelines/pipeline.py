@@ -7,19 +7,22 @@ import os
 from typing import Any
 
 from tfx import v1 as tfx
+from tfx.dsl.placeholder import placeholder as ph
 
+from components.audit.audit_component import ShortcutAudit
 from components.evaluation import build_eval_config
 from components.image_example_gen import ImageExampleGen
 from components.run_report import RunReport
 from components.serving_gate import ServingGate
 from components.validation_gate import AnomaliesGate
-from pipelines.configs import Config, parameter_values, run_settings
+from pipelines.configs import Config, parameter_values, run_settings, tracking_uri, trainer_config
 
 TRAINER_MODULE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "components", "training", "trainer_module.py"
 )
 # On Kubeflow the project is installed in the component image: the Trainer imports its run_fn from there.
 TRAINER_RUN_FN = "components.training.trainer_module.run_fn"
+TUNER_FN = "components.training.trainer_module.tuner_fn"
 # Steps that look at state outside the pipeline's artifacts (files under the data root, the served model):
 # orchestrators that cache by inputs alone must not cache them.
 UNCACHEABLE = ("ImageExampleGen", "ServingGate")
@@ -40,7 +43,8 @@ def create_pipeline(
     enable_cache: bool = True,
     kubeflow: bool = False,
 ) -> tfx.dsl.Pipeline:
-    """Ingestion -> validation -> training -> evaluation -> serving gate -> push -> run report.
+    """Ingestion -> validation -> [tuning] -> training -> evaluation + shortcut audit -> serving gate -> push
+    -> run report (model card, MLflow).
 
     `input_fingerprint` and `serving_state` describe the data root and the served model for the local
     runner's cache. `kubeflow` reads settings from runtime parameters and the Trainer's code from the image.
@@ -70,13 +74,27 @@ def create_pipeline(
         statistics=statistics_gen.outputs["statistics"],
         classes_json=classes_json,
     )
+    code = {"module_file": None if kubeflow else TRAINER_MODULE}
+    splits = {"train_args": tfx.proto.TrainArgs(splits=["train"]), "eval_args": tfx.proto.EvalArgs(splits=["eval"])}
+    tuner = None
+    if config.tuning.enabled:
+        tuner = tfx.components.Tuner(
+            tuner_fn=TUNER_FN if kubeflow else None,
+            examples=example_gen.outputs["examples"],
+            # The KFP v2 compiler wires runtime parameters into the Trainer's custom_config but not the
+            # Tuner's: the search runs with the compiled config, the Trainer with the run's parameters.
+            custom_config=trainer_config(config),
+            **code,
+            **splits,
+        )
+        tuner.add_upstream_node(anomalies_gate)
     trainer = tfx.components.Trainer(
         run_fn=TRAINER_RUN_FN if kubeflow else None,
-        module_file=None if kubeflow else TRAINER_MODULE,
         examples=example_gen.outputs["examples"],
-        train_args=tfx.proto.TrainArgs(splits=["train"]),
-        eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+        hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
         custom_config=settings["trainer_config"],
+        **code,
+        **splits,
     )
     trainer.add_upstream_node(anomalies_gate)
     evaluator = tfx.components.Evaluator(
@@ -84,6 +102,14 @@ def create_pipeline(
         model=trainer.outputs["model"],
         example_splits=["test"],
         eval_config=build_eval_config(config.classes, config.critical_class),
+    )
+    audit = ShortcutAudit(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        classes_json=classes_json,
+        critical_class=config.critical_class,
+        max_stress_drop=config.audit.max_stress_drop,
+        min_stress_critical_recall=config.audit.min_stress_critical_recall,
     )
     serving_dir = os.path.join(config.paths.serving_root, config.model_name)
     serving_gate = ServingGate(
@@ -111,12 +137,20 @@ def create_pipeline(
         evaluation=evaluator.outputs["evaluation"],
         blessing=serving_gate.outputs["blessing"],
         pushed_model=pusher.outputs["pushed_model"],
+        audit=audit.outputs["audit"],
+        tuner_results=tuner.outputs["tuner_results"] if tuner else None,
         classes_json=classes_json,
         critical_class=config.critical_class,
+        model_name=config.model_name,
+        settings_json=json.dumps(config.as_dict()),
+        tracking_uri=tracking_uri(config),
+        experiment=config.tracking.experiment,
+        # KFP v2 cannot compile placeholders in parameters: on Kubeflow the run is found by its artifact paths.
+        pipeline_run_id="" if kubeflow else ph.execution_invocation().pipeline_run_id,
     )
     components = [
-        example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
-        trainer, evaluator, serving_gate, pusher, run_report,
+        example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate, *([tuner] if tuner else []),
+        trainer, evaluator, audit, serving_gate, pusher, run_report,
     ]  # fmt: skip
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,

@@ -44,6 +44,12 @@ def _client(
     )
 
 
+def _limits(config: Config):
+    from components.image_verification import Limits
+
+    return Limits(config.ingestion.max_pixels, config.ingestion.min_side, config.ingestion.max_file_bytes)
+
+
 def _expand(paths: List[Path]) -> list[Path]:
     """Files as given, and every file under the given folders (sorted); a missing path is an error."""
     files: list[Path] = []
@@ -66,6 +72,7 @@ def _rows(outcomes, classes: list[str], critical_class: str) -> list[dict]:
             "file": o.name,
             "predicted_class": p.predicted_class if p else "",
             "myeloblast_alert": p.alert(critical_class) if p else "",
+            "needs_review": p.needs_review if p else "",
             "model_version": p.model_version if p else "",
         }
         row.update({f"p_{c}": p.probabilities.get(c, "") if p else "" for c in classes})
@@ -85,6 +92,7 @@ def _print_table(rows: list[dict], critical_class: str) -> None:
     table.add_column("probability", justify="right")
     table.add_column(f"p({critical_class})", justify="right")
     table.add_column("alert", no_wrap=True)
+    table.add_column("review", no_wrap=True)
     classified = [r for r in rows if not r["error"]]
     for row in classified:
         alert = row["myeloblast_alert"]
@@ -94,6 +102,7 @@ def _print_table(rows: list[dict], critical_class: str) -> None:
             f"{row['p_' + row['predicted_class']]:.3f}",
             f"{row['p_' + critical_class]:.3f}",
             "[bold white on red] MYELOBLAST ALERT " if alert else "",
+            "[yellow]low confidence" if row["needs_review"] else "",
         )
     if classified:
         console.print(table)
@@ -128,13 +137,12 @@ def predict(
     Exit codes: 0 all classified, 1 serving error, 2 bad arguments, 3 some images not classified."""
     from tqdm import tqdm
 
-    from components.image_verification import Limits
     from serving.client import ServingError
     from serving.screening import screen_images
 
     config = load_config_or_exit(config_path, overrides)
     files = _expand(paths)
-    limits = Limits(config.ingestion.max_pixels, config.ingestion.min_side, config.ingestion.max_file_bytes)
+    limits = _limits(config)
     size = batch_size or config.serving.batch_size
     outcomes = []
     try:
@@ -159,6 +167,51 @@ def predict(
         _print_table(rows, config.critical_class)
     if any(o.error for o in outcomes):
         raise typer.Exit(EXIT_NOT_CLASSIFIED)
+
+
+@app.command()
+def explain(
+    image: Path = typer.Argument(..., help="An image file."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Overlay PNG [default: IMAGE.gradcam.png]."),
+    server: Optional[str] = typer.Option(None, help="Ask TF Serving at HOST:PORT instead of loading a model here."),
+    model_dir: Optional[Path] = typer.Option(
+        None, help="A SavedModel folder [default: the newest version under <serving_root>/<model_name>]."
+    ),
+    config_path: Path = CONFIG_OPTION,
+) -> None:
+    """Write a Grad-CAM heat-map overlay showing what drove the model's prediction for IMAGE."""
+    from components.image_verification import ImageRejectedError, check_image
+    from serving.client import ServingError
+    from serving.explain import explain_with_saved_model, overlay_png
+    from serving.model_versions import served_versions
+
+    config = load_config_or_exit(config_path)
+    if not image.is_file():
+        typer.echo(f"error: {image}: no such file", err=True)
+        raise typer.Exit(2)
+    data = image.read_bytes()
+    try:
+        check_image(data, _limits(config))
+    except ImageRejectedError as err:
+        typer.echo(f"error: {image}: {err}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        if server:
+            with _client(config, server, None, None, False, None) as client:
+                predicted, heatmap = client.explain(data)
+        else:
+            base = Path(config.paths.serving_root) / config.model_name
+            versions = served_versions(str(base))
+            if model_dir is None and not versions:
+                typer.echo(f"error: no pushed model under {base}: run the pipeline or pass --model-dir", err=True)
+                raise typer.Exit(2)
+            predicted, heatmap = explain_with_saved_model(model_dir or base / str(versions[-1]), data)
+    except ServingError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(EXIT_SERVING_ERROR) from None
+    target = out or image.with_name(image.stem + ".gradcam.png")
+    target.write_bytes(overlay_png(data, heatmap, config.preprocessing.central_crop))
+    typer.echo(f"{image}: predicted {predicted}; Grad-CAM overlay written to {target}")
 
 
 @app.command()
@@ -236,4 +289,5 @@ def web(
 
     config = load_config_or_exit(config_path)
     client = _client(config, grpc_target, model, None, False, None)
-    uvicorn.run(create_app(client, config.critical_class, upload_limits(config)), host=host, port=port)
+    app = create_app(client, config.critical_class, upload_limits(config), config.preprocessing.central_crop)
+    uvicorn.run(app, host=host, port=port)

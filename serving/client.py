@@ -18,7 +18,15 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from components.training.export import PROBABILITIES, SERVING_INPUT, SERVING_SIGNATURE
+from components.training.export import (
+    EXPLAIN_SIGNATURE,
+    HEATMAP,
+    NEEDS_REVIEW,
+    PROBABILITIES,
+    SERVING_INPUT,
+    SERVING_SIGNATURE,
+    alert_output,
+)
 
 MB = 1024 * 1024
 
@@ -37,10 +45,17 @@ class Prediction:
     predicted_class: str
     probabilities: dict[str, float]
     model_version: int
+    flags: dict[str, bool] = dataclasses.field(default_factory=dict)  # the model's boolean outputs
 
     def alert(self, critical_class: str) -> bool:
-        """True when the image is predicted to be of the critical (leukemic) class."""
-        return self.predicted_class == critical_class
+        """The model's `<critical_class>_alert` output (its calibrated operating point); for models exported
+        before it existed, whether the critical class is the predicted class."""
+        return self.flags.get(alert_output(critical_class), self.predicted_class == critical_class)
+
+    @property
+    def needs_review(self) -> bool:
+        """Low confidence: a person should look at this image (False for models without the output)."""
+        return self.flags.get(NEEDS_REVIEW, False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,12 +133,12 @@ class ServingClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _spec(self, spec, signature: bool = True) -> None:
+    def _spec(self, spec, signature: str | None = SERVING_SIGNATURE) -> None:
         spec.name = self.model_name
         if self.version is not None:
             spec.version.value = self.version
         if signature:
-            spec.signature_name = SERVING_SIGNATURE
+            spec.signature_name = signature
 
     def _call(self, method, request):
         try:
@@ -141,21 +156,37 @@ class ServingClient:
         request = predict_pb2.PredictRequest()
         self._spec(request.model_spec)
         request.inputs[SERVING_INPUT].CopyFrom(string_tensor(images))
-        request.output_filter.extend([PROBABILITIES, "predicted_class", "class_names"])
         response = self._call(self.predictions.Predict, request)
         names = _rows(response.outputs["class_names"])
         probabilities = _rows(response.outputs[PROBABILITIES])
         predicted = [v.decode() for v in response.outputs["predicted_class"].string_val]
+        flags = {k: list(t.bool_val) for k, t in response.outputs.items() if t.dtype == types_pb2.DT_BOOL}
         version = response.model_spec.version.value
         return [
-            Prediction(cls, {n: round(p, 6) for n, p in zip(row_names, row, strict=False)}, version)
-            for cls, row_names, row in zip(predicted, names, probabilities, strict=False)
+            Prediction(
+                cls,
+                {n: round(p, 6) for n, p in zip(row_names, row, strict=False)},
+                version,
+                {k: bool(v[i]) for k, v in flags.items()},
+            )
+            for i, (cls, row_names, row) in enumerate(zip(predicted, names, probabilities, strict=False))
         ]
+
+    def explain(self, image: bytes) -> tuple[str, np.ndarray]:
+        """The `explain` signature for one encoded image: (predicted class, Grad-CAM map [S, S] in [0, 1])."""
+        request = predict_pb2.PredictRequest()
+        self._spec(request.model_spec, EXPLAIN_SIGNATURE)
+        request.inputs[SERVING_INPUT].CopyFrom(string_tensor([image]))
+        response = self._call(self.predictions.Predict, request)
+        heatmap = response.outputs[HEATMAP]
+        dims = [d.size for d in heatmap.tensor_shape.dim]
+        values = np.frombuffer(heatmap.tensor_content, "<f4") if heatmap.tensor_content else np.array(heatmap.float_val)
+        return response.outputs["predicted_class"].string_val[0].decode(), values.reshape(dims[1:])
 
     def status(self) -> list[VersionStatus]:
         """ModelService.GetModelStatus: every version TF Serving knows of, with its state."""
         request = get_model_status_pb2.GetModelStatusRequest()
-        self._spec(request.model_spec, signature=False)
+        self._spec(request.model_spec, signature=None)
         response = self._call(self.models.GetModelStatus, request)
         states = get_model_status_pb2.ModelVersionStatus.State
         return [
@@ -166,7 +197,7 @@ class ServingClient:
     def metadata(self) -> tuple[int, dict[str, dict[str, dict[str, str]]]]:
         """PredictionService.GetModelMetadata: (version, {signature: {"inputs"|"outputs": {name: dtype}}})."""
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-        self._spec(request.model_spec, signature=False)
+        self._spec(request.model_spec, signature=None)
         response = self._call(self.predictions.GetModelMetadata, request)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signature_map)

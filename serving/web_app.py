@@ -9,11 +9,12 @@ from typing import List
 
 import grpc
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 
-from components.image_verification import Limits
+from components.image_verification import ImageRejectedError, Limits, check_image
 from pipelines.configs import Config
 from serving.client import ServingClient, ServingError
+from serving.explain import overlay_png
 from serving.screening import screen_images
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,9 @@ def _serving_error(err: ServingError) -> HTTPException:
     return HTTPException(502, f"model server error ({err.code.name})")
 
 
-def create_app(client: ServingClient, critical_class: str, limits: UploadLimits) -> FastAPI:
-    """The app; `client` points at TF Serving and is shared by all requests (gRPC channels are thread-safe)."""
+def create_app(client: ServingClient, critical_class: str, limits: UploadLimits, central_crop: float = 1.0) -> FastAPI:
+    """The app; `client` points at TF Serving and is shared by all requests (gRPC channels are thread-safe).
+    `central_crop` is the model's preprocessing crop, where explanation heat maps are drawn."""
     app = FastAPI(
         title="Blood-cell screening",
         description="Classifies blood-cell images into five classes and flags myeloblasts (leukemic blasts). "
@@ -94,6 +96,7 @@ def create_app(client: ServingClient, critical_class: str, limits: UploadLimits)
                     predicted_class=outcome.prediction.predicted_class,
                     probabilities=outcome.prediction.probabilities,
                     myeloblast_alert=outcome.prediction.alert(critical_class),
+                    needs_review=outcome.prediction.needs_review,
                     model_version=outcome.prediction.model_version,
                 )
             else:
@@ -101,5 +104,24 @@ def create_app(client: ServingClient, critical_class: str, limits: UploadLimits)
             results.append(result)
         status = 200 if any(r["ok"] for r in results) else 422
         return JSONResponse({"model": client.model_name, "critical_class": critical_class, "results": results}, status)
+
+    @app.post(
+        "/explain",
+        summary="Grad-CAM heat-map overlay (PNG) of one uploaded image (multipart field 'file')",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    def explain(file: UploadFile = File(...)) -> Response:
+        data = file.file.read(limits.image.max_file_bytes + 1)
+        try:
+            check_image(data, limits.image)
+        except ImageRejectedError as err:
+            raise HTTPException(422, f"{file.filename}: {err}") from None
+        try:
+            predicted, heatmap = client.explain(data)
+        except ServingError as err:
+            raise _serving_error(err) from None
+        overlay = overlay_png(data, heatmap, central_crop)
+        return Response(overlay, media_type="image/png", headers={"X-Predicted-Class": predicted})
 
     return app

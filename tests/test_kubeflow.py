@@ -19,7 +19,7 @@ from tests.kfp_test_double import API, FakeKfp, serve
 runner = CliRunner()
 STEPS = [
     "ImageExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomaliesGate",
-    "Trainer", "Evaluator", "ServingGate", "Pusher", "RunReport",
+    "Trainer", "Evaluator", "ShortcutAudit", "ServingGate", "Pusher", "RunReport",
 ]  # fmt: skip
 
 
@@ -28,7 +28,7 @@ def compiled(tmp_path_factory):
     path = tmp_path_factory.mktemp("kfp") / "pipeline.yaml"
     result = runner.invoke(app, ["compile", "--target", "kubeflow", "-o", str(path), "--image", "registry.example/bloodcell:1"])
     assert result.exit_code == 0, result.output
-    assert "10 steps" in result.output and "min_critical_recall = 0.99" in result.output
+    assert "11 steps" in result.output and "min_critical_recall = 0.99" in result.output
     return path
 
 
@@ -88,6 +88,24 @@ def test_images_parameters_caching_and_volumes(compiled):
         {"constant": CONFIG.kubeflow.data_pvc, "mountPath": CONFIG.kubeflow.data_mount},
         {"constant": CONFIG.kubeflow.models_pvc, "mountPath": CONFIG.kubeflow.models_mount},
     ]
+
+
+def test_tuning_adds_a_tuner_that_feeds_the_trainer(tmp_path):
+    path = tmp_path / "tuned.yaml"
+    result = runner.invoke(app, ["compile", "-o", str(path), "--set", "tuning.enabled=true", "--set", "tuning.max_trials=4"])
+    assert result.exit_code == 0, result.output
+    spec, _ = yaml.safe_load_all(path.read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    assert set(tasks) == {*STEPS, "Tuner"}
+    tuner_fn = tasks["Tuner"]["inputs"]["parameters"]["tuner_fn"]["runtimeValue"]["constant"]
+    assert tuner_fn == "components.training.trainer_module.tuner_fn"
+    tuner_settings = json.loads(tasks["Tuner"]["inputs"]["parameters"]["custom_config"]["runtimeValue"]["constant"])
+    assert tuner_settings["tuning"]["max_trials"] == 4 and tuner_settings["tuning"]["search_space"]["image_size"] == [64, 96]
+    hyperparameters = tasks["Trainer"]["inputs"]["artifacts"]["hyperparameters"]["taskOutputArtifact"]
+    assert hyperparameters == {"outputArtifactKey": "best_hyperparameters", "producerTask": "Tuner"}
+    assert tasks["RunReport"]["inputs"]["artifacts"]["tuner_results"]["taskOutputArtifact"]["producerTask"] == "Tuner"
+    trainer_settings = json.loads(spec["root"]["inputDefinitions"]["parameters"]["trainer_config"]["defaultValue"])
+    assert trainer_settings["tuning"]["max_trials"] == 4
 
 
 def test_cron_needs_six_fields_and_shows_the_next_fire_times():

@@ -48,7 +48,11 @@ def test_status_and_metadata(model_server):
         version, signatures = client.metadata()
     assert version == 1
     assert signatures["serving_default"]["inputs"] == {SERVING_INPUT: "DT_STRING"}
-    assert set(signatures["serving_default"]["outputs"]) == {"probabilities", "predicted_class", "predicted_index", "class_names"}
+    assert signatures["serving_default"]["outputs"] == {
+        "probabilities": "DT_FLOAT", "predicted_class": "DT_STRING", "predicted_index": "DT_INT32",
+        "class_names": "DT_STRING", "myeloblast_alert": "DT_BOOL", "needs_review": "DT_BOOL",
+    }  # fmt: skip
+    assert signatures["explain"]["outputs"] == {"heatmap": "DT_FLOAT", "predicted_class": "DT_STRING"}
     assert "serving_examples" in signatures
 
 

@@ -3,6 +3,7 @@ TFMA's figures agree with a recomputation from raw predictions, and an unchanged
 
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import os
@@ -13,16 +14,18 @@ import pytest
 import tensorflow as tf
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
+from mlflow import MlflowClient
 from tfx import v1 as tfx
 from typer.testing import CliRunner
 
 from components.serving_gate import score_model
 from components.training.export import SERVING_INPUT
 from pipelines.cli import app
-from pipelines.configs import DEFAULT_CONFIG, load_config
+from pipelines.configs import DEFAULT_CONFIG, load_config, tracking_uri
 from pipelines.local_runner import metadata_path, run_local
 from pipelines.run_history import list_runs
 from serving.client import ServingClient
+from serving.explain import explain_with_saved_model
 from serving.model_server import start_server
 from tests.conftest import CLASSES, make_real_subset, real_files
 
@@ -78,7 +81,7 @@ def test_gate_blocks_then_cache_then_gate_passes_and_pushes(workspace, monkeypat
     passing = config_for(
         workspace, "evaluation.min_accuracy=0.0", "evaluation.min_critical_recall=0.0", "evaluation.max_regression=1.0"
     )
-    summary2, _ = run_local(passing)
+    summary2, report_dir2 = run_local(passing)
     store = store_of(passing)
     cached = metadata_store_pb2.Execution.CACHED
     assert last_execution_state(store, "tfx.components.trainer.component.Trainer") == cached
@@ -106,6 +109,31 @@ def test_gate_blocks_then_cache_then_gate_passes_and_pushes(workspace, monkeypat
     np.testing.assert_allclose(
         [[p.probabilities[c] for c in CLASSES] for p in predictions], outputs["probabilities"].numpy(), atol=1e-5
     )
+
+    # The shortcut audit ran on the same test split with the same model; the served model carries the
+    # operating point (alert, calibration) and the model card sits beside it.
+    audit = summary2["audit"]
+    assert audit["clean"]["accuracy"] == pytest.approx(summary2["test_accuracy"])
+    assert sum(g["count"] for g in audit["groups"].values()) == 30
+    assert set(audit["stress"]) == {"grayscale", "stain_normalised", "geometry_swapped"}
+    point = summary2["operating_point"]
+    assert point["recall"] == 1.0 and 0.0 < point["threshold"] <= 0.5
+    critical_p = outputs["probabilities"].numpy()[:, CLASSES.index("myeloblast")]
+    argmax_is_critical = outputs["probabilities"].numpy().argmax(axis=1) == CLASSES.index("myeloblast")
+    np.testing.assert_array_equal(
+        outputs["myeloblast_alert"].numpy(), (critical_p >= point["threshold"]) | argmax_is_critical
+    )
+    card = open(os.path.join(report_dir2, "model_card.md")).read()
+    assert open(os.path.join(summary2["pushed_destination"], "assets.extra", "model_card.md")).read() == card
+    assert f"Accuracy {100 * summary2['test_accuracy']:.2f}%" in card and f"{point['threshold']:.4f}" in card
+    # Grad-CAM on real cells: the heat lies on the (centred) cell more than on the border.
+    centre, border = [], []
+    for f in files:
+        _, heatmap = explain_with_saved_model(summary2["pushed_destination"], f.read_bytes())
+        q = heatmap.shape[0] // 4
+        centre.append(heatmap[q:-q, q:-q].mean())
+        border.append(np.concatenate([heatmap[:q].ravel(), heatmap[-q:].ravel()]).mean())
+    assert np.mean(centre) > np.mean(border)
 
     # 3. TFMA cross-check: recompute accuracy and myeloblast recall from raw predictions on the test split.
     model_uri = sorted(store.get_artifacts_by_type("Model"), key=lambda a: a.id)[-1].uri
@@ -148,3 +176,50 @@ def test_gate_blocks_then_cache_then_gate_passes_and_pushes(workspace, monkeypat
     )
     deltas = {m["metric"]: m["delta"] for m in json.loads(compared.output)["metrics"]}
     assert deltas["test_accuracy"] == pytest.approx(summary3["test_accuracy"] - summary["test_accuracy"])
+
+    # 6. MLflow: every run logged, tagged with its ML Metadata run id; the pushed model is registered.
+    client = MlflowClient(tracking_uri(passing))
+    experiment = client.get_experiment_by_name(passing.tracking.experiment)
+    runs = {r.data.tags["tfx.pipeline_run_id"]: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {r.run_id for r in records}
+    pushed_run = runs[records[1].run_id]
+    assert pushed_run.info.run_id == summary2["tracking"]["run_id"]
+    assert pushed_run.data.metrics["test_accuracy"] == pytest.approx(summary2["test_accuracy"])
+    assert pushed_run.data.metrics["blessed"] == 1.0 and runs[records[0].run_id].data.metrics["blessed"] == 0.0
+    assert "accuracy = " in runs[records[0].run_id].data.tags["gate_failures"]
+    assert pushed_run.data.params["evaluation.min_accuracy"] == "0.0"
+    assert len(client.get_metric_history(pushed_run.info.run_id, "val_loss")) == summary2["epochs_trained"]
+    logged = {a.path for a in client.list_artifacts(pushed_run.info.run_id)}
+    assert {"model_card.md", "audit.json", "confusion_matrix.png", "training_curves.png", "ingestion"} <= logged
+    version = client.get_model_version_by_alias(passing.model_name, "serving")
+    assert version.source == summary2["pushed_destination"] and version.run_id == pushed_run.info.run_id
+
+
+def test_two_trial_search_on_a_tiny_real_subset(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["bloodcell"])
+    data = make_real_subset(tmp_path / "data", per_class=12)
+    config = load_config(
+        DEFAULT_CONFIG,
+        [
+            f"paths.data_root={data}",
+            f"paths.output_root={tmp_path / 'out'}",
+            f"paths.serving_root={tmp_path / 'out' / 'serving'}",
+            "training.epochs=1",
+            "tuning.enabled=true",
+            "tuning.max_trials=2",
+            "tuning.epochs=1",
+        ],
+    )
+    summary, report_dir = run_local(config)
+    with open(os.path.join(report_dir, "tuner_trials.csv")) as f:
+        trials = list(csv.DictReader(f))
+    assert len(trials) == 2
+    assert {"trial_id", "score", "filters", "image_size", "dropout", "learning_rate", "augmentation_strength"} <= set(trials[0])
+    # The Trainer trained with the best trial's values: the served input size is the best image_size.
+    # (the trials are listed best first)
+    model_uri = store_of(config).get_artifacts_by_type("Model")[-1].uri
+    explain = tf.saved_model.load(os.path.join(model_uri, "Format-Serving")).signatures["explain"]
+    heatmap = explain(**{SERVING_INPUT: tf.constant([real_files("basophil", 1)[0].read_bytes()])})["heatmap"]
+    assert heatmap.shape[1] == int(trials[0]["image_size"])  # the CNN's input side
+    client = MlflowClient(tracking_uri(config))
+    assert "tuner_trials.csv" in {a.path for a in client.list_artifacts(summary["tracking"]["run_id"])}

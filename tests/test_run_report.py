@@ -30,7 +30,28 @@ def summary(blessed: bool) -> dict:
         "served_model": None,
         "pushed": blessed,
         "pushed_destination": "/srv/bloodcell/1795700000" if blessed else "",
-    }
+        "pushed_version": "1795700000" if blessed else "",
+        "operating_point": {
+            "temperature": 1.7321, "threshold": 0.0412, "review_confidence": 0.9, "recall": 1.0,
+            "precision": 0.8333, "ece_before": 0.0543, "ece_after": 0.0121,
+        },
+        "audit": {
+            "clean": {"count": 50, "accuracy": 0.94},
+            "colour_baseline": {"count": 50, "accuracy": 0.7123},
+            "morphology_gain": 0.2277,
+            "groups": {
+                "360x363 warm": {"count": 30, "accuracy": 0.9667, "recall": {"basophil": 1.0, "monocyte": 0.9}},
+                "400x400 neutral": {"count": 20, "accuracy": 0.9, "recall": {"myeloblast": 1.0, "seg_neutrophil": 0.8}},
+            },
+            "stress": {
+                "grayscale": {"accuracy": 0.8811, "drop": 0.0589, "critical_recall": 0.95, "passes": False},
+                "stain_normalised": {"accuracy": 0.9322, "drop": 0.0078, "critical_recall": 1.0, "passes": True},
+                "geometry_swapped": {"accuracy": 0.9254, "drop": 0.0146, "critical_recall": 1.0, "passes": True},
+            },
+            "bars": {"max_stress_drop": 0.03, "min_stress_critical_recall": 0.97},
+            "passes": False,
+        },
+    }  # fmt: skip
 
 
 def test_report_text_names_the_failed_threshold_and_no_push():
@@ -44,6 +65,19 @@ def test_report_text_names_the_failed_threshold_and_no_push():
 def test_report_text_shows_the_pushed_version():
     text = render_summary(summary(blessed=True), "/runs/7")
     assert "gate: BLESSED" in text and "pushed: /srv/bloodcell/1795700000" in text
+
+
+def test_report_text_shows_operating_point_audit_and_tracking():
+    figures = summary(blessed=True) | {"tracking": {"uri": "sqlite:///x.db", "run_id": "abc", "registered_version": "3"}}
+    text = render_summary(figures, "/runs/7")
+    assert "myeloblast alert: calibrated p >= 0.0412 (eval recall 1.0000, precision 0.8333)" in text
+    assert "ECE 0.0543 -> 0.0121 (temperature 1.732)" in text
+    assert "shortcut audit: colour-histogram baseline 0.7123 (CNN 0.9400)" in text
+    assert "group 400x400 neutral: 20 images, accuracy 0.9000" in text
+    assert "stress grayscale: accuracy 0.8811 (drop +0.0589), myeloblast recall 0.9500  FAILS the bar" in text
+    assert "MLflow: run abc in sqlite:///x.db, registered version 3" in text
+    failed = summary(blessed=True) | {"tracking": {"uri": "http://mlflow:5000", "error": "MlflowException: down"}}
+    assert "MLflow: NOT logged to http://mlflow:5000: MlflowException: down" in render_summary(failed, "/runs/7")
 
 
 def test_report_text_shows_the_served_model_and_an_unchanged_model():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from components.image_verification import Candidate, Limits, verify_image
 from components.training.augmentation import build_augmenter
 from components.training.export import EXAMPLES_SIGNATURE, SERVING_INPUT, export_serving_model
 from components.training.model import build_model
+from components.training.operating_point import OperatingPoint, alerts, scale
 from components.training.preprocessing import preprocess_image
 from components.training.trainer_module import make_dataset
 from tests.conftest import CLASSES, CONFIG, REAL_DATA, TRAINER_CONFIG, png_header, real_files
@@ -35,7 +37,7 @@ def test_served_model_and_training_path_see_the_same_tensor(tmp_path):
     write_examples(tmp_path / "data.gz", files)
     images, labels = next(iter(make_dataset([str(tmp_path / "data.gz")], SIZE, CROP, batch_size=8)))
     assert images.shape == (4, SIZE, SIZE, 3) and list(labels.numpy()) == [3, 3, 0, 0]
-    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0 + 1e-6  # area resize rounding
 
     model = build_model(len(CLASSES), SIZE, [8, 16], 16, 0.0, 1e-3)
     export_serving_model(model, TRAINER_CONFIG, str(tmp_path / "model"))
@@ -106,3 +108,23 @@ def test_served_model_refuses_bombs_and_non_images_before_decoding(tmp_path):
     for message, data in bad.items():
         with pytest.raises(tf.errors.InvalidArgumentError, match=message.strip()):
             served(**{SERVING_INPUT: tf.constant([good, data])})
+
+
+def test_served_model_applies_the_operating_point(tmp_path):
+    """Calibrated probabilities, the myeloblast alert and needs_review follow the stored operating point."""
+    files = real_files("myeloblast", 2) + real_files("seg_neutrophil", 2) + real_files("monocyte", 2)
+    write_examples(tmp_path / "data.gz", files)
+    images, _ = next(iter(make_dataset([str(tmp_path / "data.gz")], SIZE, CROP, batch_size=8)))
+    model = build_model(len(CLASSES), SIZE, [8, 16], 16, 0.0, 1e-3)
+    point = OperatingPoint(temperature=2.5, threshold=0.2, review_confidence=0.6)
+    export_serving_model(model, TRAINER_CONFIG, str(tmp_path / "model"), point)
+    outputs = tf.saved_model.load(str(tmp_path / "model")).signatures["serving_default"](
+        **{SERVING_INPUT: tf.constant([f.read_bytes() for f in files])}
+    )
+    expected = scale(model(images, training=False).numpy(), 2.5)
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-5)
+    critical = CLASSES.index("myeloblast")
+    np.testing.assert_array_equal(outputs["myeloblast_alert"].numpy(), alerts(expected, critical, 0.2))
+    np.testing.assert_array_equal(outputs["needs_review"].numpy(), expected.max(axis=1) < 0.6)
+    stored = json.loads((tmp_path / "model" / "assets.extra" / "operating_point.json").read_text())
+    assert stored["temperature"] == 2.5 and stored["threshold"] == 0.2

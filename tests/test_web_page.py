@@ -32,7 +32,7 @@ CHROMIUM_ARGS = [
 @pytest.fixture
 def web_url(model_server):
     client = ServingClient(model_server.target, CONFIG.model_name)
-    app = create_app(client, CONFIG.critical_class, upload_limits(CONFIG))
+    app = create_app(client, CONFIG.critical_class, upload_limits(CONFIG), CONFIG.preprocessing.central_crop)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -67,6 +67,11 @@ def test_upload_shows_class_probabilities_and_myeloblast_alert(web_url, model_se
         failed = page.locator('.result[data-filename="notes.png"]')
         expect(failed.locator(".error-text")).to_contain_text("not an image")
         expect(page.locator("#status")).to_have_text("2 image(s): 1 myeloblast alert(s), 1 not classified.")
+        card.locator(".explain-button").click()  # Grad-CAM overlay from the model's explain signature
+        overlay = card.locator("img.gradcam")
+        expect(overlay).to_have_attribute("alt", f"Grad-CAM heat map of {cell.name}")
+        page.wait_for_function("document.querySelector('img.gradcam').naturalWidth > 0")
+        assert overlay.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [400, 400]  # the image's size
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "web_page.png"), full_page=True)
         browser.close()

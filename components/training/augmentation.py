@@ -9,11 +9,15 @@ import tf_keras as keras
 
 
 class ColourJitter(keras.layers.Layer):
-    """Per-image random brightness, contrast, saturation and hue on images in [0, 1]."""
+    """Per-image random brightness, contrast, saturation and hue on images in [0, 1], and grayscale with
+    probability `grayscale`: stains and scanners differ between labs, the cells do not."""
 
-    def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, **kwargs: Any):
+    def __init__(
+        self, brightness: float, contrast: float, saturation: float, hue: float, grayscale: float = 0.0, **kwargs: Any
+    ):
         super().__init__(**kwargs)
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+        self.grayscale = grayscale
 
     def call(self, images: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         if not training:
@@ -29,6 +33,8 @@ class ColourJitter(keras.layers.Layer):
         images = tf.image.hsv_to_rgb(tf.concat([hue, saturation, hsv[..., 2:]], axis=-1))
         mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
         images = (images - mean) * (1.0 + factor(self.contrast)) + mean + factor(self.brightness)
+        gray = tf.random.uniform([n, 1, 1, 1]) < self.grayscale
+        images = tf.where(gray, tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(images)), images)
         return tf.clip_by_value(images, 0.0, 1.0)
 
     def get_config(self) -> dict[str, Any]:
@@ -38,6 +44,7 @@ class ColourJitter(keras.layers.Layer):
             "contrast": self.contrast,
             "saturation": self.saturation,
             "hue": self.hue,
+            "grayscale": self.grayscale,
         }
 
 
@@ -61,5 +68,9 @@ def build_augmenter(settings: dict[str, Any], seed: int | None = None) -> keras.
         layers.append(keras.layers.RandomZoom(settings["zoom"], **geometry))
     if settings["shift"]:
         layers.append(keras.layers.RandomTranslation(settings["shift"], settings["shift"], **geometry))
-    layers.append(ColourJitter(settings["brightness"], settings["contrast"], settings["saturation"], settings["hue"]))
+    layers.append(
+        ColourJitter(
+            settings["brightness"], settings["contrast"], settings["saturation"], settings["hue"], settings["grayscale"]
+        )
+    )
     return keras.Sequential(layers, name="augmentation")

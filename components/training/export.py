@@ -2,32 +2,52 @@
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import tensorflow as tf
 import tf_keras as keras
 
+from components.training.operating_point import OperatingPoint
 from components.training.preprocessing import check_encoded_image, parse_image_batch, preprocess_batch
 
 SERVING_INPUT = "image_bytes"
 EXAMPLES_INPUT = "examples"
 SERVING_SIGNATURE = "serving_default"
 EXAMPLES_SIGNATURE = "serving_examples"
+EXPLAIN_SIGNATURE = "explain"
+HEATMAP = "heatmap"
 PROBABILITIES = "probabilities"
 PREDICTED_ONE_HOT = "predicted_one_hot"
+NEEDS_REVIEW = "needs_review"
+OPERATING_POINT_FILE = "assets.extra/operating_point.json"
+# Neutral operating point of a model that was not calibrated (tests): probabilities as the network gives
+# them, alert exactly when the critical class is the argmax.
+UNCALIBRATED = OperatingPoint(temperature=1.0, threshold=0.5, review_confidence=0.0)
+
+
+def alert_output(critical_class: str) -> str:
+    """Name of the served boolean alert output, e.g. `myeloblast_alert`."""
+    return f"{critical_class}_alert"
 
 
 class ServingModule(tf.Module):
     """Holds the Keras model and the signatures built around the shared preprocessing function."""
 
-    def __init__(self, model: keras.Model, config: dict[str, Any]):
+    def __init__(self, model: keras.Model, config: dict[str, Any], operating_point: OperatingPoint):
         super().__init__()
         self.model = model
         self.config = {k: config[k] for k in ("image_size", "central_crop", "max_pixels", "min_side")}
         self.classes = list(config["classes"])
         self.class_names = tf.constant(self.classes)
+        self.critical_class = config["critical_class"]
+        self.critical_index = self.classes.index(self.critical_class)
+        self.operating_point = operating_point
+        last_conv = [layer for layer in model.layers if isinstance(layer, keras.layers.ReLU)][-1]
+        self.features_and_scores = keras.Model(model.inputs, [last_conv.output, model.output])
 
-    def _outputs(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _images(self, image_bytes: tf.Tensor) -> tf.Tensor:
         c = self.config
         shapes = tf.map_fn(
             lambda b: check_encoded_image(b, c["max_pixels"], c["min_side"]),
@@ -35,8 +55,13 @@ class ServingModule(tf.Module):
             fn_output_signature=tf.TensorSpec([2], tf.int64),
         )
         with tf.control_dependencies([shapes]):
-            images = preprocess_batch(tf.identity(image_bytes), c["image_size"], c["central_crop"])
-        probabilities = self.model(images, training=False)
+            return preprocess_batch(tf.identity(image_bytes), c["image_size"], c["central_crop"])
+
+    def _outputs(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        images = self._images(image_bytes)
+        point = self.operating_point
+        raw = self.model(images, training=False)
+        probabilities = tf.nn.softmax(tf.math.log(tf.maximum(raw, 1e-12)) / point.temperature, axis=-1)
         index = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         n = tf.shape(image_bytes)[0]
         return {
@@ -44,11 +69,34 @@ class ServingModule(tf.Module):
             "predicted_index": index,
             "predicted_class": tf.gather(self.class_names, index),
             "class_names": tf.tile(self.class_names[tf.newaxis], [n, 1]),
+            alert_output(self.critical_class): tf.logical_or(
+                probabilities[:, self.critical_index] >= point.threshold, tf.equal(index, self.critical_index)
+            ),
+            NEEDS_REVIEW: tf.reduce_max(probabilities, axis=-1) < point.review_confidence,
         }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
     def serve_images(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._outputs(image_bytes)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
+    def explain_images(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Grad-CAM: where the last conv block's features raised the predicted class's log-probability,
+        as a [N, image_size, image_size] map in [0, 1] over the preprocessed image (the crop fed to the CNN)."""
+        images = self._images(image_bytes)
+        with tf.GradientTape() as tape:
+            features, probabilities = self.features_and_scores(images, training=False)
+            index = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+            score = tf.math.log(tf.gather(probabilities, index, batch_dims=1) + 1e-12)
+        gradients = tape.gradient(score, features)
+        weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1, keepdims=True))
+        cam = cam / (tf.reduce_max(cam, axis=[1, 2, 3], keepdims=True) + 1e-12)
+        size = self.config["image_size"]
+        return {
+            HEATMAP: tf.image.resize(cam, [size, size], method="bilinear")[..., 0],
+            "predicted_class": tf.gather(self.class_names, index),
+        }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
     def serve_examples(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -58,13 +106,23 @@ class ServingModule(tf.Module):
         return outputs
 
 
-def export_serving_model(model: keras.Model, config: dict[str, Any], export_dir: str) -> None:
-    """Writes a SavedModel with `serving_default` (encoded images) and `serving_examples` signatures.
+def export_serving_model(
+    model: keras.Model, config: dict[str, Any], export_dir: str, operating_point: OperatingPoint = UNCALIBRATED
+) -> None:
+    """Writes a SavedModel with `serving_default` (encoded images) and `serving_examples` signatures, and
+    the operating point beside it (assets.extra/operating_point.json).
 
-    `config` is the trainer config: classes, image_size, central_crop, max_pixels, min_side."""
-    module = ServingModule(model, config)
+    `config` is the trainer config: classes, critical_class, image_size, central_crop, max_pixels, min_side."""
+    module = ServingModule(model, config, operating_point)
     tf.saved_model.save(
         module,
         export_dir,
-        signatures={SERVING_SIGNATURE: module.serve_images, EXAMPLES_SIGNATURE: module.serve_examples},
+        signatures={
+            SERVING_SIGNATURE: module.serve_images,
+            EXAMPLES_SIGNATURE: module.serve_examples,
+            EXPLAIN_SIGNATURE: module.explain_images,
+        },
     )
+    tf.io.gfile.makedirs(os.path.join(export_dir, os.path.dirname(OPERATING_POINT_FILE)))
+    with tf.io.gfile.GFile(os.path.join(export_dir, OPERATING_POINT_FILE), "w") as f:
+        json.dump(operating_point.as_dict(), f, indent=1)

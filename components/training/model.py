@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import tensorflow as tf
 import tf_keras as keras
+
+
+class ChannelStandardisation(keras.layers.Layer):
+    """Per image and per channel: subtract the mean, divide by the spread.
+
+    Removes the global colour cast and brightness of a scanner or stain (peach versus blue-white
+    backgrounds) while keeping where each stain sits inside the image."""
+
+    def call(self, images: tf.Tensor) -> tf.Tensor:
+        mean, variance = tf.nn.moments(images, axes=[1, 2], keepdims=True)
+        return (images - mean) / tf.sqrt(variance + 1e-4)
 
 
 def build_model(
@@ -15,7 +27,7 @@ def build_model(
 ) -> keras.Model:
     """A compiled classifier over float images in [0, 1] of shape [image_size, image_size, 3]."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = inputs
+    x = ChannelStandardisation(name="standardise")(inputs)
     for i, width in enumerate(filters):
         x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i + 1}")(x)
         x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i + 1}")(x)

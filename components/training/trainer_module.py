@@ -8,16 +8,22 @@ import os
 import time
 from typing import Any
 
+import keras_tuner
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 from tfx.components.trainer.fn_args_utils import FnArgs
+from tfx.components.tuner.component import TunerFnResult
 
 from components.training.augmentation import build_augmenter
 from components.training.export import export_serving_model
 from components.training.model import build_model
+from components.training.operating_point import OperatingPoint, fit_operating_point
 from components.training.preprocessing import parse_example, preprocess_image
+from components.training.tuning import search_space, with_hyperparameters
 
 HISTORY_FILE = "history.json"
+OPERATING_POINT_FILE = "operating_point.json"
 
 
 def make_dataset(
@@ -71,10 +77,10 @@ class EpochLog(keras.callbacks.Callback):
         )
 
 
-def train(
-    train_files: list[str], eval_files: list[str], config: dict[str, Any], serving_model_dir: str, run_dir: str
-) -> list[dict[str, float]]:
-    """Trains the CNN with early stopping and learning-rate reduction, exports it, returns the history."""
+def fit(
+    train_files: list[str], eval_files: list[str], config: dict[str, Any], epochs: int
+) -> tuple[keras.Model, list[dict[str, float]], tf.data.Dataset]:
+    """Trains the CNN with early stopping and learning-rate reduction: (model, per-epoch history, eval data)."""
     training, classes, size, crop = config["training"], config["classes"], config["image_size"], config["central_crop"]
     keras.utils.set_random_seed(training["seed"])
     augmenter = (
@@ -85,7 +91,7 @@ def train(
     model = build_model(
         len(classes), size, training["filters"], training["dense_units"], training["dropout"], training["learning_rate"]
     )
-    epoch_log = EpochLog(training["epochs"])
+    epoch_log = EpochLog(epochs)
     callbacks = [
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=training["early_stopping_patience"], restore_best_weights=True
@@ -101,23 +107,80 @@ def train(
     class_weight = {k: 1.0 for k in range(len(classes))}
     class_weight[classes.index(config["critical_class"])] = training["critical_class_weight"]
     model.fit(
-        train_ds,
-        validation_data=eval_ds,
-        epochs=training["epochs"],
-        callbacks=callbacks,
-        class_weight=class_weight,
-        verbose=2,
+        train_ds, validation_data=eval_ds, epochs=epochs, callbacks=callbacks, class_weight=class_weight, verbose=2
     )
-    export_serving_model(model, config, serving_model_dir)
+    return model, epoch_log.rows, eval_ds
+
+
+def train(
+    train_files: list[str], eval_files: list[str], config: dict[str, Any], serving_model_dir: str, run_dir: str
+) -> list[dict[str, float]]:
+    """Trains, fits the operating point on the eval split, exports the model and writes the history."""
+    model, history, eval_ds = fit(train_files, eval_files, config, config["training"]["epochs"])
+    operating_point = choose_operating_point(model, eval_ds, config)
+    export_serving_model(model, config, serving_model_dir, operating_point)
     tf.io.gfile.makedirs(run_dir)
     with tf.io.gfile.GFile(os.path.join(run_dir, HISTORY_FILE), "w") as f:
-        json.dump(epoch_log.rows, f, indent=1)
-    logging.info("Trainer: %d epochs, model exported to %s", len(epoch_log.rows), serving_model_dir)
-    return epoch_log.rows
+        json.dump(history, f, indent=1)
+    with tf.io.gfile.GFile(os.path.join(run_dir, OPERATING_POINT_FILE), "w") as f:
+        json.dump(operating_point.as_dict(), f, indent=1)
+    logging.info("Trainer: %d epochs, model exported to %s", len(history), serving_model_dir)
+    return history
+
+
+def choose_operating_point(model: keras.Model, eval_ds: tf.data.Dataset, config: dict[str, Any]) -> OperatingPoint:
+    """Calibration and the critical-class alert threshold, fitted on the eval split."""
+    probabilities = model.predict(eval_ds.map(lambda x, y: x), verbose=0)
+    labels = np.concatenate([y.numpy() for _, y in eval_ds])
+    screening = config["screening"]
+    point = fit_operating_point(
+        probabilities,
+        labels,
+        config["classes"].index(config["critical_class"]),
+        screening["alert_recall"],
+        screening["review_confidence"],
+    )
+    logging.info(
+        "operating point: temperature %.3f, ECE %.4f -> %.4f; %s alert at p >= %.4f: eval recall %.4f, precision %.4f",
+        point.temperature, point.ece_before, point.ece_after, config["critical_class"], point.threshold,
+        point.recall, point.precision,
+    )  # fmt: skip
+    return point
 
 
 def run_fn(fn_args: FnArgs) -> None:
-    """TFX Trainer entry point."""
-    train(
-        fn_args.train_files, fn_args.eval_files, fn_args.custom_config, fn_args.serving_model_dir, fn_args.model_run_dir
+    """TFX Trainer entry point; applies the Tuner's best hyperparameters when the Tuner ran."""
+    config = fn_args.custom_config
+    if fn_args.hyperparameters:
+        values = keras_tuner.HyperParameters.from_config(fn_args.hyperparameters).values
+        logging.info("Trainer: best hyperparameters from the Tuner: %s", values)
+        config = with_hyperparameters(config, values)
+    train(fn_args.train_files, fn_args.eval_files, config, fn_args.serving_model_dir, fn_args.model_run_dir)
+
+
+class PipelineTuner(keras_tuner.RandomSearch):
+    """Random search where each trial trains with the pipeline's own `fit` (datasets follow image_size)."""
+
+    def __init__(self, files: tuple[list[str], list[str]], config: dict[str, Any], **kwargs: Any):
+        super().__init__(hypermodel=None, objective=keras_tuner.Objective("val_accuracy", "max"), **kwargs)
+        self.files, self.config = files, config
+
+    def run_trial(self, trial: keras_tuner.engine.trial.Trial, *args: Any, **kwargs: Any) -> dict[str, float]:
+        config = with_hyperparameters(self.config, trial.hyperparameters.values)
+        _, history, _ = fit(*self.files, config, self.config["tuning"]["epochs"])
+        return {"val_accuracy": max(row["val_accuracy"] for row in history)}
+
+
+def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
+    """TFX Tuner entry point: random search over the config's `tuning.search_space`."""
+    config = fn_args.custom_config
+    tuner = PipelineTuner(
+        (fn_args.train_files, fn_args.eval_files),
+        config,
+        hyperparameters=search_space(config["tuning"]["search_space"]),
+        max_trials=config["tuning"]["max_trials"],
+        seed=config["training"]["seed"],
+        directory=fn_args.working_dir,
+        project_name="bloodcell_tuning",
     )
+    return TunerFnResult(tuner=tuner, fit_kwargs={})

@@ -1,0 +1,84 @@
+"""ShortcutAudit: the audit of `shortcut_audit` as a pipeline step, on the run's splits and model."""
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import tensorflow as tf
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import artifact, standard_artifacts
+
+from components.audit.shortcut_audit import Predict, run_audit
+from components.training.export import SERVING_INPUT, SERVING_SIGNATURE
+from components.training.preprocessing import parse_example
+
+AUDIT_FILE = "audit.json"
+SERVING_FORMAT = "Format-Serving"
+
+
+class ShortcutAuditReport(artifact.Artifact):
+    """audit.json: colour baseline, per-acquisition-group figures and stress-variant figures."""
+
+    TYPE_NAME = "bloodcell.ShortcutAuditReport"
+
+
+def load_split(examples_uri: str, split: str) -> tuple[list[bytes], list[int]]:
+    """Encoded images and labels of one split written by ImageExampleGen."""
+    files = sorted(tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{split}", "*.gz")))
+    encoded, labels = [], []
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        image, label = parse_example(record)
+        encoded.append(image.numpy())
+        labels.append(int(label))
+    return encoded, labels
+
+
+def decode(encoded: Iterable[bytes]) -> Iterator[np.ndarray]:
+    """Decodes one image at a time (the train split does not fit in memory decoded)."""
+    return (tf.io.decode_image(b, channels=3, expand_animations=False).numpy() for b in encoded)
+
+
+def saved_model_predictor(model_dir: str, batch_size: int = 64) -> Predict:
+    """Runs the exported model's serving signature (the served path) and returns argmax class indices."""
+    signature = tf.saved_model.load(model_dir).signatures[SERVING_SIGNATURE]
+
+    def predict(encoded: list[bytes]) -> np.ndarray:
+        batches = [
+            signature(**{SERVING_INPUT: tf.constant(encoded[i : i + batch_size])})["predicted_index"].numpy()
+            for i in range(0, len(encoded), batch_size)
+        ]
+        return np.concatenate(batches)
+
+    return predict
+
+
+@component
+def ShortcutAudit(  # noqa: N802 - TFX component names are classes
+    examples: InputArtifact[standard_artifacts.Examples],
+    model: InputArtifact[standard_artifacts.Model],
+    classes_json: Parameter[str],
+    critical_class: Parameter[str],
+    max_stress_drop: Parameter[float],
+    min_stress_critical_recall: Parameter[float],
+    audit: OutputArtifact[ShortcutAuditReport],
+):
+    """Colour baseline, per-group figures and stress variants of the test split, written to audit.json."""
+    train_bytes, train_labels = load_split(examples.uri, "train")
+    test_bytes, test_labels = load_split(examples.uri, "test")
+    result = run_audit(
+        decode(train_bytes),
+        train_labels,
+        list(decode(test_bytes)),
+        test_labels,
+        test_bytes,
+        saved_model_predictor(os.path.join(model.uri, SERVING_FORMAT)),
+        json.loads(classes_json),
+        critical_class,
+        max_stress_drop,
+        min_stress_critical_recall,
+    )
+    tf.io.gfile.makedirs(audit.uri)
+    with tf.io.gfile.GFile(os.path.join(audit.uri, AUDIT_FILE), "w") as f:
+        json.dump(result, f, indent=1)

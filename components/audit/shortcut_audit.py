@@ -1,0 +1,169 @@
+"""The shortcut audit: does the model classify cells, or image sources?
+
+Three checks on the test split, beside the CNN's clean figures:
+- a colour-only baseline (colour histogram + logistic regression, fitted on the train split);
+- accuracy and per-class recall within each acquisition group (size and background tone, from pixels);
+- the CNN on stress variants: grayscale, one reference stain, and each group resampled to the size and
+  magnification of another group.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from tqdm import tqdm
+
+from components.audit import acquisition, stress
+
+HISTOGRAM_BINS = 16  # per channel: 48 features
+STAIN_REFERENCE_IMAGES = 200  # train images whose median stain is the reference
+SCALE_SAMPLE = 60  # images per group whose median red-cell diameter gives the group's scale
+
+Predict = Callable[[list[bytes]], np.ndarray]  # encoded images -> predicted class indices
+
+
+def colour_histogram(image: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarray:
+    """Per-channel colour histogram, normalised to sum to 1 per channel: no shape information at all."""
+    pixels = image.reshape(-1, 3)
+    return np.concatenate([np.histogram(pixels[:, c], bins, (0, 256))[0] / len(pixels) for c in range(3)])
+
+
+def colour_baseline(
+    train_histograms: np.ndarray, train_labels: Sequence[int], test_images: Sequence[np.ndarray]
+) -> np.ndarray:
+    """Fits logistic regression on the train images' colour histograms; predicts the test images."""
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+    model.fit(train_histograms, np.asarray(train_labels))
+    return model.predict(np.stack([colour_histogram(i) for i in test_images]))
+
+
+def read_train_split(train_images: Iterable[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """One pass over the (lazily decoded) train images: every colour histogram, and the first
+    STAIN_REFERENCE_IMAGES images for the reference stain. Keeps memory to the test split's size."""
+    histograms, kept = [], []
+    for image in train_images:
+        histograms.append(colour_histogram(image))
+        if len(kept) < STAIN_REFERENCE_IMAGES:
+            kept.append(image)
+    return np.stack(histograms), kept
+
+
+def figures(labels: Sequence[int], predicted: Sequence[int], classes: list[str], critical_class: str) -> dict[str, Any]:
+    """Count, accuracy, recall per class present, and the critical class's recall (None when absent)."""
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    recall = {
+        name: float(np.mean(predicted[labels == k] == k)) for k, name in enumerate(classes) if np.any(labels == k)
+    }
+    return {
+        "count": int(len(labels)),
+        "accuracy": float(np.mean(labels == predicted)) if len(labels) else float("nan"),
+        "recall": recall,
+        "critical_recall": recall.get(critical_class),
+    }
+
+
+def group_geometry(images: Sequence[np.ndarray], groups: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per acquisition group: image count, the most common (height, width) and the median red-cell diameter."""
+    geometry = {}
+    for group, count in Counter(groups).most_common():
+        members = [i for i, g in zip(images, groups, strict=True) if g == group]
+        shape = Counter(m.shape[:2] for m in members).most_common(1)[0][0]
+        diameters = [acquisition.red_cell_diameter(m) for m in members[:SCALE_SAMPLE]]
+        diameter = float(np.nanmedian(diameters)) if not np.all(np.isnan(diameters)) else float("nan")
+        geometry[group] = {"count": count, "size": list(shape), "red_cell_diameter": diameter}
+    return geometry
+
+
+def swap_targets(geometry: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each group's counterpart for the geometry swap: the largest group with another image size."""
+    targets = {}
+    for group, info in geometry.items():
+        others = [g for g, o in geometry.items() if o["size"] != info["size"]]  # ordered largest first
+        if others:
+            targets[group] = others[0]
+    return targets
+
+
+def swap_geometry(image: np.ndarray, own: dict[str, Any], target: dict[str, Any]) -> np.ndarray:
+    """Resamples an image to the target group's size and magnification (ratio of red-cell diameters)."""
+    scale = target["red_cell_diameter"] / own["red_cell_diameter"]
+    if not np.isfinite(scale):
+        scale = target["size"][0] / own["size"][0]
+    return stress.rescale(image, scale, tuple(target["size"]))
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run_audit(
+    train_images: Iterable[np.ndarray],
+    train_labels: Sequence[int],
+    test_images: Sequence[np.ndarray],
+    test_labels: Sequence[int],
+    test_bytes: Sequence[bytes],
+    predict: Predict,
+    classes: list[str],
+    critical_class: str,
+    max_stress_drop: float,
+    min_stress_critical_recall: float,
+) -> dict[str, Any]:
+    """All audit figures as one JSON-ready dict; `predict` runs the model on encoded images."""
+    groups = [acquisition.signature(i) for i in test_images]
+    clean_predicted = predict(list(test_bytes))
+    clean = figures(test_labels, clean_predicted, classes, critical_class)
+    train_histograms, reference_images = read_train_split(train_images)
+    logging.info("audit: colour-histogram baseline on %d train images", len(train_histograms))
+    baseline = figures(test_labels, colour_baseline(train_histograms, train_labels, test_images), classes, critical_class)
+
+    per_group = {}
+    for group in sorted(set(groups)):
+        idx = [k for k, g in enumerate(groups) if g == group]
+        per_group[group] = figures([test_labels[k] for k in idx], [clean_predicted[k] for k in idx], classes, critical_class)
+
+    geometry = group_geometry(test_images, groups)
+    targets = swap_targets(geometry)
+    reference = stress.reference_stain(reference_images)
+    transforms: dict[str, Callable[[np.ndarray, str], np.ndarray]] = {
+        "grayscale": lambda image, group: stress.grayscale(image),
+        "stain_normalised": lambda image, group: stress.normalise_stain(image, reference),
+        "geometry_swapped": lambda image, group: (
+            swap_geometry(image, geometry[group], geometry[targets[group]]) if group in targets else image
+        ),
+    }
+    variants = {}
+    for name, transform in transforms.items():
+        encoded = [
+            encode_png(transform(image, group))
+            for image, group in tqdm(zip(test_images, groups, strict=True), total=len(groups), desc=f"stress {name}")
+        ]
+        result = figures(test_labels, predict(encoded), classes, critical_class)
+        result["drop"] = clean["accuracy"] - result["accuracy"]
+        result["passes"] = bool(
+            result["drop"] <= max_stress_drop
+            and (result["critical_recall"] is None or result["critical_recall"] >= min_stress_critical_recall)
+        )
+        variants[name] = result
+        logging.info("audit: %s accuracy %.4f (drop %.4f)", name, result["accuracy"], result["drop"])
+    return {
+        "clean": clean,
+        "colour_baseline": baseline,
+        "morphology_gain": clean["accuracy"] - baseline["accuracy"],
+        "groups": per_group,
+        "geometry": {g: {**info, "swapped_to": targets.get(g)} for g, info in geometry.items()},
+        "stain_reference": {"lab_mean": reference[0].tolist(), "lab_std": reference[1].tolist()},
+        "stress": variants,
+        "bars": {"max_stress_drop": max_stress_drop, "min_stress_critical_recall": min_stress_critical_recall},
+        "passes": all(v["passes"] for v in variants.values()),
+    }

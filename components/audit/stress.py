@@ -1,0 +1,76 @@
+"""Stress variants of test images (uint8 RGB arrays): grayscale, one reference stain, swapped geometry.
+
+A model that learned the cell, not the scanner, keeps its accuracy on all three.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+# sRGB (D65) <-> CIE XYZ, and the D65 white point.
+_RGB_TO_XYZ = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+_XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ)
+_WHITE = np.array([0.95047, 1.0, 1.08883])
+_EPSILON = 216 / 24389  # CIE constants
+_KAPPA = 24389 / 27
+
+
+def grayscale(image: np.ndarray) -> np.ndarray:
+    """Luminance (ITU-R 601) copied into the three channels."""
+    luma = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    return np.repeat(np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def rgb_to_lab(image: np.ndarray) -> np.ndarray:
+    """uint8 sRGB [..., 3] -> CIELAB float [..., 3] (L in 0..100)."""
+    c = image.astype(np.float64) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ _RGB_TO_XYZ.T / _WHITE
+    f = np.where(xyz > _EPSILON, np.cbrt(xyz), (_KAPPA * xyz + 16) / 116)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    """CIELAB float [..., 3] -> uint8 sRGB [..., 3] (out-of-gamut values clipped)."""
+    fy = (lab[..., 0] + 16) / 116
+    f = np.stack([fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200], axis=-1)
+    xyz = np.where(f**3 > _EPSILON, f**3, (116 * f - 16) / _KAPPA) * _WHITE
+    linear = np.clip(xyz @ _XYZ_TO_RGB.T, 0, 1)
+    c = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
+    return np.clip(np.rint(c * 255), 0, 255).astype(np.uint8)
+
+
+def stain_statistics(image: np.ndarray) -> np.ndarray:
+    """[[mean L, mean a, mean b], [std L, std a, std b]] of an image in CIELAB."""
+    lab = rgb_to_lab(image).reshape(-1, 3)
+    return np.stack([lab.mean(axis=0), lab.std(axis=0)])
+
+
+def reference_stain(images: list[np.ndarray]) -> np.ndarray:
+    """The median stain statistics of a set of images: the one stain every image is mapped to."""
+    return np.median(np.stack([stain_statistics(image) for image in images]), axis=0)
+
+
+def normalise_stain(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Reinhard colour transfer: each CIELAB channel shifted and scaled to the reference's mean and spread."""
+    lab = rgb_to_lab(image)
+    own = stain_statistics(image)
+    lab = (lab - own[0]) / np.maximum(own[1], 1e-6) * reference[1] + reference[0]
+    return lab_to_rgb(lab)
+
+
+def rescale(image: np.ndarray, scale: float, size: tuple[int, int]) -> np.ndarray:
+    """Magnifies the content by `scale` about the centre and returns a (height, width) = `size` image:
+    a centre crop when the content grew past it, mirrored borders where it shrank inside it."""
+    h, w = image.shape[:2]
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BICUBIC))
+    out_h, out_w = size
+    pad_h, pad_w = max(0, out_h - new_h), max(0, out_w - new_w)
+    if pad_h or pad_w:
+        resized = np.pad(
+            resized, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)), mode="symmetric"
+        )
+    top, left = (resized.shape[0] - out_h) // 2, (resized.shape[1] - out_w) // 2
+    return np.ascontiguousarray(resized[top : top + out_h, left : left + out_w])

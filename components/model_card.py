@@ -1,0 +1,97 @@
+"""The model card of a run's model (markdown), written from the run summary's figures only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _recalls(recall: dict[str, float]) -> str:
+    return ", ".join(f"{name} {_pct(value)}" for name, value in recall.items())
+
+
+def render_model_card(summary: dict[str, Any], model_name: str, pipeline_run_id: str) -> str:
+    """Intended use, data and its confound, metrics, shortcut audit, operating point, gate, limitations."""
+    critical = summary["critical_class"]
+    splits, ingestion = summary["splits"], summary["ingestion"]
+    audit, point = summary["audit"], summary["operating_point"]
+    version = summary["pushed_destination"].rstrip("/").rsplit("/", 1)[-1] if summary["pushed"] else "not pushed"
+    lines = [
+        f"# Model card: {model_name} (serving version {version})",
+        "",
+        f"Pipeline run `{pipeline_run_id or 'unknown'}`. Every figure below was measured by that run.",
+        "",
+        "## Intended use",
+        f"Screening aid for microscope images of single white blood cells: five classes, with an alert for "
+        f"`{critical}` (leukemic blast). Every result is for review by a haematologist; it is not a diagnosis. "
+        "Not validated on images from scanners, stains or magnifications other than those in the training data.",
+        "",
+        "## Data",
+        f"Images found {ingestion['found']}, ingested {ingestion['ingested']}, exact duplicates removed "
+        f"{ingestion['duplicates']}, rejected {ingestion['rejected']}. "
+        f"Split train {splits['train']} / eval {splits['eval']} / test {splits['test']} (stratified, after deduplication).",
+        "",
+        "**Known confound.** The classes come from different image sources: myeloblast and seg_neutrophil are "
+        "400x400 images with a blue-white background at higher magnification; basophil, erythroblast and monocyte "
+        "are mostly 360x363 with a peach background. A colour-histogram classifier with no shape information "
+        f"scores {_pct(audit['colour_baseline']['accuracy'])} on this test split.",
+        "",
+        "## Metrics (test split)",
+        f"Accuracy {_pct(summary['test_accuracy'])}; {critical} recall {_pct(summary['critical_recall'])}.",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    for name, f in summary["per_class"].items():
+        lines.append(f"| {name} | {f['precision']:.4f} | {f['recall']:.4f} | {f['f1']:.4f} | {f['support']} |")
+    lines += [
+        "",
+        "## Shortcut audit",
+        f"Colour-only baseline {_pct(audit['colour_baseline']['accuracy'])} versus this CNN "
+        f"{_pct(audit['clean']['accuracy'])} (gain from morphology {100 * audit['morphology_gain']:.2f} points).",
+        "",
+        "| acquisition group (size, background) | images | accuracy | recall per class |",
+        "|---|---|---|---|",
+    ]
+    for group, g in audit["groups"].items():
+        lines.append(f"| {group} | {g['count']} | {_pct(g['accuracy'])} | {_recalls(g['recall'])} |")
+    bars = audit["bars"]
+    lines += [
+        "",
+        f"Stress variants of the test split (bar: accuracy drop <= {100 * bars['max_stress_drop']:.0f} points and "
+        f"{critical} recall >= {_pct(bars['min_stress_critical_recall'])}):",
+        "",
+        f"| variant | accuracy | drop (points) | {critical} recall | passes |",
+        "|---|---|---|---|---|",
+    ]
+    for name, v in audit["stress"].items():
+        lines.append(
+            f"| {name} | {_pct(v['accuracy'])} | {100 * v['drop']:.2f} | {_pct(v['critical_recall'])} | "
+            f"{'yes' if v['passes'] else 'NO'} |"
+        )
+    lines += [
+        "",
+        "## Operating point",
+        f"`{critical}_alert` is raised when the calibrated {critical} probability is at least "
+        f"{point['threshold']:.4f} (or {critical} is the top class), chosen on the eval split for "
+        f"{_pct(point['recall'])} recall at {_pct(point['precision'])} precision. Probabilities are "
+        f"temperature-scaled (T = {point['temperature']:.3f}; expected calibration error on the eval split "
+        f"{point['ece_before']:.4f} before, {point['ece_after']:.4f} after). `needs_review` is set when the top "
+        f"probability is under {point['review_confidence']:.2f}.",
+        "",
+        "## Release gate",
+        "Blessed and pushed." if summary["blessed"] else "Not blessed: " + "; ".join(summary["gate_failures"] or ["see gate"]),
+        "",
+        "## Limitations",
+        "- Trained and tested on one public dataset whose classes are tied to their image source; the figures "
+        "above do not show performance on another hospital's images.",
+        "- Single, centred white cells only; smears with several or no white cells are out of scope.",
+        "- Input is resized to the training resolution; fine chromatin detail below it is not seen.",
+    ]
+    failed = [name for name, v in audit["stress"].items() if not v["passes"]]
+    if failed:
+        lines.append(f"- Fails the stress bar on: {', '.join(failed)}. Expect lower accuracy on such images.")
+    return "\n".join(lines) + "\n"

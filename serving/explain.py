@@ -1,0 +1,38 @@
+"""Grad-CAM explanations: the model's `explain` signature, drawn as a heat-map overlay on the image."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image
+
+from components.training.export import EXPLAIN_SIGNATURE, HEATMAP, SERVING_INPUT
+
+ALPHA = 0.45  # weight of the heat map over the image
+
+
+def explain_with_saved_model(model_dir: Path, image: bytes) -> tuple[str, np.ndarray]:
+    """Runs the SavedModel's `explain` signature in this process: (predicted class, map [S, S] in [0, 1])."""
+    import tensorflow as tf
+
+    outputs = tf.saved_model.load(str(model_dir)).signatures[EXPLAIN_SIGNATURE](**{SERVING_INPUT: tf.constant([image])})
+    return outputs["predicted_class"].numpy()[0].decode(), outputs[HEATMAP].numpy()[0]
+
+
+def overlay_png(image: bytes, heatmap: np.ndarray, central_crop: float = 1.0) -> bytes:
+    """The image with the heat map (jet colours) laid over the region the CNN saw, as PNG at the image's size."""
+    picture = Image.open(io.BytesIO(image)).convert("RGB")
+    width, height = picture.size
+    crop_w, crop_h = round(width * central_crop), round(height * central_crop)
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    heat = Image.fromarray(np.uint8(np.clip(heatmap, 0, 1) * 255)).resize((crop_w, crop_h), Image.Resampling.BILINEAR)
+    coloured = colormaps["jet"](np.asarray(heat) / 255.0)[..., :3]
+    region = np.asarray(picture, dtype=np.float64)[top : top + crop_h, left : left + crop_w] / 255.0
+    blended = np.asarray(picture).copy()
+    blended[top : top + crop_h, left : left + crop_w] = np.uint8(255 * ((1 - ALPHA) * region + ALPHA * coloured))
+    buffer = io.BytesIO()
+    Image.fromarray(blended).save(buffer, format="PNG")
+    return buffer.getvalue()

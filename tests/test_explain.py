@@ -1,0 +1,76 @@
+"""Grad-CAM explanations: the `explain` signature, the overlay picture, `bloodcell explain` and POST /explain."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from fastapi.testclient import TestClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from serving.client import ServingClient
+from serving.explain import explain_with_saved_model, overlay_png
+from serving.web_app import create_app, upload_limits
+from tests.conftest import CONFIG, image_bytes, real_files
+
+runner = CliRunner()
+
+
+def test_overlay_has_the_image_size_and_draws_heat_where_the_map_is_hot():
+    image = image_bytes("PNG", size=(120, 80))
+    heatmap = np.zeros((16, 16), np.float32)
+    heatmap[6:10, 6:10] = 1.0  # hot centre
+    overlay = Image.open(io.BytesIO(overlay_png(image, heatmap))).convert("RGB")
+    assert overlay.size == (120, 80)
+    pixels = np.asarray(overlay).astype(int)
+    original = np.asarray(Image.open(io.BytesIO(image)).convert("RGB")).astype(int)
+    centre, corner = pixels[40, 60] - original[40, 60], pixels[2, 2] - original[2, 2]
+    assert centre[0] > centre[2] and corner[2] > corner[0]  # red where hot, blue where cold (jet colours)
+
+
+def test_overlay_respects_the_central_crop():
+    image = image_bytes("PNG", size=(100, 100))
+    overlay = np.asarray(Image.open(io.BytesIO(overlay_png(image, np.ones((8, 8)), central_crop=0.5))))
+    original = np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
+    assert np.array_equal(overlay[:20], original[:20]) and not np.array_equal(overlay[40:60, 40:60], original[40:60, 40:60])
+
+
+def test_explain_signature_returns_a_map_per_image(model_exports):
+    predicted, heatmap = explain_with_saved_model(model_exports["random"], real_files("monocyte", 1)[0].read_bytes())
+    size = CONFIG.preprocessing.image_size
+    assert predicted in CONFIG.classes and heatmap.shape == (size, size)
+    assert 0.0 <= heatmap.min() and heatmap.max() <= 1.0 + 1e-6
+
+
+def test_explain_command_writes_an_overlay_of_the_image_size(model_exports, tmp_path):
+    source = real_files("myeloblast", 1)[0]
+    image = tmp_path / source.name
+    image.write_bytes(source.read_bytes())
+    result = runner.invoke(app, ["explain", str(image), "--model-dir", str(model_exports["myeloblast"])])
+    assert result.exit_code == 0, result.output
+    written = image.with_name(image.stem + ".gradcam.png")
+    assert "predicted myeloblast" in result.output and str(written) in result.output
+    assert Image.open(written).size == Image.open(image).size
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    refused = runner.invoke(app, ["explain", str(text), "--model-dir", str(model_exports["myeloblast"])])
+    assert refused.exit_code == 2 and "notes.jpg: not an image" in refused.output
+
+
+def test_explain_over_grpc_and_the_web_endpoint(model_server):
+    image = real_files("basophil", 1)[0].read_bytes()
+    with ServingClient(model_server.target, CONFIG.model_name) as client:
+        predicted, heatmap = client.explain(image)
+        local_class, local_map = explain_with_saved_model(model_server.base / "1", image)
+    assert predicted == local_class
+    np.testing.assert_allclose(heatmap, local_map, atol=1e-5)
+    grpc_client = ServingClient(model_server.target, CONFIG.model_name)
+    web = TestClient(create_app(grpc_client, CONFIG.critical_class, upload_limits(CONFIG)), raise_server_exceptions=False)
+    response = web.post("/explain", files={"file": ("cell.jpg", image, "image/jpeg")})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert response.headers["x-predicted-class"] == predicted
+    assert Image.open(io.BytesIO(response.content)).size == Image.open(io.BytesIO(image)).size
+    bad = web.post("/explain", files={"file": ("notes.jpg", b"plain text", "image/jpeg")})
+    assert bad.status_code == 422 and "notes.jpg: not an image" in bad.json()["detail"]

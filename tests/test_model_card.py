@@ -1,0 +1,30 @@
+"""The model card is written from the run's figures."""
+
+from __future__ import annotations
+
+from components.model_card import render_model_card
+from tests.test_run_report import summary
+
+
+def test_model_card_carries_the_runs_figures():
+    card = render_model_card(summary(blessed=True), "bloodcell", "2026-11-26T10:00:00")
+    assert card.startswith("# Model card: bloodcell (serving version 1795700000)")
+    assert "Pipeline run `2026-11-26T10:00:00`" in card
+    for section in ("## Intended use", "## Data", "**Known confound.**", "## Metrics (test split)", "## Shortcut audit",
+                    "## Operating point", "## Release gate", "## Limitations"):  # fmt: skip
+        assert section in card
+    assert "Accuracy 94.00%; myeloblast recall 100.00%." in card
+    assert "| erythroblast | 1.0000 | 0.9000 | 0.9000 | 10 |" in card
+    assert "scores 71.23% on this test split" in card
+    assert "| 400x400 neutral | 20 | 90.00% | myeloblast 100.00%, seg_neutrophil 80.00% |" in card
+    assert "| grayscale | 88.11% | 5.89 | 95.00% | NO |" in card
+    assert "at least 0.0412" in card and "100.00% recall at 83.33% precision" in card
+    assert "T = 1.732" in card and "0.0543 before, 0.0121 after" in card
+    assert "Fails the stress bar on: grayscale." in card
+    assert "Blessed and pushed." in card
+
+
+def test_model_card_of_a_blocked_model_says_why():
+    card = render_model_card(summary(blessed=False), "bloodcell", "")
+    assert "(serving version not pushed)" in card and "Pipeline run `unknown`" in card
+    assert "Not blessed: accuracy = 0.9400, required >= 0.95" in card

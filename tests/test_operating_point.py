@@ -1,0 +1,53 @@
+"""Screening operating point: calibration lowers ECE, the alert threshold reaches the target recall."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from components.training import operating_point as op
+
+
+def overconfident(n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three-class softmax outputs that are right 70% of the time but claim about 99% confidence."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    predicted = np.where(rng.random(n) < 0.7, labels, (labels + rng.integers(1, 3, n)) % 3)
+    logits = rng.normal(0, 0.5, (n, 3))
+    logits[np.arange(n), predicted] += 5.0
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return probabilities, labels
+
+
+def test_temperature_scaling_lowers_ece_and_keeps_the_argmax():
+    probabilities, labels = overconfident()
+    temperature = op.fit_temperature(probabilities, labels)
+    calibrated = op.scale(probabilities, temperature)
+    assert temperature > 1.5  # softens overconfident outputs
+    assert np.array_equal(calibrated.argmax(axis=1), probabilities.argmax(axis=1))
+    before, after = op.expected_calibration_error(probabilities, labels), op.expected_calibration_error(calibrated, labels)
+    assert before > 0.2 and after < 0.05
+
+
+def test_expected_calibration_error_of_a_calibrated_example():
+    probabilities = np.array([[0.8, 0.2]] * 10)
+    labels = np.array([0] * 8 + [1] * 2)  # 80% right at 80% confidence
+    assert op.expected_calibration_error(probabilities, labels) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("target", [1.0, 0.9])
+def test_alert_threshold_reaches_the_target_recall_on_its_split(target):
+    probabilities, labels = overconfident(seed=1)
+    point = op.fit_operating_point(probabilities, labels, critical_index=2, target_recall=target, review_confidence=0.9)
+    calibrated = op.scale(probabilities, point.temperature)
+    alert = op.alerts(calibrated, 2, point.threshold)
+    recall = alert[labels == 2].mean()
+    assert recall >= target and point.recall == pytest.approx(recall)
+    assert point.precision == pytest.approx((labels[alert] == 2).mean())
+    assert point.threshold <= 0.5 and point.ece_after < point.ece_before
+
+
+def test_operating_point_needs_the_critical_class():
+    probabilities, labels = overconfident()
+    with pytest.raises(ValueError, match="no image of the critical class"):
+        op.fit_operating_point(probabilities[labels != 2], labels[labels != 2], 2, 1.0, 0.9)

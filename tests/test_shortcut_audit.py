@@ -1,0 +1,84 @@
+"""The shortcut audit: colour features, per-group figures, geometry swap targets, and that it exposes a
+classifier that reads the image source instead of the cell."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components.audit import shortcut_audit
+from tests.test_stress import smear
+
+CLASSES = ["a", "b"]
+PEACH, BLUE = (244, 217, 194), (229, 219, 223)
+
+
+def two_source_set(n: int, seed: int):
+    """Class a: small cells on peach 360x363 images; class b: large cells on blue-white 400x400 images."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for k in range(n):
+        label = k % 2
+        size, background, radius = ((363, 360), PEACH, 40) if label == 0 else ((400, 400), BLUE, 70)
+        images.append(smear(size=size, background=background, radius=radius + int(rng.integers(-3, 4))))
+        labels.append(label)
+    return images, labels
+
+
+def background_classifier(encoded: list[bytes]) -> np.ndarray:
+    """A 'model' that learned the source: class b when the border is not warm."""
+    decoded = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in encoded]
+    return np.array([int(int(i[0, 0, 0]) - int(i[0, 0, 2]) < 25) for i in decoded])
+
+
+def test_colour_histogram_is_normalised_per_channel():
+    features = shortcut_audit.colour_histogram(smear())
+    assert features.shape == (48,)
+    assert features.reshape(3, 16).sum(axis=1) == pytest.approx([1, 1, 1])
+
+
+def test_colour_baseline_learns_background_colour():
+    train, train_labels = two_source_set(20, seed=0)
+    test, test_labels = two_source_set(10, seed=1)
+    histograms, kept = shortcut_audit.read_train_split(iter(train))
+    assert histograms.shape == (20, 48) and len(kept) == 20
+    assert list(shortcut_audit.colour_baseline(histograms, train_labels, test)) == test_labels
+
+
+def test_figures_accuracy_and_recall():
+    result = shortcut_audit.figures([0, 0, 1, 1], [0, 1, 1, 1], CLASSES, "b")
+    assert result == {"count": 4, "accuracy": 0.75, "recall": {"a": 0.5, "b": 1.0}, "critical_recall": 1.0}
+    assert shortcut_audit.figures([0], [0], CLASSES, "b")["critical_recall"] is None
+
+
+def test_swap_targets_pick_the_largest_group_of_another_size():
+    geometry = {  # ordered largest first, as group_geometry returns them
+        "360x363 warm": {"count": 10, "size": [363, 360]},
+        "400x400 neutral": {"count": 8, "size": [400, 400]},
+        "366x369 neutral": {"count": 2, "size": [369, 366]},
+    }
+    assert shortcut_audit.swap_targets(geometry) == {
+        "360x363 warm": "400x400 neutral",
+        "400x400 neutral": "360x363 warm",
+        "366x369 neutral": "360x363 warm",
+    }
+
+
+def test_audit_exposes_a_model_that_reads_the_background():
+    train, train_labels = two_source_set(20, seed=0)
+    test, test_labels = two_source_set(10, seed=1)
+    encoded = [shortcut_audit.encode_png(i) for i in test]
+    result = shortcut_audit.run_audit(
+        iter(train), train_labels, test, test_labels, encoded, background_classifier, CLASSES, "b", 0.03, 0.97
+    )
+    assert result["clean"]["accuracy"] == 1.0 and result["colour_baseline"]["accuracy"] == 1.0
+    assert set(result["groups"]) == {"360x363 warm", "400x400 neutral"}
+    assert result["groups"]["400x400 neutral"]["recall"] == {"b": 1.0}
+    assert result["geometry"]["360x363 warm"]["swapped_to"] == "400x400 neutral"
+    # Grayscale and one stain remove the background colour: the shortcut model collapses to one class.
+    assert result["stress"]["grayscale"]["accuracy"] == 0.5 and not result["stress"]["grayscale"]["passes"]
+    assert result["stress"]["stain_normalised"]["drop"] > 0.03
+    assert not result["passes"]
