@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
@@ -12,6 +14,7 @@ from typer.testing import CliRunner
 from pipelines.cli import app
 from serving.client import ServingClient
 from serving.explain import explain_with_saved_model, overlay_png
+from serving.model_versions import served_versions
 from serving.web_app import create_app, upload_limits
 from tests.conftest import CONFIG, image_bytes, real_files
 
@@ -74,3 +77,24 @@ def test_explain_over_grpc_and_the_web_endpoint(model_server):
     assert Image.open(io.BytesIO(response.content)).size == Image.open(io.BytesIO(image)).size
     bad = web.post("/explain", files={"file": ("notes.jpg", b"plain text", "image/jpeg")})
     assert bad.status_code == 422 and "notes.jpg: not an image" in bad.json()["detail"]
+
+
+PUSHED = Path(CONFIG.paths.serving_root) / CONFIG.model_name
+
+
+@pytest.mark.skipif(
+    not served_versions(str(PUSHED)),
+    reason=f"needs a model trained on the full data (`make run` pushes one to {PUSHED}); "
+    "the few-epoch models of the other tests have not learned where the cell is",
+)
+def test_heat_concentrates_on_the_cell_for_the_pushed_model():
+    """On real images (cell centred), a trained model's heat lies inside more than on the border."""
+    model_dir = PUSHED / str(served_versions(str(PUSHED))[-1])
+    centre, border = [], []
+    for name in CONFIG.classes:
+        for f in real_files(name, 2):
+            _, heatmap = explain_with_saved_model(model_dir, f.read_bytes())
+            q = heatmap.shape[0] // 4
+            centre.append(heatmap[q:-q, q:-q].mean())
+            border.append(np.concatenate([heatmap[:q].ravel(), heatmap[-q:].ravel()]).mean())
+    assert np.mean(centre) > 2 * np.mean(border)
