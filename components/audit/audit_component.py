@@ -11,11 +11,11 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, standard_artifacts
 
 from components.audit.shortcut_audit import Predict, run_audit
+from components.serving_gate import SERVING_FORMAT
 from components.training.export import SERVING_INPUT, SERVING_SIGNATURE
 from components.training.preprocessing import parse_example
 
 AUDIT_FILE = "audit.json"
-SERVING_FORMAT = "Format-Serving"
 
 
 class ShortcutAuditReport(artifact.Artifact):
