@@ -37,19 +37,7 @@ def render_summary(summary: dict[str, Any], report_dir: str) -> str:
         f"precision {point['precision']:.4f}); ECE {point['ece_before']:.4f} -> {point['ece_after']:.4f} "
         f"(temperature {point['temperature']:.3f})"
     )
-    audit = summary["audit"]
-    lines.append(
-        f"shortcut audit: colour-histogram baseline {audit['colour_baseline']['accuracy']:.4f} "
-        f"(CNN {audit['clean']['accuracy']:.4f})"
-    )
-    for group, g in audit["groups"].items():
-        lines.append(f"  group {group}: {g['count']} images, accuracy {g['accuracy']:.4f}")
-    for name, v in audit["stress"].items():
-        recall = "n/a" if v["critical_recall"] is None else f"{v['critical_recall']:.4f}"
-        lines.append(
-            f"  stress {name}: accuracy {v['accuracy']:.4f} (drop {v['drop']:+.4f}), {critical} recall {recall}"
-            + ("" if v["passes"] else "  FAILS the bar")
-        )
+    lines += audit_lines(summary["audit"], critical)
     served = summary["served_model"]
     if served:
         lines.append(
@@ -78,3 +66,20 @@ def render_summary(summary: dict[str, Any], report_dir: str) -> str:
         "confusion_matrix.png, training_curves.png)"
     )
     return "\n".join(lines)
+
+
+def audit_lines(audit: dict[str, Any], critical: str) -> list[str]:
+    """The shortcut audit's figures (audit.json) as text lines."""
+    lines = [
+        f"shortcut audit: colour-histogram baseline {audit['colour_baseline']['accuracy']:.4f} "
+        f"(CNN {audit['clean']['accuracy']:.4f})"
+    ]
+    for group, g in audit["groups"].items():
+        lines.append(f"  group {group}: {g['count']} images, accuracy {g['accuracy']:.4f}")
+    for name, v in audit["stress"].items():
+        recall = "n/a" if v["critical_recall"] is None else f"{v['critical_recall']:.4f}"
+        lines.append(
+            f"  stress {name}: accuracy {v['accuracy']:.4f} (drop {v['drop']:+.4f}), {critical} recall {recall}"
+            + ("" if v["passes"] else "  FAILS the bar")
+        )
+    return lines

@@ -7,7 +7,9 @@ import csv
 import glob
 import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,3 +220,22 @@ def test_two_trial_search_on_a_tiny_real_subset(tmp_path, monkeypatch):
     assert heatmap.shape[1] == int(trials[0]["image_size"])  # the CNN's input side
     client = MlflowClient(tracking_uri(config))
     assert "tuner_trials.csv" in {a.path for a in client.list_artifacts(summary["tracking"]["run_id"])}
+
+    # The ablation script of docs/robustness.md trains and audits with the pipeline's code on this split.
+    examples_uri = store_of(config).get_artifacts_by_type("Examples")[-1].uri
+    overrides = ["training.epochs=1", "preprocessing.image_size=32"]
+    done = subprocess.run(
+        [sys.executable, "benchmarks/train_and_audit.py", examples_uri, "--output", str(tmp_path / "ablation")]
+        + [arg for o in overrides for arg in ("--set", o)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    audit = json.loads((tmp_path / "ablation" / "audit.json").read_text())
+    assert set(audit["stress"]) == {"grayscale", "stain_normalised", "geometry_swapped"}
+    assert audit["clean"]["count"] == sum(g["count"] for g in audit["groups"].values())
+    row = done.stdout.strip().splitlines()[-1]
+    assert row.startswith(f"| {' '.join(overrides)} | {audit['clean']['accuracy']:.4f} | ")
+    explain32 = tf.saved_model.load(str(tmp_path / "ablation" / "model")).signatures["explain"]
+    assert explain32(**{SERVING_INPUT: tf.constant([real_files("basophil", 1)[0].read_bytes()])})["heatmap"].shape[1] == 32

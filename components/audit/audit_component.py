@@ -3,6 +3,7 @@
 import json
 import os
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -54,6 +55,31 @@ def saved_model_predictor(model_dir: str, batch_size: int = 64) -> Predict:
     return predict
 
 
+def audit_examples(
+    examples_uri: str,
+    model_dir: str,
+    classes: list[str],
+    critical_class: str,
+    max_stress_drop: float,
+    min_stress_critical_recall: float,
+) -> dict[str, Any]:
+    """The audit of the SavedModel in `model_dir` on an Examples artifact's train and test splits."""
+    train_bytes, train_labels = load_split(examples_uri, "train")
+    test_bytes, test_labels = load_split(examples_uri, "test")
+    return run_audit(
+        decode(train_bytes),
+        train_labels,
+        list(decode(test_bytes)),
+        test_labels,
+        test_bytes,
+        saved_model_predictor(model_dir),
+        classes,
+        critical_class,
+        max_stress_drop,
+        min_stress_critical_recall,
+    )
+
+
 @component
 def ShortcutAudit(  # noqa: N802 - TFX component names are classes
     examples: InputArtifact[standard_artifacts.Examples],
@@ -65,15 +91,9 @@ def ShortcutAudit(  # noqa: N802 - TFX component names are classes
     audit: OutputArtifact[ShortcutAuditReport],
 ):
     """Colour baseline, per-group figures and stress variants of the test split, written to audit.json."""
-    train_bytes, train_labels = load_split(examples.uri, "train")
-    test_bytes, test_labels = load_split(examples.uri, "test")
-    result = run_audit(
-        decode(train_bytes),
-        train_labels,
-        list(decode(test_bytes)),
-        test_labels,
-        test_bytes,
-        saved_model_predictor(os.path.join(model.uri, SERVING_FORMAT)),
+    result = audit_examples(
+        examples.uri,
+        os.path.join(model.uri, SERVING_FORMAT),
         json.loads(classes_json),
         critical_class,
         max_stress_drop,

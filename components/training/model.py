@@ -6,19 +6,15 @@ import tensorflow as tf
 import tf_keras as keras
 
 
-class LumaChromaStandardisation(keras.layers.Layer):
-    """Per image: RGB -> luminance + two chroma channels (YUV), each minus its mean, over its spread.
+class ChannelStandardisation(keras.layers.Layer):
+    """Per image and per channel: subtract the mean, divide by the spread.
 
     Removes the global colour cast and brightness of a scanner or stain (peach versus blue-white
-    backgrounds). The luminance channel is the same for a slide and its grayscale copy, so what the
-    network learns from it carries over to grayscale or differently stained input; a grayscale image has
-    zero chroma. The epsilon keeps the chroma noise of near-gray images from being amplified.
-    """
+    backgrounds) while keeping where each stain sits inside the image."""
 
     def call(self, images: tf.Tensor) -> tf.Tensor:
-        yuv = tf.image.rgb_to_yuv(images)
-        mean, variance = tf.nn.moments(yuv, axes=[1, 2], keepdims=True)
-        return (yuv - mean) / tf.sqrt(variance + 1e-4)
+        mean, variance = tf.nn.moments(images, axes=[1, 2], keepdims=True)
+        return (images - mean) / tf.sqrt(variance + 1e-4)
 
 
 def build_model(
@@ -31,7 +27,7 @@ def build_model(
 ) -> keras.Model:
     """A compiled classifier over float images in [0, 1] of shape [image_size, image_size, 3]."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = LumaChromaStandardisation(name="standardise")(inputs)
+    x = ChannelStandardisation(name="standardise")(inputs)
     for i, width in enumerate(filters):
         x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i + 1}")(x)
         x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i + 1}")(x)
