@@ -12,6 +12,7 @@ and one markdown table row; writes <output>/model, <output>/run (history, operat
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -67,4 +68,5 @@ def main(
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")  # one line per epoch
     app()
