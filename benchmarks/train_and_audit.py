@@ -20,6 +20,7 @@ from typing import List, Optional
 import typer
 
 from components.audit.audit_component import AUDIT_FILE, audit_examples
+from components.serving_gate import example_files
 from components.summary_text import audit_lines
 from components.training.trainer_module import train
 from pipelines.cli_options import CONFIG_OPTION, load_config_or_exit
@@ -46,8 +47,8 @@ def main(
     cfg = load_config_or_exit(config, overrides)
     start = time.monotonic()
     history = train(
-        [str(examples / "Split-train" / "*.gz")],
-        [str(examples / "Split-eval" / "*.gz")],
+        example_files(str(examples), "train"),
+        example_files(str(examples), "eval"),
         trainer_config(cfg),
         str(output / "model"),
         str(output / "run"),

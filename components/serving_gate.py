@@ -79,8 +79,13 @@ def decide(
     return failures
 
 
-def _example_files(examples_uri: str, split: str) -> list[str]:
-    return sorted(tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{split}", "*.gz")))
+def example_files(examples_uri: str, split: str) -> list[str]:
+    """The gzipped tf.Example files of one split written by ImageExampleGen."""
+    folder = os.path.join(examples_uri, f"Split-{split}")
+    files = sorted(tf.io.gfile.glob(os.path.join(folder, "*.gz")))
+    if not files:
+        raise FileNotFoundError(f"no tf.Example files (*.gz) in {folder}: not an ImageExampleGen output")
+    return files
 
 
 @component
@@ -112,7 +117,7 @@ def ServingGate(  # noqa: N802 - TFX component names are classes
     if versions:
         served_dir = os.path.join(serving_dir, str(versions[-1]))
         identical = model_digest(served_dir) == model_digest(os.path.join(model.uri, SERVING_FORMAT))
-        served = score_model(served_dir, _example_files(examples.uri, "test"), classes.index(critical_class))
+        served = score_model(served_dir, example_files(examples.uri, "test"), classes.index(critical_class))
         served["version"] = versions[-1]
     failures = decide(candidate_figures, served, min_accuracy, min_critical_recall, max_regression, critical_class)
     blessed = not failures and not identical

@@ -12,7 +12,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, standard_artifacts
 
 from components.audit.shortcut_audit import Predict, run_audit
-from components.serving_gate import SERVING_FORMAT
+from components.serving_gate import SERVING_FORMAT, example_files
 from components.training.export import SERVING_INPUT, SERVING_SIGNATURE
 from components.training.preprocessing import parse_example
 
@@ -27,7 +27,7 @@ class ShortcutAuditReport(artifact.Artifact):
 
 def load_split(examples_uri: str, split: str) -> tuple[list[bytes], list[int]]:
     """Encoded images and labels of one split written by ImageExampleGen."""
-    files = sorted(tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{split}", "*.gz")))
+    files = example_files(examples_uri, split)
     encoded, labels = [], []
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
         image, label = parse_example(record)
