@@ -29,12 +29,16 @@ def confusion_matrix_png(matrix: list[list[int]], classes: list[str], path: str,
 
 
 def training_curves_png(history: list[dict[str, float]], path: str) -> None:
-    """Loss, accuracy and learning rate per epoch, training and eval split."""
+    """Loss, accuracy and learning rate per epoch: training split, eval split and, when the Trainer scored
+    it, the eval split's grayscale copy."""
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, key in zip(axes[:2], ("loss", "accuracy"), strict=False):
         ax.plot(epochs, [row[key] for row in history], marker="o", label=f"train {key}")
         ax.plot(epochs, [row[f"val_{key}"] for row in history], marker="o", label=f"eval {key}")
+        if f"val_grayscale_{key}" in history[0]:
+            gray = [row[f"val_grayscale_{key}"] for row in history]
+            ax.plot(epochs, gray, marker="o", linestyle="--", label=f"eval {key}, grayscale copy")
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.grid(alpha=0.3)

@@ -65,6 +65,7 @@ class Training:
     early_stopping_patience: int
     reduce_lr_patience: int
     reduce_lr_factor: float
+    grayscale_validation: bool      # model selection also scores the eval split's grayscale copy
     critical_class_weight: float
     seed: int
 

@@ -36,6 +36,20 @@ def real_files(class_name: str, count: int) -> list[Path]:
     return sorted((REAL_DATA / class_name).glob("*.jpg"))[:count]
 
 
+def write_examples(path: Path, files: list[Path]) -> None:
+    """The ingestion's tf.Examples of real files, as one gzipped TFRecord file (a split's file)."""
+    import tensorflow as tf
+
+    from components.image_example_gen import to_example
+    from components.image_verification import Candidate, Limits, verify_image
+
+    limits = Limits(max_pixels=10**8, min_side=8, max_file_bytes=10**8)
+    with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+        for file in files:
+            record = verify_image(REAL_DATA, Candidate(file.relative_to(REAL_DATA).as_posix(), file.parent.name), limits)
+            writer.write(to_example(record, CLASSES))
+
+
 def make_real_subset(root: Path, per_class: int) -> Path:
     """Copies `per_class` real images of every class into root/<class>/."""
     for name in CLASSES:

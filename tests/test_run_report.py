@@ -107,5 +107,9 @@ def test_plots_are_written(tmp_path):
         for e in range(1, 5)
     ]
     training_curves_png(history, str(tmp_path / "curves.png"))
+    for row in history:
+        row.update(val_grayscale_loss=2 * row["val_loss"], val_grayscale_accuracy=0.8)
+    training_curves_png(history, str(tmp_path / "curves_gray.png"))
+    assert (tmp_path / "curves_gray.png").read_bytes() != (tmp_path / "curves.png").read_bytes()
     assert Image.open(tmp_path / "cm.png").size == (780, 660)
     assert Image.open(tmp_path / "curves.png").size[0] > 1000

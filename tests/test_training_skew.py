@@ -10,26 +10,16 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.image_example_gen import to_example
-from components.image_verification import Candidate, Limits, verify_image
 from components.training.augmentation import build_augmenter
 from components.training.export import EXAMPLES_SIGNATURE, SERVING_INPUT, export_serving_model
 from components.training.model import build_model
 from components.training.operating_point import OperatingPoint, alerts, scale
 from components.training.preprocessing import preprocess_image
 from components.training.trainer_module import make_dataset
-from tests.conftest import CLASSES, CONFIG, REAL_DATA, TRAINER_CONFIG, png_header, real_files
+from tests.conftest import CLASSES, CONFIG, TRAINER_CONFIG, png_header, real_files, write_examples
 
 SIZE = CONFIG.preprocessing.image_size
 CROP = CONFIG.preprocessing.central_crop
-
-
-def write_examples(path, files):
-    limits = Limits(max_pixels=10**8, min_side=8, max_file_bytes=10**8)
-    with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
-        for file in files:
-            record = verify_image(REAL_DATA, Candidate(file.relative_to(REAL_DATA).as_posix(), file.parent.name), limits)
-            writer.write(to_example(record, CLASSES))
 
 
 def test_served_model_and_training_path_see_the_same_tensor(tmp_path):

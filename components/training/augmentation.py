@@ -8,6 +8,11 @@ import tensorflow as tf
 import tf_keras as keras
 
 
+def to_grayscale(images: tf.Tensor) -> tf.Tensor:
+    """ITU-R 601 luminance in all three channels: what a grayscale scanner or camera delivers."""
+    return tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(images))
+
+
 class ColourJitter(keras.layers.Layer):
     """Per-image random brightness, contrast, saturation and hue on images in [0, 1], and grayscale with
     probability `grayscale`: stains and scanners differ between labs, the cells do not."""
@@ -34,7 +39,7 @@ class ColourJitter(keras.layers.Layer):
         mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
         images = (images - mean) * (1.0 + factor(self.contrast)) + mean + factor(self.brightness)
         gray = tf.random.uniform([n, 1, 1, 1]) < self.grayscale
-        images = tf.where(gray, tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(images)), images)
+        images = tf.where(gray, to_grayscale(images), images)
         return tf.clip_by_value(images, 0.0, 1.0)
 
     def get_config(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import tf_keras as keras
 from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx.components.tuner.component import TunerFnResult
 
-from components.training.augmentation import build_augmenter
+from components.training.augmentation import build_augmenter, to_grayscale
 from components.training.export import export_serving_model
 from components.training.model import build_model
 from components.training.operating_point import OperatingPoint, fit_operating_point
@@ -65,16 +65,35 @@ class EpochLog(keras.callbacks.Callback):
         row["epoch"] = epoch + 1
         self.rows.append(row)
         logging.info(
-            "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  lr %.2g  (%.0f s)",
+            "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  gray val_acc %s  lr %.2g  (%.0f s)",
             epoch + 1,
             self.epochs,
             row.get("loss", 0),
             row.get("accuracy", 0),
             row.get("val_loss", 0),
             row.get("val_accuracy", 0),
+            f"{row['val_grayscale_accuracy']:.4f}" if "val_grayscale_accuracy" in row else "-",
             row["lr"],
             time.time() - self.start,
         )
+
+
+class GrayscaleValidation(keras.callbacks.Callback):
+    """Scores the eval split's grayscale copy after each epoch: logs `val_grayscale_loss` and
+    `val_grayscale_accuracy`, and `val_selection_loss`, the mean of the clean and grayscale eval loss.
+
+    Monitoring that mean picks the checkpoint that reads cells in either form, rather than the one that
+    happens to lean most on the stain colour. Must come before the callbacks that monitor it."""
+
+    def __init__(self, eval_ds: tf.data.Dataset):
+        super().__init__()
+        self.dataset = eval_ds.map(lambda x, y: (to_grayscale(x), y))
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs = logs if logs is not None else {}
+        loss, accuracy = self.model.evaluate(self.dataset, verbose=0)
+        logs.update(val_grayscale_loss=loss, val_grayscale_accuracy=accuracy)
+        logs["val_selection_loss"] = (logs["val_loss"] + loss) / 2
 
 
 def fit(
@@ -92,12 +111,15 @@ def fit(
         len(classes), size, training["filters"], training["dense_units"], training["dropout"], training["learning_rate"]
     )
     epoch_log = EpochLog(epochs)
+    selection = [GrayscaleValidation(eval_ds)] if training["grayscale_validation"] else []
+    monitor = "val_selection_loss" if selection else "val_loss"
     callbacks = [
+        *selection,
         keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=training["early_stopping_patience"], restore_best_weights=True
+            monitor=monitor, patience=training["early_stopping_patience"], restore_best_weights=True
         ),
         keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss",
+            monitor=monitor,
             factor=training["reduce_lr_factor"],
             patience=training["reduce_lr_patience"],
             min_lr=1e-6,

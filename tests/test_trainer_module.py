@@ -1,0 +1,58 @@
+"""Training: model selection scores the eval split and its grayscale copy, and restores the best epoch."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from components.training.augmentation import to_grayscale
+from components.training.trainer_module import fit
+from tests.conftest import CLASSES, TRAINER_CONFIG, real_files, write_examples
+
+
+def small_config(grayscale_validation: bool) -> dict:
+    config = copy.deepcopy(TRAINER_CONFIG)
+    config["training"].update(
+        filters=[8, 16], dense_units=8, batch_size=8, learning_rate=0.01, grayscale_validation=grayscale_validation
+    )
+    return config
+
+
+@pytest.fixture(scope="module")
+def split_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("splits")
+    files = {name: real_files(name, 5) for name in CLASSES}
+    write_examples(root / "train.gz", [f for name in CLASSES for f in files[name][:3]])
+    write_examples(root / "eval.gz", [f for name in CLASSES for f in files[name][3:]])
+    return [str(root / "train.gz")], [str(root / "eval.gz")]
+
+
+def test_grayscale_validation_logs_the_copy_and_keeps_the_epoch_with_the_lowest_mean_loss(split_files):
+    model, history, eval_ds = fit(*split_files, small_config(True), epochs=4)
+    assert len(history) == 4
+    for row in history:
+        assert row["val_selection_loss"] == pytest.approx((row["val_loss"] + row["val_grayscale_loss"]) / 2)
+        assert 0.0 <= row["val_grayscale_accuracy"] <= 1.0
+    clean_loss, _ = model.evaluate(eval_ds, verbose=0)
+    gray_loss, gray_accuracy = model.evaluate(eval_ds.map(lambda x, y: (to_grayscale(x), y)), verbose=0)
+    best = min(history, key=lambda row: row["val_selection_loss"])
+    assert (clean_loss + gray_loss) / 2 == pytest.approx(best["val_selection_loss"], rel=1e-4)
+    assert gray_accuracy == pytest.approx(best["val_grayscale_accuracy"])
+
+
+def test_without_grayscale_validation_only_the_clean_eval_split_is_scored(split_files):
+    model, history, eval_ds = fit(*split_files, small_config(False), epochs=2)
+    assert all("val_grayscale_loss" not in row for row in history)
+    best = min(history, key=lambda row: row["val_loss"])
+    assert model.evaluate(eval_ds, verbose=0)[0] == pytest.approx(best["val_loss"], rel=1e-4)
+
+
+def test_grayscale_copy_has_three_equal_channels_of_luminance():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (2, 8, 8, 3)).astype(np.float32)
+    gray = to_grayscale(images).numpy()
+    expected = images @ np.array([0.2989, 0.587, 0.114], np.float32)
+    for channel in range(3):
+        np.testing.assert_allclose(gray[..., channel], expected, atol=1e-3)
