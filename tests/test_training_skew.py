@@ -27,7 +27,7 @@ def test_served_model_and_training_path_see_the_same_tensor(tmp_path):
     write_examples(tmp_path / "data.gz", files)
     images, labels = next(iter(make_dataset([str(tmp_path / "data.gz")], SIZE, CROP, batch_size=8)))
     assert images.shape == (4, SIZE, SIZE, 3) and list(labels.numpy()) == [3, 3, 0, 0]
-    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0 + 1e-6  # area resize rounding
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0 + 1e-5  # float32 area-resize rounding
 
     model = build_model(len(CLASSES), SIZE, [8, 16], 16, 0.0, 1e-3)
     export_serving_model(model, TRAINER_CONFIG, str(tmp_path / "model"))
