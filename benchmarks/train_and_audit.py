@@ -20,7 +20,7 @@ from typing import List, Optional
 import typer
 
 from components.audit.audit_component import AUDIT_FILE, audit_examples
-from components.serving_gate import example_files
+from components.image_example_gen import example_files
 from components.summary_text import audit_lines
 from components.training.trainer_module import train
 from pipelines.cli_options import CONFIG_OPTION, load_config_or_exit

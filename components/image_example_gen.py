@@ -35,6 +35,15 @@ from components.splitting import SPLITS, Item, SplitPlan, plan_split
 REPORT_FILE = "ingestion_report.json"
 
 
+def example_files(examples_uri: str, split: str) -> list[str]:
+    """The gzipped tf.Example files of one split written by ImageExampleGen."""
+    folder = os.path.join(examples_uri, f"Split-{split}")
+    files = sorted(tf.io.gfile.glob(os.path.join(folder, "*.gz")))
+    if not files:
+        raise FileNotFoundError(f"no tf.Example files (*.gz) in {folder}: not an ImageExampleGen output")
+    return files
+
+
 class IngestionReport(artifact.Artifact):
     """JSON account of every file found: ingested (with its split), duplicate, or rejected and why."""
 

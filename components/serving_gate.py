@@ -16,6 +16,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 from components.evaluation import ACCURACY, CRITICAL_RECALL, read_metrics
+from components.image_example_gen import example_files
 from components.training.export import EXAMPLES_INPUT, EXAMPLES_SIGNATURE
 from components.training.preprocessing import parse_example
 from serving.model_versions import served_versions
@@ -77,15 +78,6 @@ def decide(
                 f"{label} = {candidate[key]:.4f}, served model {served[key]:.4f}: drop > max_regression {max_regression}"
             )
     return failures
-
-
-def example_files(examples_uri: str, split: str) -> list[str]:
-    """The gzipped tf.Example files of one split written by ImageExampleGen."""
-    folder = os.path.join(examples_uri, f"Split-{split}")
-    files = sorted(tf.io.gfile.glob(os.path.join(folder, "*.gz")))
-    if not files:
-        raise FileNotFoundError(f"no tf.Example files (*.gz) in {folder}: not an ImageExampleGen output")
-    return files
 
 
 @component

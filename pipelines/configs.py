@@ -37,6 +37,7 @@ class Ingestion:
 class Preprocessing:
     image_size: int
     central_crop: float
+    test_time_views: int            # served probabilities: mean over this many rotations/mirror images (1..8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,6 +221,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("preprocessing.image_size: must be at least 16")
     if not 0.1 <= config.preprocessing.central_crop <= 1.0:
         raise ConfigError("preprocessing.central_crop: must be between 0.1 and 1.0")
+    if not 1 <= config.preprocessing.test_time_views <= 8:
+        raise ConfigError("preprocessing.test_time_views: must be between 1 and 8 (the symmetries of a square)")
     if config.training.epochs < 1 or config.training.batch_size < 1:
         raise ConfigError("training.epochs and training.batch_size: must be positive")
     if config.serving.batch_size < 1 or config.serving.web_max_files < 1:
@@ -252,6 +255,7 @@ def trainer_config(config: Config) -> dict:
         "critical_class": config.critical_class,
         "image_size": config.preprocessing.image_size,
         "central_crop": config.preprocessing.central_crop,
+        "test_time_views": config.preprocessing.test_time_views,
         "max_pixels": config.ingestion.max_pixels,
         "min_side": config.ingestion.min_side,
         "augmentation": settings["augmentation"],

@@ -33,6 +33,7 @@ def test_overrides_are_typed_and_applied():
         ("training.epochs", "must look like section.field=value"),
         ("critical_class=lymphoblast", "critical_class: 'lymphoblast' is not one of"),
         ("training.epochs=0", "must be positive"),
+        ("preprocessing.test_time_views=9", "test_time_views: must be between 1 and 8"),
     ],
 )
 def test_bad_overrides_name_the_field(override, message):

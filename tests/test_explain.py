@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
+from components.training.export import SERVING_INPUT
 from pipelines.cli import app
 from serving.client import ServingClient
 from serving.explain import explain_with_saved_model, overlay_png
@@ -41,10 +43,14 @@ def test_overlay_respects_the_central_crop():
 
 
 def test_explain_signature_returns_a_map_per_image(model_exports):
-    predicted, heatmap = explain_with_saved_model(model_exports["random"], real_files("monocyte", 1)[0].read_bytes())
+    images = [f.read_bytes() for f in real_files("monocyte", 2) + real_files("erythroblast", 2)]
     size = CONFIG.preprocessing.image_size
-    assert predicted in CONFIG.classes and heatmap.shape == (size, size)
-    assert 0.0 <= heatmap.min() and heatmap.max() <= 1.0 + 1e-6
+    served = tf.saved_model.load(str(model_exports["random"])).signatures["serving_default"]
+    served_classes = served(**{SERVING_INPUT: tf.constant(images)})["predicted_class"].numpy()
+    for image, served_class in zip(images, served_classes, strict=True):
+        predicted, heatmap = explain_with_saved_model(model_exports["random"], image)
+        assert predicted == served_class.decode()  # the map explains the served prediction
+        assert heatmap.shape == (size, size) and 0.0 <= heatmap.min() and heatmap.max() <= 1.0 + 1e-6
 
 
 def test_explain_command_writes_an_overlay_of_the_image_size(model_exports, tmp_path):

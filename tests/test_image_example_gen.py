@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 
 import apache_beam as beam
 import pytest
 import tensorflow as tf
 
 from components import features
-from components.image_example_gen import REPORT_FILE, _write_examples, check_report, summarise
+from components.image_example_gen import REPORT_FILE, _write_examples, check_report, example_files, summarise
 from components.image_verification import IngestionError, Limits, find_candidates
 from components.splitting import SPLITS
 from tests.conftest import CLASSES, image_bytes, real_files
@@ -29,7 +27,7 @@ def ingest(root, out):
 
 
 def read_split(out, split):
-    files = glob.glob(os.path.join(out, f"Split-{split}", "*.gz"))
+    files = example_files(str(out), split)
     spec = {
         features.IMAGE: tf.io.FixedLenFeature([], tf.string),
         features.LABEL: tf.io.FixedLenFeature([], tf.int64),
@@ -41,6 +39,14 @@ def read_split(out, split):
     }
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").map(lambda s: tf.io.parse_single_example(s, spec))
     return [{k: v.numpy() for k, v in row.items()} for row in dataset]
+
+
+def test_a_folder_without_example_files_is_named_in_the_error(tmp_path):
+    (tmp_path / "Split-test").mkdir()
+    (tmp_path / "Split-test" / "data_tfrecord-00000-of-00001.gz").write_bytes(b"")
+    assert example_files(str(tmp_path), "test") == [str(tmp_path / "Split-test" / "data_tfrecord-00000-of-00001.gz")]
+    with pytest.raises(FileNotFoundError, match=f"in {tmp_path / 'Split-train'}: not an ImageExampleGen output"):
+        example_files(str(tmp_path), "train")
 
 
 def test_messy_folder_is_fully_accounted_for(generated_root, tmp_path):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-import pytest
-
-from components.serving_gate import decide, example_files, model_digest, serving_state
+from components.serving_gate import decide, model_digest, serving_state
 from serving.model_versions import served_versions
 
 BARS = {"min_accuracy": 0.95, "min_critical_recall": 0.99, "max_regression": 0.01, "critical_class": "myeloblast"}
@@ -40,11 +38,3 @@ def test_served_versions_need_a_saved_model(tmp_path, model_exports):
     assert served_versions(str(tmp_path)) == [7, 12] and serving_state(str(tmp_path)) == "12"
     assert model_digest(str(tmp_path / "7")) == model_digest(str(model_exports["random"]))
     assert model_digest(str(tmp_path / "7")) != model_digest(str(tmp_path / "12"))
-
-
-def test_a_folder_without_example_files_is_named_in_the_error(tmp_path):
-    (tmp_path / "Split-test").mkdir()
-    (tmp_path / "Split-test" / "data_tfrecord-00000-of-00001.gz").write_bytes(b"")
-    assert example_files(str(tmp_path), "test") == [str(tmp_path / "Split-test" / "data_tfrecord-00000-of-00001.gz")]
-    with pytest.raises(FileNotFoundError, match=f"in {tmp_path / 'Split-train'}: not an ImageExampleGen output"):
-        example_files(str(tmp_path), "train")

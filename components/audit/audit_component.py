@@ -12,7 +12,8 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, standard_artifacts
 
 from components.audit.shortcut_audit import Predict, run_audit
-from components.serving_gate import SERVING_FORMAT, example_files
+from components.image_example_gen import example_files
+from components.serving_gate import SERVING_FORMAT
 from components.training.export import SERVING_INPUT, SERVING_SIGNATURE
 from components.training.preprocessing import parse_example
 

@@ -11,6 +11,7 @@ import tf_keras as keras
 
 from components.training.operating_point import OperatingPoint
 from components.training.preprocessing import check_encoded_image, parse_image_batch, preprocess_batch
+from components.training.test_time_views import averaged_probabilities
 
 SERVING_INPUT = "image_bytes"
 EXAMPLES_INPUT = "examples"
@@ -38,7 +39,7 @@ class ServingModule(tf.Module):
     def __init__(self, model: keras.Model, config: dict[str, Any], operating_point: OperatingPoint):
         super().__init__()
         self.model = model
-        self.config = {k: config[k] for k in ("image_size", "central_crop", "max_pixels", "min_side")}
+        self.config = {k: config[k] for k in ("image_size", "central_crop", "test_time_views", "max_pixels", "min_side")}
         self.classes = list(config["classes"])
         self.class_names = tf.constant(self.classes)
         self.critical_class = config["critical_class"]
@@ -60,7 +61,7 @@ class ServingModule(tf.Module):
     def _outputs(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         images = self._images(image_bytes)
         point = self.operating_point
-        raw = self.model(images, training=False)
+        raw = averaged_probabilities(self.model, images, self.config["test_time_views"])
         probabilities = tf.nn.softmax(tf.math.log(tf.maximum(raw, 1e-12)) / point.temperature, axis=-1)
         index = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         n = tf.shape(image_bytes)[0]
@@ -82,11 +83,13 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
     def explain_images(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         """Grad-CAM: where the last conv block's features raised the predicted class's log-probability,
-        as a [N, image_size, image_size] map in [0, 1] over the preprocessed image (the crop fed to the CNN)."""
+        as a [N, image_size, image_size] map in [0, 1] over the preprocessed image (the crop fed to the CNN).
+        The class is the served prediction (all test-time views); the map is drawn on the image as it is."""
         images = self._images(image_bytes)
+        averaged = averaged_probabilities(self.model, images, self.config["test_time_views"])
+        index = tf.argmax(averaged, axis=-1, output_type=tf.int32)
         with tf.GradientTape() as tape:
             features, probabilities = self.features_and_scores(images, training=False)
-            index = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
             score = tf.math.log(tf.gather(probabilities, index, batch_dims=1) + 1e-12)
         gradients = tape.gradient(score, features)
         weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
@@ -112,7 +115,8 @@ def export_serving_model(
     """Writes a SavedModel with `serving_default` (encoded images) and `serving_examples` signatures, and
     the operating point beside it (assets.extra/operating_point.json).
 
-    `config` is the trainer config: classes, critical_class, image_size, central_crop, max_pixels, min_side."""
+    `config` is the trainer config: classes, critical_class, image_size, central_crop, test_time_views,
+    max_pixels, min_side."""
     module = ServingModule(model, config, operating_point)
     tf.saved_model.save(
         module,

@@ -30,7 +30,9 @@ def build_model(
     x = ChannelStandardisation(name="standardise")(inputs)
     for i, width in enumerate(filters):
         x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i + 1}")(x)
-        x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i + 1}")(x)
+        # Moving statistics over about one epoch of batches: the evaluated model does not depend on how
+        # many grayscale or colour-jittered copies the last few batches held.
+        x = keras.layers.BatchNormalization(momentum=0.99, name=f"bn{i + 1}")(x)
         x = keras.layers.ReLU(name=f"relu{i + 1}")(x)
         x = keras.layers.MaxPool2D(name=f"pool{i + 1}")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)

@@ -20,6 +20,7 @@ from components.training.export import export_serving_model
 from components.training.model import build_model
 from components.training.operating_point import OperatingPoint, fit_operating_point
 from components.training.preprocessing import parse_example, preprocess_image
+from components.training.test_time_views import averaged_probabilities
 from components.training.tuning import search_space, with_hyperparameters
 
 HISTORY_FILE = "history.json"
@@ -151,9 +152,10 @@ def train(
 
 
 def choose_operating_point(model: keras.Model, eval_ds: tf.data.Dataset, config: dict[str, Any]) -> OperatingPoint:
-    """Calibration and the critical-class alert threshold, fitted on the eval split."""
-    probabilities = model.predict(eval_ds.map(lambda x, y: x), verbose=0)
-    labels = np.concatenate([y.numpy() for _, y in eval_ds])
+    """Calibration and the critical-class alert threshold, fitted on the eval split's served probabilities
+    (averaged over the test-time views)."""
+    batches = [(averaged_probabilities(model, x, config["test_time_views"]).numpy(), y.numpy()) for x, y in eval_ds]
+    probabilities, labels = (np.concatenate(parts) for parts in zip(*batches, strict=True))
     screening = config["screening"]
     point = fit_operating_point(
         probabilities,
