@@ -99,11 +99,13 @@ def main(
         if grpc_target is None:
             port = _free_port()
             grpc_target = f"127.0.0.1:{port}"
-            processes.append(subprocess.Popen(bloodcell + ["serve", "--port", str(port), "--host", "127.0.0.1"]))
+            serve = ["serve", "--port", str(port), "--host", "127.0.0.1", "--config", str(config_path)]
+            processes.append(subprocess.Popen(bloodcell + serve))
         if http_url is None:
             port = _free_port()
             http_url = f"http://127.0.0.1:{port}"
-            web = subprocess.Popen(bloodcell + ["web", "--grpc", grpc_target, "--port", str(port)], stdout=subprocess.DEVNULL)
+            web_command = ["web", "--grpc", grpc_target, "--port", str(port), "--config", str(config_path)]
+            web = subprocess.Popen(bloodcell + web_command, stdout=subprocess.DEVNULL)
             processes.append(web)
             _wait_ready(f"{http_url}/readyz", web)
         results = _benchmark(config, grpc_target, http_url, concurrency, requests, batch_size, batched_requests)
