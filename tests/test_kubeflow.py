@@ -100,7 +100,7 @@ def test_tuning_adds_a_tuner_that_feeds_the_trainer(tmp_path):
     tuner_fn = tasks["Tuner"]["inputs"]["parameters"]["tuner_fn"]["runtimeValue"]["constant"]
     assert tuner_fn == "components.training.trainer_module.tuner_fn"
     tuner_settings = json.loads(tasks["Tuner"]["inputs"]["parameters"]["custom_config"]["runtimeValue"]["constant"])
-    assert tuner_settings["tuning"]["max_trials"] == 4 and tuner_settings["tuning"]["search_space"]["image_size"] == [64, 96]
+    assert tuner_settings["tuning"]["max_trials"] == 4 and tuner_settings["tuning"]["search_space"] == CONFIG.tuning.search_space
     hyperparameters = tasks["Trainer"]["inputs"]["artifacts"]["hyperparameters"]["taskOutputArtifact"]
     assert hyperparameters == {"outputArtifactKey": "best_hyperparameters", "producerTask": "Tuner"}
     assert tasks["RunReport"]["inputs"]["artifacts"]["tuner_results"]["taskOutputArtifact"]["producerTask"] == "Tuner"
