@@ -35,9 +35,14 @@ from components.splitting import SPLITS, Item, SplitPlan, plan_split
 REPORT_FILE = "ingestion_report.json"
 
 
+def split_folder(examples_uri: str, split: str) -> str:
+    """Where ImageExampleGen writes one split's tf.Examples (TFX's `Split-<name>` layout)."""
+    return os.path.join(examples_uri, f"Split-{split}")
+
+
 def example_files(examples_uri: str, split: str) -> list[str]:
     """The gzipped tf.Example files of one split written by ImageExampleGen."""
-    folder = os.path.join(examples_uri, f"Split-{split}")
+    folder = split_folder(examples_uri, split)
     files = sorted(tf.io.gfile.glob(os.path.join(folder, "*.gz")))
     if not files:
         raise FileNotFoundError(f"no tf.Example files (*.gz) in {folder}: not an ImageExampleGen output")
@@ -147,7 +152,7 @@ def _write_examples(
             | f"ToExample[{split}]" >> beam.Map(to_example, classes)
             | f"Write[{split}]"
             >> beam.io.WriteToTFRecord(
-                os.path.join(examples_uri, f"Split-{split}", "data_tfrecord"),
+                os.path.join(split_folder(examples_uri, split), "data_tfrecord"),
                 file_name_suffix=".gz",
                 compression_type=beam.io.filesystem.CompressionTypes.GZIP,
             )
