@@ -22,7 +22,8 @@ SCORES, DECISIONS = PROBABILITIES, PREDICTED_ONE_HOT
 
 def build_eval_config(classes: list[str], critical_class: str) -> tfma.EvalConfig:
     """Accuracy, per-class precision/recall/F1 of the argmax decision, the critical class's recall and the
-    confusion matrix. The bars are applied by the ServingGate, which also compares with the served model."""
+    confusion matrix, overall, per site and per site x class. The bars are applied by the ServingGate, which
+    also compares with the served model."""
     spec = tfma.ModelSpec(
         name="candidate", signature_name=EXAMPLES_SIGNATURE, label_keys={SCORES: features.LABEL, DECISIONS: features.LABEL}
     )
@@ -47,7 +48,12 @@ def build_eval_config(classes: list[str], critical_class: str) -> tfma.EvalConfi
         binarize=tfma.BinarizationOptions(class_ids={"values": [classes.index(critical_class)]}),
         metrics=[tfma.MetricConfig(class_name="Recall", config=f'"name": "{CRITICAL_RECALL}"')],
     )
-    return tfma.EvalConfig(model_specs=[spec], slicing_specs=[tfma.SlicingSpec()], metrics_specs=[scores, per_class, critical])
+    slices = [
+        tfma.SlicingSpec(),
+        tfma.SlicingSpec(feature_keys=[features.SITE]),
+        tfma.SlicingSpec(feature_keys=[features.SITE, features.LABEL_NAME]),
+    ]
+    return tfma.EvalConfig(model_specs=[spec], slicing_specs=slices, metrics_specs=[scores, per_class, critical])
 
 
 def _candidate_name(evaluation_uri: str) -> str | None:
@@ -57,9 +63,14 @@ def _candidate_name(evaluation_uri: str) -> str | None:
     return next(s.get("name") for s in specs if not s.get("isBaseline")) or None
 
 
-def _overall(evaluation_uri: str, attribute: str) -> dict[str, Any]:
+def _slices(evaluation_uri: str, attribute: str) -> dict[tuple, Any]:
+    """TFMA's slicing_metrics or plots by slice key: () overall, (("site", value),) per site, ..."""
     result = tfma.load_eval_result(evaluation_uri, model_name=_candidate_name(evaluation_uri))
-    return dict(getattr(result, attribute)).get((), {})
+    return dict(getattr(result, attribute))
+
+
+def _overall(evaluation_uri: str, attribute: str) -> dict[str, Any]:
+    return _slices(evaluation_uri, attribute).get((), {})
 
 
 def read_metrics(evaluation_uri: str, classes: list[str]) -> dict[str, Any]:
@@ -75,12 +86,42 @@ def read_metrics(evaluation_uri: str, classes: list[str]) -> dict[str, Any]:
     return {ACCURACY: float(scores[ACCURACY]["doubleValue"]), CRITICAL_RECALL: critical, "per_class": per_class}
 
 
-def read_confusion_matrix(evaluation_uri: str, num_classes: int) -> list[list[int]]:
-    """Rows: true class, columns: argmax-predicted class, from TFMA's MultiClassConfusionMatrixPlot."""
-    plot = _overall(evaluation_uri, "plots")[SCORES][""]["multiClassConfusionMatrixAtThresholds"]
+def _matrix(plots: dict[str, Any], num_classes: int) -> list[list[int]]:
+    plot = plots[SCORES][""]["multiClassConfusionMatrixAtThresholds"]
     matrix = [[0] * num_classes for _ in range(num_classes)]
     for entry in plot["matrices"][0]["entries"]:
         actual, predicted = entry.get("actualClassId", 0), entry.get("predictedClassId", 0)
         if 0 <= predicted < num_classes:
             matrix[actual][predicted] += round(entry.get("numWeightedExamples", 0))
     return matrix
+
+
+def read_confusion_matrix(evaluation_uri: str, num_classes: int) -> list[list[int]]:
+    """Rows: true class, columns: argmax-predicted class, from TFMA's MultiClassConfusionMatrixPlot."""
+    return _matrix(_overall(evaluation_uri, "plots"), num_classes)
+
+
+def matrix_figures(matrix: list[list[int]], classes: list[str], critical_class: str) -> dict[str, Any]:
+    """Count, accuracy, recall and support per class present, and the critical class's recall (None when
+    absent), of a confusion matrix (rows: true class)."""
+    total = sum(map(sum, matrix))
+    support = {name: sum(matrix[k]) for k, name in enumerate(classes) if sum(matrix[k])}
+    recall = {name: matrix[k][k] / sum(matrix[k]) for k, name in enumerate(classes) if name in support}
+    return {
+        "count": total,
+        "accuracy": sum(matrix[k][k] for k in range(len(classes))) / total if total else float("nan"),
+        "critical_recall": recall.get(critical_class),
+        "recall": recall,
+        "support": support,
+        "confusion_matrix": matrix,
+    }
+
+
+def read_site_figures(evaluation_uri: str, classes: list[str], critical_class: str) -> dict[str, dict[str, Any]]:
+    """Per site (TFMA's `site` slice): count, accuracy, critical recall, recall and support per class."""
+    sites = {}
+    for key, plots in _slices(evaluation_uri, "plots").items():
+        if len(key) == 1 and key[0][0] == features.SITE:
+            site = key[0][1].decode() if isinstance(key[0][1], bytes) else str(key[0][1])
+            sites[site] = matrix_figures(_matrix(plots, len(classes)), classes, critical_class)
+    return dict(sorted(sites.items()))

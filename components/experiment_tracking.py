@@ -34,7 +34,7 @@ def flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """The run's final figures as MLflow metrics (test split, gate, audit)."""
+    """The run's final figures as MLflow metrics (test split, per site, held-out root or site, gate, audit)."""
     critical = summary["critical_class"]
     metrics = {
         "test_accuracy": summary["test_accuracy"],
@@ -46,6 +46,18 @@ def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
     for name, figures in summary["per_class"].items():
         for key in ("precision", "recall", "f1"):
             metrics[f"test_{name}_{key}"] = figures[key]
+    for site, figures in (summary.get("sites") or {}).items():
+        metrics[f"site_{site}_accuracy"] = figures["accuracy"]
+        metrics[f"site_{site}_{critical}_recall"] = figures["critical_recall"]
+        for name, recall in figures["recall"].items():
+            metrics[f"site_{site}_{name}_recall"] = recall
+    hold_out = summary.get("hold_out")
+    if hold_out:
+        metrics["holdout_accuracy"] = hold_out["pooled"]["accuracy"]
+        for name, recall in hold_out["recall"].items():
+            metrics[f"holdout_{name}_recall"] = recall
+        for name, count in hold_out["called_critical"].items():
+            metrics[f"holdout_{name}_called_{critical}"] = count
     audit = summary.get("audit")
     if audit:
         metrics["audit_colour_baseline_accuracy"] = audit["colour_baseline"]["accuracy"]
@@ -94,6 +106,8 @@ def log_run(
         experiment_id = _experiment_id(mlflow, experiment, artifact_root or None)
         tags = {"tfx.pipeline_run_id": pipeline_run_id, "blessed": str(summary["blessed"]).lower()}
         tags["gate_failures"] = "; ".join(summary["gate_failures"]) or "none"
+        if summary.get("hold_out"):
+            tags["hold_out"] = summary["hold_out"]["name"]
         with mlflow.start_run(experiment_id=experiment_id, run_name=pipeline_run_id or None, tags=tags) as run:
             mlflow.log_params(flatten(settings))
             for row in history:

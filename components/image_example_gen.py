@@ -20,7 +20,8 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact, artifact_utils, standard_artifacts
 
-from components import features, image_verification, splitting
+from components import data_roots, features, image_verification, splitting
+from components.data_roots import roots_from_json
 from components.image_verification import (
     Candidate,
     ImageRecord,
@@ -30,7 +31,7 @@ from components.image_verification import (
     find_candidates,
     verify_image,
 )
-from components.splitting import SPLITS, Item, SplitPlan, plan_split
+from components.splitting import SPLITS, Item, SplitPlan, plan_split, split_names
 
 REPORT_FILE = "ingestion_report.json"
 
@@ -70,6 +71,7 @@ def to_example(record: ImageRecord, classes: list[str]) -> bytes:
                 features.IMAGE: _bytes(record.image_bytes),
                 features.LABEL: _int(classes.index(record.label_name)),
                 features.LABEL_NAME: _bytes(record.label_name.encode()),
+                features.SITE: _bytes(record.site.encode()),
                 features.RELPATH: _bytes(record.relpath.encode()),
                 features.SHA256: _bytes(record.sha256.encode()),
                 features.HEIGHT: _int(record.height),
@@ -82,32 +84,37 @@ def to_example(record: ImageRecord, classes: list[str]) -> bytes:
 
 def build_report(
     plan: SplitPlan,
-    ingested: list[tuple[str, str, str]],
+    ingested: list[tuple[str, str, str, str]],
     rejected: list[tuple[str, str]],
     loose_files: list[str],
     classes: list[str],
+    splits: list[str],
 ) -> dict[str, Any]:
-    """Counts per class and split, and every duplicate, conversion and rejection by path."""
-    label_of = {relpath: label for relpath, label, _ in ingested}
-    counts = {c: {s: 0 for s in SPLITS} for c in classes}
+    """Counts per class and split and per site, class and split; every duplicate, conversion and rejection."""
+    meta = {relpath: (label, site) for relpath, label, site, _ in ingested}
+    counts = {c: {s: 0 for s in splits} for c in classes}
+    by_site: dict[str, dict[str, dict[str, int]]] = {}
     for relpath, split in plan.split_of.items():
-        counts[label_of[relpath]][split] += 1
+        label, site = meta[relpath]
+        counts[label][split] += 1
+        site_counts = by_site.setdefault(site, {c: {s: 0 for s in splits} for c in classes})
+        site_counts[label][split] += 1
     rejections = sorted(rejected + list(plan.conflicts.items()))
-    found = len(ingested) + len(rejected)
     report = {
-        "found": found,
+        "found": len(ingested) + len(rejected),
         "ingested": len(plan.split_of),
         "duplicates": len(plan.duplicates),
         "rejected": len(rejections),
-        "split_totals": {s: sum(counts[c][s] for c in classes) for s in SPLITS},
+        "split_totals": {s: sum(counts[c][s] for c in classes) for s in splits},
         "counts": counts,
+        "counts_by_site": dict(sorted(by_site.items())),
         "rejections": [{"file": f, "reason": r} for f, r in rejections],
         "duplicate_files": [{"file": f, "same_bytes_as": k} for f, k in sorted(plan.duplicates.items())],
-        "converted": [{"file": f, "from": c} for f, _, c in sorted(ingested) if c and f in plan.split_of],
+        "converted": [{"file": f, "from": c} for f, _, _, c in sorted(ingested) if c and f in plan.split_of],
         "ignored_loose_files": loose_files,
     }
-    if found != report["ingested"] + report["duplicates"] + report["rejected"]:
-        raise IngestionError(f"ingestion lost files: {found} found, but the report accounts for fewer")
+    if report["found"] != report["ingested"] + report["duplicates"] + report["rejected"]:
+        raise IngestionError(f"ingestion lost files: {report['found']} found, but the report accounts for fewer")
     return report
 
 
@@ -122,10 +129,10 @@ def _in_split(record: ImageRecord, plan: SplitPlan, split: str) -> bool:
 def _write_examples(
     pipeline: beam.Pipeline,
     candidates: list[Candidate],
-    data_root: str,
     limits: Limits,
     ratios,
     seed: int,
+    hold_out: str,
     classes: list[str],
     examples_uri: str,
     report_path: str,
@@ -135,17 +142,18 @@ def _write_examples(
         pipeline
         | "ListFiles" >> beam.Create(candidates)
         | "Reshuffle" >> beam.Reshuffle()
-        | "Verify" >> beam.Map(lambda c: verify_image(data_root, c, limits))
+        | "Verify" >> beam.Map(lambda c: verify_image(c, limits))
     )
     records, rejections = results | "RecordsOrRejections" >> beam.Partition(_is_record, 2)
     plan = (
         records
-        | "Keys" >> beam.Map(lambda r: Item(r.relpath, r.label_name, r.sha256))
+        | "Keys" >> beam.Map(lambda r: Item(r.relpath, r.label_name, r.sha256, r.site))
         | "AllKeys" >> beam.combiners.ToList()
-        | "PlanSplit" >> beam.Map(lambda items: plan_split(items, ratios, seed))
+        | "PlanSplit" >> beam.Map(lambda items: plan_split(items, ratios, seed, hold_out))
     )
     plan_side = beam.pvalue.AsSingleton(plan)
-    for split in SPLITS:
+    splits = split_names(hold_out)
+    for split in splits:
         _ = (
             records
             | f"Select[{split}]" >> beam.Filter(_in_split, plan_side, split)
@@ -159,7 +167,7 @@ def _write_examples(
         )
     ingested = (
         records
-        | "Meta" >> beam.Map(lambda r: (r.relpath, r.label_name, r.converted_from))
+        | "Meta" >> beam.Map(lambda r: (r.relpath, r.label_name, r.site, r.converted_from))
         | "AllMeta" >> beam.combiners.ToList()
     )
     rejected = (
@@ -169,7 +177,7 @@ def _write_examples(
         plan
         | "Report"
         >> beam.Map(
-            lambda p, i, r: build_report(p, i, r, loose, classes),
+            lambda p, i, r: build_report(p, i, r, loose, classes, splits),
             beam.pvalue.AsSingleton(ingested),
             beam.pvalue.AsSingleton(rejected),
         )
@@ -178,9 +186,12 @@ def _write_examples(
     )
 
 
-def check_report(report: dict[str, Any], classes: list[str]) -> None:
-    """Raises IngestionError when a class has no usable image in some split."""
-    empty = [f"{c}/{s}" for c in classes for s in SPLITS if report["counts"][c][s] == 0]
+def check_report(report: dict[str, Any], classes: list[str], hold_out: str = "") -> None:
+    """Raises IngestionError when a class has no usable image in some split. With a hold-out, a class that
+    only the held-out root or site has (none in train, eval or test) is left out of training, not an error."""
+    counts = report["counts"]
+    trained = [c for c in classes if not hold_out or any(counts[c][s] for s in SPLITS)]
+    empty = [f"{c}/{s}" for c in trained for s in SPLITS if counts[c][s] == 0]
     if empty:
         raise IngestionError(
             f"no usable images for class/split {', '.join(empty)}: "
@@ -189,16 +200,19 @@ def check_report(report: dict[str, Any], classes: list[str]) -> None:
 
 
 def summarise(report: dict[str, Any]) -> str:
-    """One readable paragraph: found, ingested per split, duplicates, conversions, rejections by reason."""
+    """A readable paragraph: found, ingested per split, duplicates, conversions, rejections by reason, and
+    the images per site and class."""
     reasons = Counter(r["reason"].split(":")[0] for r in report["rejections"])
     totals = report["split_totals"]
     lines = [
         f"found {report['found']} files: ingested {report['ingested']} "
-        f"(train {totals['train']}, eval {totals['eval']}, test {totals['test']}), "
+        f"({', '.join(f'{s} {n}' for s, n in totals.items())}), "
         f"exact duplicates removed {report['duplicates']}, rejected {report['rejected']}, "
         f"converted to RGB {len(report['converted'])}"
     ]
     lines += [f"  rejected {n}: {reason}" for reason, n in reasons.most_common()]
+    for site, per_class in report["counts_by_site"].items():
+        lines.append(f"  site {site}: " + ", ".join(f"{c} {sum(n.values())}" for c, n in per_class.items()))
     return "\n".join(lines)
 
 
@@ -206,52 +220,60 @@ def code_fingerprint() -> str:
     """SHA-256 of the ingestion code. TFX caches custom components by their parameters, not their code:
     the local runner adds this to `input_fingerprint` so that a changed ingestion rule re-ingests."""
     digest = hashlib.sha256()
-    for module in (features, image_verification, splitting, sys.modules[__name__]):
+    for module in (features, data_roots, image_verification, splitting, sys.modules[__name__]):
         with open(module.__file__, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()
 
 
+def check_hold_out(hold_out: str, candidates: list[Candidate]) -> None:
+    """Raises IngestionError when `hold_out` names neither a data root nor a site of the candidates."""
+    if not hold_out:
+        return
+    choices = {c.root.name for c in candidates} | {c.site for c in candidates if c.site}
+    if hold_out not in choices:
+        raise IngestionError(f"hold-out {hold_out!r} is neither a data root nor a site: choose from {sorted(choices)}")
+
+
 @component(use_beam=True)
 def ImageExampleGen(  # noqa: N802 - TFX component names are classes
-    data_root: Parameter[str],
+    data_roots_json: Parameter[str],
     classes_json: Parameter[str],
     split_json: Parameter[str],
     limits_json: Parameter[str],
+    hold_out: Parameter[str],
     input_fingerprint: Parameter[str],
     examples: OutputArtifact[standard_artifacts.Examples],
     report: OutputArtifact[IngestionReport],
     beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ):
-    """Reads `<data_root>/<class>/**`, verifies every file and writes train/eval/test tf.Examples.
+    """Reads `<root>/<class>/**` of every data root (a JSON list of {path, site}), verifies every file and
+    writes train/eval/test tf.Examples, each with its site; with `hold_out` (a root's folder name or a
+    site), every image of it goes to a `holdout` split instead.
 
     `input_fingerprint` (paths, sizes and modification times of the files, and the ingestion code) only
     serves caching: a changed data root or ingestion rule gives a new fingerprint and so a new ingestion.
     """
+    roots = roots_from_json(data_roots_json)
     classes = json.loads(classes_json)
     split = json.loads(split_json)
     limits = Limits(**json.loads(limits_json))
-    candidates, loose = find_candidates(data_root, classes)
-    logging.info("ImageExampleGen: %d files under %s (fingerprint %s)", len(candidates), data_root, input_fingerprint)
-    examples.split_names = artifact_utils.encode_split_names(list(SPLITS))
+    candidates, loose = find_candidates(roots, classes)
+    check_hold_out(hold_out, candidates)
+    logging.info(
+        "ImageExampleGen: %d files under %s (fingerprint %s)",
+        len(candidates), ", ".join(r.path for r in roots), input_fingerprint[:16],
+    )  # fmt: skip
+    examples.split_names = artifact_utils.encode_split_names(split_names(hold_out))
     examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
     report_path = os.path.join(report.uri, REPORT_FILE)
     with beam_pipeline as pipeline:
         _write_examples(
-            pipeline,
-            candidates,
-            data_root,
-            limits,
-            split["ratios"],
-            split["seed"],
-            classes,
-            examples.uri,
-            report_path,
-            loose,
+            pipeline, candidates, limits, split["ratios"], split["seed"], hold_out, classes, examples.uri, report_path, loose
         )
     with tf.io.gfile.GFile(report_path) as f:
         result = json.load(f)
     for key in ("found", "ingested", "duplicates", "rejected"):
         report.set_int_custom_property(key, result[key])
     logging.info("ImageExampleGen: %s", summarise(result))
-    check_report(result, classes)
+    check_report(result, classes, hold_out)

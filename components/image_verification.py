@@ -1,15 +1,16 @@
-"""Finds the labelled images under a data root and verifies each file by decoding it fully."""
+"""Finds the labelled images under the data roots and verifies each file by decoding it fully."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import io
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
+
+from components.data_roots import MANIFEST_FILE, DataRoot, SiteResolver
 
 # The pipeline decodes with TensorFlow, which reads JPEG and PNG; other formats are re-encoded as PNG.
 KEPT_FORMATS = frozenset({"JPEG", "PNG"})
@@ -19,7 +20,7 @@ Image.MAX_IMAGE_PIXELS = None
 
 
 class IngestionError(RuntimeError):
-    """The data root as a whole cannot be ingested (missing or empty class folders)."""
+    """The data roots as a whole cannot be ingested (missing or empty class folders)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,16 +32,29 @@ class Limits:
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """A file found under the data root, with the class named by its top-level folder (None if unknown)."""
+    """A file found under a data root, with the class named by its top-level folder (None if unknown) and
+    its site (None if unknown)."""
 
-    relpath: str
+    root: DataRoot
+    relpath: str  # under the root: <class folder>/...
     label_name: str | None
+    site: str | None
+
+    @property
+    def path(self) -> str:
+        return _join(self.root.path, self.relpath)
+
+    @property
+    def key(self) -> str:
+        """`<root name>/<relpath>`: names the file in the report and the tf.Examples, unique across roots."""
+        return f"{self.root.name}/{self.relpath}"
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageRecord:
-    relpath: str
+    relpath: str  # <root name>/<class>/...
     label_name: str
+    site: str
     sha256: str
     height: int
     width: int
@@ -67,26 +81,33 @@ def _files_under(top: str) -> list[str]:
     return sorted(found)
 
 
-def find_candidates(data_root: str | Path, classes: list[str]) -> tuple[list[Candidate], list[str]]:
-    """Lists every file in the class folders (recursively) and every stray file or folder.
+def find_candidates(roots: list[DataRoot], classes: list[str]) -> tuple[list[Candidate], list[str]]:
+    """Lists every file in the class folders of every root (recursively), with its site, and every stray file.
 
-    Returns the candidates, sorted by path, and the top-level files that are not in any folder
-    (documentation such as PROVENANCE.md), which are not images of the dataset.
-    Raises IngestionError when the root or one of the class folders is missing.
+    Returns the candidates, sorted by root and path, and the top-level files that are not in any folder
+    (documentation such as PROVENANCE.md, MANIFEST.csv) as `<root name>/<file>`: not images of the dataset.
+    A root may lack some classes (a site that sent none). Raises IngestionError naming the root when a root
+    is missing, or the roots when a class has a folder in none of them.
     """
-    root = str(data_root)
-    if not tf.io.gfile.isdir(root):
-        raise IngestionError(f"data root {root} does not exist or is not a folder")
-    missing = [c for c in classes if not tf.io.gfile.isdir(_join(root, c))]
-    if missing:
-        raise IngestionError(f"data root {root}: class folders missing: {', '.join(missing)}")
     candidates, loose = [], []
-    for name in sorted(entry.rstrip("/") for entry in tf.io.gfile.listdir(root)):
-        if not tf.io.gfile.isdir(_join(root, name)):
-            loose.append(name)
-            continue
-        label = name if name in classes else None
-        candidates += [Candidate(f"{name}/{relative}", label) for relative in _files_under(_join(root, name))]
+    missing = set(classes)
+    for root in roots:
+        top = root.path
+        if not tf.io.gfile.isdir(top):
+            raise IngestionError(f"data root {top} does not exist or is not a folder")
+        missing -= {c for c in classes if tf.io.gfile.isdir(_join(top, c))}
+        sites = SiteResolver(root)
+        for name in sorted(entry.rstrip("/") for entry in tf.io.gfile.listdir(top)):
+            if not tf.io.gfile.isdir(_join(top, name)):
+                loose.append(f"{root.name}/{name}")
+                continue
+            label = name if name in classes else None
+            for relative in _files_under(_join(top, name)):
+                relpath = f"{name}/{relative}"
+                candidates.append(Candidate(root, relpath, label, sites.site_of(relpath)))
+    if missing:
+        where = ", ".join(r.path for r in roots)
+        raise IngestionError(f"data root {where}: class folders missing: {', '.join(c for c in classes if c in missing)}")
     return candidates, loose
 
 
@@ -155,23 +176,28 @@ def check_image(data: bytes, limits: Limits) -> CheckedImage:
     return CheckedImage(buffer.getvalue(), height, width, f"{fmt} {image.mode}")
 
 
-def verify_image(root: str | Path, candidate: Candidate, limits: Limits) -> ImageRecord | Rejection:
+def verify_image(candidate: Candidate, limits: Limits) -> ImageRecord | Rejection:
     """Decodes one file fully and returns it as a record, or a rejection that says why."""
     if candidate.label_name is None:
-        return Rejection(candidate.relpath, f"unknown class folder '{candidate.relpath.split('/')[0]}'")
-    path = _join(str(root), candidate.relpath)
-    size = tf.io.gfile.stat(path).length
+        return Rejection(candidate.key, f"unknown class folder '{candidate.relpath.split('/')[0]}'")
+    if candidate.site is None:
+        return Rejection(
+            candidate.key,
+            f"no site: not listed in {candidate.root.name}/{MANIFEST_FILE} and no site given for the root in the config",
+        )
+    size = tf.io.gfile.stat(candidate.path).length
     if size > limits.max_file_bytes:  # checked before reading the file into memory
-        return Rejection(candidate.relpath, f"file too large: {size} bytes > max_file_bytes {limits.max_file_bytes}")
-    with tf.io.gfile.GFile(path, "rb") as f:
+        return Rejection(candidate.key, f"file too large: {size} bytes > max_file_bytes {limits.max_file_bytes}")
+    with tf.io.gfile.GFile(candidate.path, "rb") as f:
         data = f.read()
     try:
         checked = check_image(data, limits)
     except ImageRejectedError as err:
-        return Rejection(candidate.relpath, str(err))
+        return Rejection(candidate.key, str(err))
     return ImageRecord(
-        relpath=candidate.relpath,
+        relpath=candidate.key,
         label_name=candidate.label_name,
+        site=candidate.site,
         sha256=hashlib.sha256(data).hexdigest(),
         height=checked.height,
         width=checked.width,
@@ -180,11 +206,12 @@ def verify_image(root: str | Path, candidate: Candidate, limits: Limits) -> Imag
     )
 
 
-def fingerprint(data_root: str | Path) -> str:
-    """A cheap identity of the data root's contents: SHA-256 over every file's path, size and mtime."""
+def fingerprint(roots: list[DataRoot]) -> str:
+    """A cheap identity of the roots' contents: SHA-256 over every file's path, size and mtime, and the sites."""
     digest = hashlib.sha256()
-    root = str(data_root)
-    for relative in _files_under(root):
-        stat = tf.io.gfile.stat(_join(root, relative))
-        digest.update(f"{relative}\0{stat.length}\0{stat.mtime_nsec}\n".encode())
+    for root in roots:
+        digest.update(f"{root.name}\0{root.site}\n".encode())
+        for relative in _files_under(root.path):
+            stat = tf.io.gfile.stat(_join(root.path, relative))
+            digest.update(f"{relative}\0{stat.length}\0{stat.mtime_nsec}\n".encode())
     return digest.hexdigest()

@@ -13,6 +13,14 @@ def _recalls(recall: dict[str, float]) -> str:
     return ", ".join(f"{name} {_pct(value)}" for name, value in recall.items())
 
 
+def _site_table(sites: dict[str, dict[str, Any]], critical: str) -> list[str]:
+    lines = [f"| site | images | accuracy | {critical} recall | recall per class |", "|---|---|---|---|---|"]
+    for site, f in sites.items():
+        recall = _pct(f["critical_recall"])
+        lines.append(f"| {site} | {f['count']} | {_pct(f['accuracy'])} | {recall} | {_recalls(f['recall'])} |")
+    return lines
+
+
 def render_model_card(summary: dict[str, Any], model_name: str, pipeline_run_id: str) -> str:
     """Intended use, data and its confound, metrics, shortcut audit, operating point, gate, limitations."""
     critical = summary["critical_class"]
@@ -34,10 +42,12 @@ def render_model_card(summary: dict[str, Any], model_name: str, pipeline_run_id:
         f"{ingestion['duplicates']}, rejected {ingestion['rejected']}. "
         f"Split train {splits['train']} / eval {splits['eval']} / test {splits['test']} (stratified, after deduplication).",
         "",
-        "**Known confound.** The classes come from different image sources: myeloblast and seg_neutrophil are "
-        "400x400 images with a blue-white background at higher magnification; basophil, erythroblast and monocyte "
-        "are mostly 360x363 with a peach background. A colour-histogram classifier with no shape information "
-        f"scores {_pct(audit['colour_baseline']['accuracy'])} on this test split.",
+        "**Sites.** Each image comes from a site (hospital and scanner) with its own stain, background, "
+        "magnification and JPEG encoding. Where a class comes from one site only, the site's look predicts the "
+        "class: a colour-histogram classifier with no shape information scores "
+        f"{_pct(audit['colour_baseline']['accuracy'])} on this test split. Sites of the training images per class: "
+        + "; ".join(f"{c}: {', '.join(s)}" for c, s in audit["train_sites_per_class"].items())
+        + ".",
         "",
         "## Metrics (test split)",
         f"Accuracy {_pct(summary['test_accuracy'])}; {critical} recall {_pct(summary['critical_recall'])}.",
@@ -47,6 +57,22 @@ def render_model_card(summary: dict[str, Any], model_name: str, pipeline_run_id:
     ]
     for name, f in summary["per_class"].items():
         lines.append(f"| {name} | {f['precision']:.4f} | {f['recall']:.4f} | {f['f1']:.4f} | {f['support']} |")
+    lines += ["", "Per site (the release gate applies its bars to each):", ""]
+    lines += _site_table(summary["sites"], critical)
+    hold_out = summary.get("hold_out")
+    if hold_out:
+        pooled = hold_out["pooled"]
+        lines += [
+            "",
+            f"## Held out: `{hold_out['name']}` (never trained on)",
+            f"The estimate for a site the model has not seen: {pooled['count']} images, accuracy "
+            f"{_pct(pooled['accuracy'])}. Recall of each class training had: {_recalls(hold_out['recall'])}. "
+            f"Other cells called {critical}: "
+            + (", ".join(f"{c} {n} of {pooled['support'][c]}" for c, n in hold_out["called_critical"].items()) or "none")
+            + ".",
+            "",
+        ]
+        lines += _site_table(hold_out["sites"], critical)
     lines += [
         "",
         "## Shortcut audit",
@@ -86,11 +112,16 @@ def render_model_card(summary: dict[str, Any], model_name: str, pipeline_run_id:
         "Blessed and pushed." if summary["blessed"] else "Not blessed: " + "; ".join(summary["gate_failures"] or ["see gate"]),
         "",
         "## Limitations",
-        "- Trained and tested on one public dataset whose classes are tied to their image source; the figures "
-        "above do not show performance on another hospital's images.",
+        "- Trained and tested on images from the sites above only; the test figures do not show performance on "
+        "another hospital's images (a held-out run, `bloodcell run --hold-out-site`, estimates it).",
         "- Single, centred white cells only; smears with several or no white cells are out of scope.",
         "- Input is resized to the training resolution; fine chromatin detail below it is not seen.",
     ]
+    for name, site in audit["single_site_classes"].items():
+        lines.append(
+            f"- Every {name} training image comes from site `{site}`: the model may have learnt that site's look "
+            f"for {name}. Expect lower {name} recall on images from other sites."
+        )
     failed = [name for name, v in audit["stress"].items() if not v["passes"]]
     if failed:
         lines.append(f"- Fails the stress bar on: {', '.join(failed)}. Expect lower accuracy on such images.")

@@ -12,12 +12,20 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, standard_artifacts
 
 from components.audit.audit_component import AUDIT_FILE, ShortcutAuditReport
-from components.evaluation import ACCURACY, CRITICAL_RECALL, read_confusion_matrix, read_metrics
+from components.evaluation import (
+    ACCURACY,
+    CRITICAL_RECALL,
+    matrix_figures,
+    read_confusion_matrix,
+    read_metrics,
+    read_site_figures,
+)
 from components.experiment_tracking import log_run
 from components.image_example_gen import REPORT_FILE, IngestionReport
 from components.model_card import render_model_card
 from components.plots import confusion_matrix_png, training_curves_png
 from components.serving_gate import read_gate
+from components.splitting import HOLDOUT
 from components.summary_text import format_classification_report
 from components.training.trainer_module import HISTORY_FILE, OPERATING_POINT_FILE
 
@@ -47,7 +55,10 @@ def build_summary(
     critical_class: str,
     audit: dict[str, Any],
     operating_point: dict[str, float],
+    sites: dict[str, dict[str, Any]],
+    hold_out: dict[str, Any] | None,
 ) -> dict[str, Any]:
+    """The run's figures: test split overall, per class and per site; gate; push; audit; hold-out."""
     per_class = {name: {**metrics["per_class"][name], "support": sum(matrix[k])} for k, name in enumerate(classes)}
     return {
         "splits": ingestion["split_totals"],
@@ -58,6 +69,8 @@ def build_summary(
         "critical_recall": metrics[CRITICAL_RECALL],
         "per_class": per_class,
         "confusion_matrix": matrix,
+        "sites": sites,
+        "hold_out": hold_out,
         "blessed": gate["blessed"],
         "gate_failures": gate["failures"],
         "identical_to_served": gate["identical_to_served"],
@@ -66,7 +79,34 @@ def build_summary(
         "pushed_destination": pushed_destination if pushed else "",
         "pushed_version": os.path.basename(os.path.normpath(pushed_destination)) if pushed else "",
         "operating_point": operating_point,
-        "audit": {k: audit[k] for k in ("clean", "colour_baseline", "morphology_gain", "groups", "stress", "bars", "passes")},
+        "audit": {
+            k: audit[k]
+            for k in (
+                "clean", "colour_baseline", "morphology_gain", "groups", "sites", "single_site_classes", "stress", "bars",
+                "passes",
+            )
+        },  # fmt: skip
+    }
+
+
+def hold_out_figures(
+    evaluation_uri: str, hold_out: str, ingestion: dict[str, Any], classes: list[str], critical_class: str
+) -> dict[str, Any]:
+    """The held-out root or site, scored by TFMA: pooled and per site, and per-class recall of the classes
+    that training still had (a class the model never saw cannot be recognised, so it is reported apart)."""
+    counts = ingestion["counts"]
+    trained = [c for c in classes if counts[c]["train"] > 0]
+    matrix = read_confusion_matrix(evaluation_uri, len(classes))
+    pooled = matrix_figures(matrix, classes, critical_class)
+    critical = classes.index(critical_class)
+    return {
+        "name": hold_out,
+        "trained_classes": trained,
+        "untrained_classes": [c for c in classes if c not in trained and counts[c].get(HOLDOUT, 0)],
+        "recall": {c: r for c, r in pooled["recall"].items() if c in trained},
+        "called_critical": {c: matrix[k][critical] for k, c in enumerate(classes) if k != critical and sum(matrix[k])},
+        "pooled": pooled,
+        "sites": read_site_figures(evaluation_uri, classes, critical_class),
     }
 
 
@@ -101,6 +141,7 @@ def RunReport(  # noqa: N802 - TFX component names are classes
     audit: InputArtifact[ShortcutAuditReport],
     classes_json: Parameter[str],
     critical_class: Parameter[str],
+    hold_out: Parameter[str],
     model_name: Parameter[str],
     settings_json: Parameter[str],
     tracking_uri: Parameter[str],
@@ -108,6 +149,7 @@ def RunReport(  # noqa: N802 - TFX component names are classes
     pipeline_run_id: Parameter[str],
     report: OutputArtifact[RunSummary],
     tuner_results: InputArtifact[standard_artifacts.TunerResults] = None,
+    hold_out_evaluation: InputArtifact[standard_artifacts.ModelEvaluation] = None,
 ):
     """Collects the figures of this run, draws the confusion matrix and training curves, writes the model
     card (also beside the pushed model, in assets.extra/) and logs the run to MLflow.
@@ -129,6 +171,10 @@ def RunReport(  # noqa: N802 - TFX component names are classes
         critical_class,
         _read_json(audit.uri, AUDIT_FILE),
         _read_json(model_run.uri, OPERATING_POINT_FILE),
+        read_site_figures(evaluation.uri, classes, critical_class),
+        None
+        if hold_out_evaluation is None
+        else hold_out_figures(hold_out_evaluation.uri, hold_out, ingestion, classes, critical_class),
     )
     _write(report.uri, CLASSIFICATION_REPORT_FILE, format_classification_report(summary["per_class"], summary["test_accuracy"]))
     card = render_model_card(summary, model_name, pipeline_run_id)

@@ -15,7 +15,7 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
-from components.evaluation import ACCURACY, CRITICAL_RECALL, read_metrics
+from components.evaluation import ACCURACY, CRITICAL_RECALL, read_metrics, read_site_figures
 from components.image_example_gen import example_files
 from components.training.export import EXAMPLES_INPUT, EXAMPLES_SIGNATURE
 from components.training.preprocessing import parse_example
@@ -66,8 +66,13 @@ def decide(
     min_critical_recall: float,
     max_regression: float,
     critical_class: str,
+    sites: dict[str, dict[str, Any]] | None = None,
+    hold_out: str = "",
 ) -> list[str]:
-    """Every failed condition, in words (empty: the candidate may ship)."""
+    """Every failed condition, in words (empty: the candidate may ship).
+
+    The bars hold for the pooled test split and for each site's test images; a site without critical-class
+    test images is judged on accuracy alone. A hold-out run (trained without a root or site) never ships."""
     failures = []
     bars = {ACCURACY: ("accuracy", min_accuracy), CRITICAL_RECALL: (f"{critical_class} recall", min_critical_recall)}
     for key, (label, bar) in bars.items():
@@ -77,6 +82,13 @@ def decide(
             failures.append(
                 f"{label} = {candidate[key]:.4f}, served model {served[key]:.4f}: drop > max_regression {max_regression}"
             )
+    for site, figures in (sites or {}).items():
+        for key, (label, bar) in bars.items():
+            value = figures[key]
+            if value is not None and not value >= bar:
+                failures.append(f"site {site}: {label} = {value:.4f} on {figures['count']} test images, required >= {bar}")
+    if hold_out:
+        failures.append(f"hold-out run: trained without {hold_out!r}, for measurement only, not for serving")
     return failures
 
 
@@ -91,10 +103,12 @@ def ServingGate(  # noqa: N802 - TFX component names are classes
     min_accuracy: Parameter[float],
     min_critical_recall: Parameter[float],
     max_regression: Parameter[float],
+    hold_out: Parameter[str],
     serving_state: Parameter[str],
     blessing: OutputArtifact[standard_artifacts.ModelBlessing],
 ):
-    """Blesses the candidate (for the Pusher) and writes gate.json with the figures and the reasons.
+    """Blesses the candidate (for the Pusher) and writes gate.json with the figures and the reasons: the
+    bars hold for the pooled test split and for every site's test images (TFMA's `site` slices).
 
     `serving_state` names what was served when the run started, so that a cached decision is reused only
     while the served model is unchanged (the local runner sets it; Kubeflow disables caching for this step).
@@ -103,6 +117,10 @@ def ServingGate(  # noqa: N802 - TFX component names are classes
     classes = json.loads(classes_json)
     candidate = read_metrics(evaluation.uri, classes)
     candidate_figures = {k: candidate[k] for k in (ACCURACY, CRITICAL_RECALL)}
+    sites = {
+        site: {k: f[k] for k in ("count", ACCURACY, CRITICAL_RECALL)}
+        for site, f in read_site_figures(evaluation.uri, classes, critical_class).items()
+    }
     versions = served_versions(serving_dir)
     served: dict[str, Any] | None = None
     identical = False
@@ -111,13 +129,16 @@ def ServingGate(  # noqa: N802 - TFX component names are classes
         identical = model_digest(served_dir) == model_digest(os.path.join(model.uri, SERVING_FORMAT))
         served = score_model(served_dir, example_files(examples.uri, "test"), classes.index(critical_class))
         served["version"] = versions[-1]
-    failures = decide(candidate_figures, served, min_accuracy, min_critical_recall, max_regression, critical_class)
+    failures = decide(
+        candidate_figures, served, min_accuracy, min_critical_recall, max_regression, critical_class, sites, hold_out
+    )
     blessed = not failures and not identical
     result = {
         "blessed": blessed,
         "failures": failures,
         "identical_to_served": identical,
         "candidate": candidate_figures,
+        "sites": sites,
         "served": served,
         "thresholds": {
             "min_accuracy": min_accuracy,

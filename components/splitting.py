@@ -1,4 +1,4 @@
-"""Exact-duplicate removal and a deterministic, stratified train/eval/test split."""
+"""Exact-duplicate removal and a deterministic train/eval/test split, stratified by class and site."""
 
 from __future__ import annotations
 
@@ -8,18 +8,29 @@ from collections import defaultdict
 from typing import Iterable
 
 SPLITS = ("train", "eval", "test")
+HOLDOUT = "holdout"  # every image of a held-out root or site: scored, never trained on
+
+
+def split_names(hold_out: str) -> list[str]:
+    """The splits ImageExampleGen writes: train/eval/test, and `holdout` when a root or site is held out."""
+    return [*SPLITS, HOLDOUT] if hold_out else list(SPLITS)
 
 
 @dataclasses.dataclass(frozen=True)
 class Item:
-    relpath: str
+    relpath: str  # <root name>/<class>/...
     label_name: str
     sha256: str
+    site: str
+
+    @property
+    def root_name(self) -> str:
+        return self.relpath.split("/", 1)[0]
 
 
 @dataclasses.dataclass
 class SplitPlan:
-    split_of: dict[str, str]  # relpath -> train/eval/test, for every kept image
+    split_of: dict[str, str]  # relpath -> train/eval/test (or holdout), for every kept image
     duplicates: dict[str, str]  # relpath -> relpath of the kept copy with the same bytes
     conflicts: dict[str, str]  # relpath -> reason, same bytes under two or more classes
 
@@ -35,19 +46,20 @@ def split_counts(n: int, ratios: dict[str, float]) -> dict[str, int]:
     return {"train": n_train, "eval": n_eval, "test": n - n_train - n_eval}
 
 
-def plan_split(items: Iterable[Item], ratios: dict[str, float], seed: int) -> SplitPlan:
-    """Removes exact duplicates, then splits each class by a seeded hash of the image content.
+def plan_split(items: Iterable[Item], ratios: dict[str, float], seed: int, hold_out: str = "") -> SplitPlan:
+    """Removes exact duplicates, then splits each class x site group by a seeded hash of the image content.
 
-    Copies with the same SHA-256 in one class keep the first path (sorted) and count the rest as
-    duplicates, so a duplicate group never reaches two splits. The same bytes under two classes are
-    a label conflict: every copy is set aside. The order within a class depends on the content and
-    the seed only, so the split is the same on every machine and for any file naming.
+    Copies with the same SHA-256 in one class (in one root or across roots) keep the first path (sorted)
+    and count the rest as duplicates, so a duplicate group never reaches two splits. The same bytes under
+    two classes are a label conflict: every copy is set aside. The order within a group depends on the
+    content and the seed only, so the split is the same on every machine and for any file naming.
+    Kept images whose root name or site is `hold_out` all go to the `holdout` split.
     """
     by_sha: dict[str, list[Item]] = defaultdict(list)
     for item in items:
         by_sha[item.sha256].append(item)
     plan = SplitPlan({}, {}, {})
-    kept_by_class: dict[str, list[Item]] = defaultdict(list)
+    kept_by_group: dict[tuple[str, str], list[Item]] = defaultdict(list)
     for group in by_sha.values():
         group.sort(key=lambda i: i.relpath)
         labels = sorted({i.label_name for i in group})
@@ -56,10 +68,14 @@ def plan_split(items: Iterable[Item], ratios: dict[str, float], seed: int) -> Sp
                 others = ", ".join(f"{i.relpath} ({i.label_name})" for i in group if i is not item)
                 plan.conflicts[item.relpath] = f"label conflict: same bytes as {others}"
             continue
-        kept_by_class[labels[0]].append(group[0])
+        kept = group[0]
         for duplicate in group[1:]:
-            plan.duplicates[duplicate.relpath] = group[0].relpath
-    for kept in kept_by_class.values():
+            plan.duplicates[duplicate.relpath] = kept.relpath
+        if hold_out and hold_out in (kept.root_name, kept.site):
+            plan.split_of[kept.relpath] = HOLDOUT
+        else:
+            kept_by_group[(kept.label_name, kept.site)].append(kept)
+    for kept in kept_by_group.values():
         kept.sort(key=lambda i: _order_key(seed, i.sha256))
         counts = split_counts(len(kept), ratios)
         start = 0

@@ -31,6 +31,9 @@ def render_summary(summary: dict[str, Any], report_dir: str) -> str:
     ]
     critical = summary["critical_class"]
     lines.append(f"{critical} recall: {summary['critical_recall']:.4f}")
+    lines += site_lines(summary["sites"], critical, "per site (test split)")
+    if summary["hold_out"]:
+        lines += hold_out_lines(summary["hold_out"], critical)
     point = summary["operating_point"]
     lines.append(
         f"{critical} alert: calibrated p >= {point['threshold']:.4f} (eval recall {point['recall']:.4f}, "
@@ -66,6 +69,37 @@ def render_summary(summary: dict[str, Any], report_dir: str) -> str:
         "confusion_matrix.png, training_curves.png)"
     )
     return "\n".join(lines)
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def site_lines(sites: dict[str, dict[str, Any]], critical: str, title: str) -> list[str]:
+    """A table: one row per site with its images, accuracy, critical recall and recall per class."""
+    classes = list(dict.fromkeys(c for f in sites.values() for c in f["recall"]))
+    lines = [f"{title}:", f"  {'site':<14}{'images':>8}{'accuracy':>10}{critical + ' recall':>20}  recall per class"]
+    for site, f in sites.items():
+        recalls = ", ".join(f"{c} {f['recall'][c]:.3f} ({f['support'][c]})" for c in classes if c in f["recall"])
+        lines.append(f"  {site:<14}{f['count']:>8}{f['accuracy']:>10.4f}{_figure(f['critical_recall']):>20}  {recalls}")
+    return lines
+
+
+def hold_out_lines(hold_out: dict[str, Any], critical: str) -> list[str]:
+    """The held-out root or site: recall of each class that training still had, and per site."""
+    pooled = hold_out["pooled"]
+    lines = [
+        f"held out {hold_out['name']!r} (never trained on): {pooled['count']} images, accuracy {pooled['accuracy']:.4f}",
+        "  recall per class that training had: "
+        + ", ".join(
+            f"{c} {r:.4f} ({round(r * pooled['support'][c])}/{pooled['support'][c]})" for c, r in hold_out["recall"].items()
+        ),
+    ]
+    if hold_out["untrained_classes"]:
+        lines.append(f"  not in training, so not recognisable: {', '.join(hold_out['untrained_classes'])}")
+    called = ", ".join(f"{c} {n}/{pooled['support'][c]}" for c, n in hold_out["called_critical"].items())
+    lines.append(f"  other cells called {critical}: {called or 'none'}")
+    return lines + site_lines(hold_out["sites"], critical, "  held out, per site")
 
 
 def audit_lines(audit: dict[str, Any], critical: str) -> list[str]:

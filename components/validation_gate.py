@@ -11,6 +11,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
 
 from components import features
+from components.splitting import SPLITS
 
 ANOMALIES_FILE = "SchemaDiff.pb"
 STATISTICS_FILE = "FeatureStats.pb"
@@ -36,28 +37,40 @@ def describe_anomalies(anomalies_uri: str, split_names: list[str]) -> list[str]:
     return lines
 
 
-def describe_missing_classes(statistics_uri: str, split_names: list[str], classes: list[str]) -> list[str]:
-    """One line per split whose TFDV statistics of `label_name` lack one of the classes."""
+def _classes_present(statistics_uri: str, split: str) -> set[str]:
+    stats = tfdv.load_stats_binary(os.path.join(statistics_uri, f"Split-{split}", STATISTICS_FILE))
+    return {
+        bucket.label
+        for dataset in stats.datasets
+        for feature in dataset.features
+        if feature.path.step == [features.LABEL_NAME]
+        for bucket in feature.string_stats.rank_histogram.buckets
+    }
+
+
+def describe_missing_classes(
+    statistics_uri: str, split_names: list[str], classes: list[str], hold_out: str = ""
+) -> list[str]:
+    """One line per train/eval/test split whose TFDV statistics of `label_name` lack one of the classes.
+    With a hold-out, a class absent from all three (only the held-out root or site had it) is not trained."""
+    splits = [s for s in split_names if s in SPLITS]
+    present = {split: _classes_present(statistics_uri, split) for split in splits}
+    if hold_out:
+        classes = [c for c in classes if any(c in p for p in present.values())]
     lines = []
-    for split in split_names:
-        stats = tfdv.load_stats_binary(os.path.join(statistics_uri, f"Split-{split}", STATISTICS_FILE))
-        present = {
-            bucket.label
-            for dataset in stats.datasets
-            for feature in dataset.features
-            if feature.path.step == [features.LABEL_NAME]
-            for bucket in feature.string_stats.rank_histogram.buckets
-        }
-        missing = [c for c in classes if c not in present]
+    for split in splits:
+        missing = [c for c in classes if c not in present[split]]
         if missing:
             lines.append(f"split {split}, feature '{features.LABEL_NAME}': classes missing: {', '.join(missing)}")
     return lines
 
 
-def check_data(anomalies_uri: str, statistics_uri: str, split_names: list[str], classes: list[str]) -> None:
+def check_data(
+    anomalies_uri: str, statistics_uri: str, split_names: list[str], classes: list[str], hold_out: str = ""
+) -> None:
     """Raises DataValidationError naming every anomaly and every missing class, if there is any."""
     problems = describe_anomalies(anomalies_uri, split_names) + describe_missing_classes(
-        statistics_uri, split_names, classes
+        statistics_uri, split_names, classes, hold_out
     )
     if problems:
         raise DataValidationError("data validation failed, training stopped:\n  " + "\n  ".join(problems))
@@ -68,7 +81,8 @@ def AnomaliesGate(  # noqa: N802
     anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
     statistics: InputArtifact[standard_artifacts.ExampleStatistics],
     classes_json: Parameter[str],
+    hold_out: Parameter[str],
 ):
     """Fails the run when ExampleValidator found anomalies or a split lacks a class; the Trainer runs after."""
     splits = artifact_utils.decode_split_names(anomalies.split_names)
-    check_data(anomalies.uri, statistics.uri, splits, json.loads(classes_json))
+    check_data(anomalies.uri, statistics.uri, splits, json.loads(classes_json), hold_out)

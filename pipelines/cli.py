@@ -37,15 +37,27 @@ app.add_typer(kfp_app)
 def run(
     config_path: Path = CONFIG_OPTION,
     overrides: Optional[List[str]] = OVERRIDES_OPTION,
-    data_root: Optional[str] = typer.Option(None, help="Folder with one sub-folder per class."),
+    data_roots: Optional[List[str]] = typer.Option(
+        None,
+        "--data-root",
+        help="Folder with one sub-folder per class, as PATH or PATH=SITE; repeat for several (replaces paths.data_roots).",
+    ),
+    hold_out_site: Optional[str] = typer.Option(
+        None,
+        "--hold-out-site",
+        help="A data root's folder name or a site: trained without it, scored on it per class, not pushed.",
+    ),
     output_root: Optional[str] = typer.Option(None, help="Where artifacts, metadata and reports go."),
     epochs: Optional[int] = typer.Option(None, help="Maximum training epochs."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute every step instead of reusing cached results."),
     tune: bool = typer.Option(False, "--tune", help="Search hyperparameters first (tuning section of the config)."),
 ) -> None:
-    """Run the full pipeline locally: ingest, validate, [tune], train, evaluate and audit, gate, push."""
+    """Run the full pipeline locally: ingest, validate, [tune], train, evaluate (per site) and audit, gate, push.
+
+    With --hold-out-site, the run measures how the model does on a site it has not seen, and pushes nothing."""
     shortcuts = {
-        "paths.data_root": data_root,
+        "paths.data_roots": json.dumps(data_roots) if data_roots else None,
+        "evaluation.hold_out": json.dumps(hold_out_site) if hold_out_site else None,
         "paths.output_root": output_root,
         "training.epochs": epochs,
         "tuning.enabled": "true" if tune else None,

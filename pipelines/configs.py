@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from components.data_roots import DataRoot, DataRootError, check_roots, parse_data_root, roots_to_json
 from components.experiment_tracking import default_tracking_uri
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -18,7 +19,7 @@ DEFAULT_CONFIG = REPO_ROOT / "config.yaml"
 
 @dataclasses.dataclass(frozen=True)
 class Paths:
-    data_root: str
+    data_roots: list[DataRoot]      # each <path>/<class>/**, with the site of images MANIFEST.csv does not name
     output_root: str
     serving_root: str
     schema_dir: str
@@ -53,6 +54,8 @@ class Augmentation:
     saturation: float
     hue: float
     grayscale: float
+    blur: float                     # per image: Gaussian blur of random sigma up to this, in input pixels
+    jpeg_quality: list[int]         # per image: JPEG re-encoding at a random quality in [lo, hi]; [] = off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +71,7 @@ class Training:
     reduce_lr_factor: float
     grayscale_validation: bool      # model selection also scores the eval split's grayscale copy
     critical_class_weight: float
+    site_weight_power: float        # class x site balanced sampling: within a class, site drawn ~ count ** power
     seed: int
 
 
@@ -81,9 +85,10 @@ class Tuning:
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
-    min_accuracy: float
-    min_critical_recall: float
+    min_accuracy: float             # overall and at every site
+    min_critical_recall: float      # overall and at every site that has critical-class test images
     max_regression: float
+    hold_out: str                   # a data root's folder name or a site: scored on, never trained on ("" = none)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +125,7 @@ class Serving:
 class Kubeflow:
     image: str                      # component image (Dockerfile), the project installed at /app
     pipeline_root: str              # artifacts: gs://, s3:// or a path on the data volume
-    data_root: str                  # default of the data_root runtime parameter
+    data_roots: list[DataRoot]      # default of the data_roots runtime parameter
     serving_root: str               # TF Serving's model volume, as mounted in pipeline pods
     schema_dir: str                 # the curated schema inside the image
     data_pvc: str                   # PersistentVolumeClaim mounted at data_mount in every pipeline pod
@@ -203,10 +208,23 @@ _SECTIONS = {
 }  # fmt: skip
 
 
-def _resolve_paths(paths: dict[str, str], base: Path) -> None:
+def _resolve(value: str, base: Path) -> str:
+    return value if "://" in value or Path(value).is_absolute() else str((base / value).resolve())
+
+
+def _resolve_paths(paths: dict[str, Any], base: Path) -> None:
     for key, value in paths.items():
-        if "://" not in value and not Path(value).is_absolute():
-            paths[key] = str((base / value).resolve())
+        if key == "data_roots":
+            roots = [parse_data_root(v) for v in (value if isinstance(value, list) else [value])]
+            paths[key] = [dataclasses.replace(r, path=_resolve(r.path, base)) for r in roots]
+        else:
+            paths[key] = _resolve(value, base)
+
+
+def _parse_roots(section: dict[str, Any]) -> None:
+    values = section.get("data_roots")
+    if isinstance(values, list):
+        section["data_roots"] = [parse_data_root(v) for v in values]
 
 
 def _validate(config: Config) -> None:
@@ -223,8 +241,18 @@ def _validate(config: Config) -> None:
         raise ConfigError("preprocessing.central_crop: must be between 0.1 and 1.0")
     if not 1 <= config.preprocessing.test_time_views <= 8:
         raise ConfigError("preprocessing.test_time_views: must be between 1 and 8 (the symmetries of a square)")
+    if not 0.0 <= config.training.site_weight_power <= 1.0:
+        raise ConfigError("training.site_weight_power: must be between 0 (sites equally often) and 1 (as found)")
+    quality = config.augmentation.jpeg_quality
+    if quality and not (len(quality) == 2 and 0 <= quality[0] <= quality[1] <= 100):
+        raise ConfigError(f"augmentation.jpeg_quality: need [lo, hi] with 0 <= lo <= hi <= 100, or [], got {quality}")
     if config.training.epochs < 1 or config.training.batch_size < 1:
         raise ConfigError("training.epochs and training.batch_size: must be positive")
+    for where, roots in (("paths.data_roots", config.paths.data_roots), ("kubeflow.data_roots", config.kubeflow.data_roots)):
+        try:
+            check_roots(roots)
+        except DataRootError as err:
+            raise ConfigError(f"{where}: {err}") from None
     if config.serving.batch_size < 1 or config.serving.web_max_files < 1:
         raise ConfigError("serving.batch_size and serving.web_max_files: must be positive")
 
@@ -241,7 +269,11 @@ def load_config(path: str | Path = DEFAULT_CONFIG, overrides: list[str] | None =
         _apply_override(raw, override)
     if not isinstance(raw.get("paths"), dict):
         raise ConfigError(f"{path}: 'paths' section missing")
-    _resolve_paths(raw["paths"], path.resolve().parent)
+    try:
+        _resolve_paths(raw["paths"], path.resolve().parent)
+        _parse_roots(raw.get("kubeflow") or {})
+    except DataRootError as err:
+        raise ConfigError(f"{path}: {err}") from None
     config = _build(Config, raw, "")
     _validate(config)
     return config
@@ -274,7 +306,7 @@ def run_settings(config: Config) -> dict[str, Any]:
     """What users change per run: used as is by the local run, as runtime parameters on Kubeflow."""
     evaluation = config.evaluation
     return {
-        "data_root": config.paths.data_root,
+        "data_roots": roots_to_json(config.paths.data_roots),
         "trainer_config": trainer_config(config),
         "min_accuracy": float(evaluation.min_accuracy),
         "min_critical_recall": float(evaluation.min_critical_recall),
@@ -291,6 +323,10 @@ def kubeflow_config(config: Config) -> Config:
     """The config as seen from inside the cluster: paths on the mounted volumes, the cluster's Beam args."""
     kf = config.kubeflow
     paths = dataclasses.replace(
-        config.paths, data_root=kf.data_root, output_root=kf.pipeline_root, serving_root=kf.serving_root, schema_dir=kf.schema_dir
+        config.paths,
+        data_roots=kf.data_roots,
+        output_root=kf.pipeline_root,
+        serving_root=kf.serving_root,
+        schema_dir=kf.schema_dir,
     )
     return dataclasses.replace(config, paths=paths, beam_pipeline_args=list(kf.beam_pipeline_args))

@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import typer
 
+from components.data_roots import parse_data_root, roots_to_json
 from pipelines.cli_options import CONFIG_OPTION, OVERRIDES_OPTION, load_config_or_exit
 from pipelines.configs import Config, kubeflow_config, parameter_values
 
@@ -54,10 +55,19 @@ def _connection(host: Optional[str], namespace: str, token: Optional[str]):
     return Connection(host=host, namespace=namespace, token=token)
 
 
-def _run_parameters(config: Config, data_root: Optional[str]) -> dict:
+DATA_ROOTS_OPTION = typer.Option(
+    None,
+    "--data-root",
+    help="Data root in the cluster, PATH or PATH=SITE; repeat for several [default: kubeflow.data_roots].",
+)
+
+
+def _run_parameters(config: Config, data_roots: Optional[List[str]]) -> dict:
     """Runtime parameter values from the config (with --set overrides), as seen in the cluster."""
     values = parameter_values(kubeflow_config(config))
-    return {**values, "data_root": data_root or values["data_root"]}
+    if data_roots:
+        values["data_roots"] = roots_to_json([parse_data_root(r) for r in data_roots])
+    return values
 
 
 def _fail(err: Exception, connection=None) -> None:  # connection: pipelines.kfp_client.Connection
@@ -96,7 +106,7 @@ def upload(
 @kfp_app.command()
 def run(
     run_name: Optional[str] = typer.Option(None, "--name", help="Run name [default: bloodcell-<timestamp>]."),
-    data_root: Optional[str] = typer.Option(None, help="Data root in the cluster [default: kubeflow.data_root]."),
+    data_roots: Optional[List[str]] = DATA_ROOTS_OPTION,
     host: Optional[str] = HOST_OPTION,
     namespace: str = NAMESPACE_OPTION,
     token: Optional[str] = TOKEN_OPTION,
@@ -111,7 +121,7 @@ def run(
     name = run_name or datetime.datetime.now(datetime.timezone.utc).strftime(f"{config.pipeline_name}-%Y%m%d-%H%M%S")
     connection = _connection(host, namespace, token)
     try:
-        parameters = _run_parameters(config, data_root)
+        parameters = _run_parameters(config, data_roots)
         run_id = start_run(connect(connection), connection, config.pipeline_name, experiment, name, parameters)
     except Exception as err:  # noqa: BLE001 - reported, exit 1
         _fail(err, connection)
@@ -122,7 +132,7 @@ def run(
 def schedule(
     cron: str = typer.Option("0 0 2 * * *", help="KFP cron: six fields, seconds first [default: 02:00 daily, UTC]."),
     schedule_name: str = typer.Option("bloodcell-nightly-retraining", "--name", help="Recurring run name."),
-    data_root: Optional[str] = typer.Option(None, help="Data root in the cluster [default: kubeflow.data_root]."),
+    data_roots: Optional[List[str]] = DATA_ROOTS_OPTION,
     dry_run: bool = typer.Option(False, help="Only validate the cron expression and show the next fire times."),
     host: Optional[str] = HOST_OPTION,
     namespace: str = NAMESPACE_OPTION,
@@ -148,7 +158,7 @@ def schedule(
     try:
         client = connect(connection)
         recurring_id = create_schedule(
-            client, connection, config.pipeline_name, experiment, schedule_name, cron, _run_parameters(config, data_root)
+            client, connection, config.pipeline_name, experiment, schedule_name, cron, _run_parameters(config, data_roots)
         )
     except Exception as err:  # noqa: BLE001 - reported, exit 1
         _fail(err, connection)

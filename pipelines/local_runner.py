@@ -42,8 +42,9 @@ def latest_summary(config: Config) -> tuple[dict[str, Any], str]:
 def run_local(config: Config, enable_cache: bool = True) -> tuple[dict[str, Any], str]:
     """Runs the whole pipeline and returns the run's summary and report folder."""
     os.makedirs(config.paths.output_root, exist_ok=True)
-    input_fingerprint = f"{fingerprint(config.paths.data_root)}:{code_fingerprint()}"
-    logging.info("data root %s, fingerprint %s", config.paths.data_root, input_fingerprint[:16])
+    roots = config.paths.data_roots
+    input_fingerprint = f"{fingerprint(roots)}:{code_fingerprint()}"
+    logging.info("data roots %s, fingerprint %s", ", ".join(r.path for r in roots), input_fingerprint[:16])
     pipeline = create_pipeline(
         config,
         pipeline_root=pipeline_root(config),

@@ -14,6 +14,7 @@ from components.evaluation import build_eval_config
 from components.image_example_gen import ImageExampleGen
 from components.run_report import RunReport
 from components.serving_gate import ServingGate
+from components.splitting import HOLDOUT
 from components.validation_gate import AnomaliesGate
 from pipelines.configs import Config, parameter_values, run_settings, tracking_uri, trainer_config
 
@@ -43,16 +44,17 @@ def create_pipeline(
     enable_cache: bool = True,
     kubeflow: bool = False,
 ) -> tfx.dsl.Pipeline:
-    """Ingestion -> validation -> [tuning] -> training -> evaluation + shortcut audit -> serving gate -> push
-    -> run report (model card, MLflow).
+    """Ingestion -> validation -> [tuning] -> training -> evaluation (per site) + [held-out evaluation] +
+    shortcut audit -> serving gate -> push -> run report (model card, MLflow).
 
     `input_fingerprint` and `serving_state` describe the data root and the served model for the local
     runner's cache. `kubeflow` reads settings from runtime parameters and the Trainer's code from the image.
     """
     settings = runtime_parameters(config) if kubeflow else run_settings(config)
     classes_json = json.dumps(config.classes)
+    hold_out = config.evaluation.hold_out
     example_gen = ImageExampleGen(
-        data_root=settings["data_root"],
+        data_roots_json=settings["data_roots"],
         classes_json=classes_json,
         split_json=json.dumps({"ratios": config.ingestion.split_ratios, "seed": config.ingestion.split_seed}),
         limits_json=json.dumps(
@@ -62,6 +64,7 @@ def create_pipeline(
                 "max_file_bytes": config.ingestion.max_file_bytes,
             }
         ),
+        hold_out=hold_out,
         input_fingerprint=input_fingerprint,
     )
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
@@ -73,6 +76,7 @@ def create_pipeline(
         anomalies=example_validator.outputs["anomalies"],
         statistics=statistics_gen.outputs["statistics"],
         classes_json=classes_json,
+        hold_out=hold_out,
     )
     code = {"module_file": None if kubeflow else TRAINER_MODULE}
     splits = {"train_args": tfx.proto.TrainArgs(splits=["train"]), "eval_args": tfx.proto.EvalArgs(splits=["eval"])}
@@ -97,11 +101,23 @@ def create_pipeline(
         **splits,
     )
     trainer.add_upstream_node(anomalies_gate)
+    eval_config = build_eval_config(config.classes, config.critical_class)
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         example_splits=["test"],
-        eval_config=build_eval_config(config.classes, config.critical_class),
+        eval_config=eval_config,
+    )
+    # A held-out root or site: the honest estimate for a new hospital, scored by TFMA like the test split.
+    hold_out_evaluator = (
+        tfx.components.Evaluator(
+            examples=example_gen.outputs["examples"],
+            model=trainer.outputs["model"],
+            example_splits=[HOLDOUT],
+            eval_config=eval_config,
+        ).with_id("HoldOutEvaluator")
+        if hold_out
+        else None
     )
     audit = ShortcutAudit(
         examples=example_gen.outputs["examples"],
@@ -122,6 +138,7 @@ def create_pipeline(
         min_accuracy=settings["min_accuracy"],
         min_critical_recall=settings["min_critical_recall"],
         max_regression=settings["max_regression"],
+        hold_out=hold_out,
         serving_state=serving_state,
     )
     pusher = tfx.components.Pusher(
@@ -139,8 +156,10 @@ def create_pipeline(
         pushed_model=pusher.outputs["pushed_model"],
         audit=audit.outputs["audit"],
         tuner_results=tuner.outputs["tuner_results"] if tuner else None,
+        hold_out_evaluation=hold_out_evaluator.outputs["evaluation"] if hold_out_evaluator else None,
         classes_json=classes_json,
         critical_class=config.critical_class,
+        hold_out=hold_out,
         model_name=config.model_name,
         settings_json=json.dumps(config.as_dict()),
         tracking_uri=tracking_uri(config),
@@ -150,7 +169,8 @@ def create_pipeline(
     )
     components = [
         example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate, *([tuner] if tuner else []),
-        trainer, evaluator, audit, serving_gate, pusher, run_report,
+        trainer, evaluator, *([hold_out_evaluator] if hold_out_evaluator else []), audit, serving_gate, pusher,
+        run_report,
     ]  # fmt: skip
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,

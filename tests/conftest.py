@@ -15,7 +15,8 @@ from pipelines.configs import DEFAULT_CONFIG, load_config, trainer_config
 
 CONFIG = load_config(DEFAULT_CONFIG)
 CLASSES = CONFIG.classes
-REAL_DATA = Path(CONFIG.paths.data_root)
+DATA_ROOTS = CONFIG.paths.data_roots  # the real sites' folders in ../shared/data
+REAL_DATA = Path(DATA_ROOTS[0].path)  # the five-class folder
 TRAINER_CONFIG = trainer_config(CONFIG)
 
 
@@ -31,32 +32,52 @@ def image_bytes(fmt: str = "JPEG", mode: str = "RGB", size: tuple[int, int] = (6
     return buffer.getvalue()
 
 
-def real_files(class_name: str, count: int) -> list[Path]:
-    """The first `count` real images of a class (sorted by name)."""
-    return sorted((REAL_DATA / class_name).glob("*.jpg"))[:count]
+def real_files(class_name: str, count: int, root: Path = REAL_DATA) -> list[Path]:
+    """The first `count` real images of a class in a data root (sorted by name)."""
+    return sorted(p for p in (root / class_name).iterdir() if p.is_file())[:count]
 
 
 def write_examples(path: Path, files: list[Path]) -> None:
-    """The ingestion's tf.Examples of real files, as one gzipped TFRecord file (a split's file)."""
+    """The ingestion's tf.Examples of real files (of any configured root), as one gzipped TFRecord file."""
     import tensorflow as tf
 
+    from components.data_roots import SiteResolver
     from components.image_example_gen import to_example
     from components.image_verification import Candidate, Limits, verify_image
 
     limits = Limits(max_pixels=10**8, min_side=8, max_file_bytes=10**8)
+    resolvers = {r.name: SiteResolver(r) for r in DATA_ROOTS}
     with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
         for file in files:
-            record = verify_image(REAL_DATA, Candidate(file.relative_to(REAL_DATA).as_posix(), file.parent.name), limits)
+            sites = resolvers[file.parent.parent.name]
+            relpath = f"{file.parent.name}/{file.name}"
+            record = verify_image(Candidate(sites.root, relpath, file.parent.name, sites.site_of(relpath)), limits)
             writer.write(to_example(record, CLASSES))
 
 
-def make_real_subset(root: Path, per_class: int) -> Path:
-    """Copies `per_class` real images of every class into root/<class>/."""
+def make_real_subset(root: Path, per_class: int, source: Path = REAL_DATA) -> Path:
+    """Copies `per_class` real images of every class of `source` into root/<class>/, with the rows of
+    `source`'s MANIFEST.csv that name them."""
+    copied = set()
     for name in CLASSES:
+        if not (source / name).is_dir():
+            continue
         (root / name).mkdir(parents=True, exist_ok=True)
-        for path in real_files(name, per_class):
+        for path in real_files(name, per_class, source):
             shutil.copy(path, root / name / path.name)
+            copied.add(f"{name}/{path.name}")
+    manifest = source / "MANIFEST.csv"
+    if manifest.exists():
+        header, *rows = manifest.read_text().splitlines()
+        kept = [row for row in rows if row.split(",")[1] in copied]
+        (root / "MANIFEST.csv").write_text("\n".join([header, *kept]) + "\n")
     return root
+
+
+def make_site_subsets(root: Path, per_class: dict[str, int]) -> list[Path]:
+    """Real subsets of the configured roots (`per_class` images of each class, by root folder name) in
+    root/<root name>/, each with its MANIFEST.csv rows: several sites, as the default config has."""
+    return [make_real_subset(root / r.name, per_class[r.name], Path(r.path)) for r in DATA_ROOTS]
 
 
 @pytest.fixture

@@ -2,27 +2,56 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from pipelines.configs import DEFAULT_CONFIG, REPO_ROOT, ConfigError, load_config
+from components.data_roots import DataRoot
+from pipelines.configs import DEFAULT_CONFIG, REPO_ROOT, ConfigError, load_config, run_settings
 
 
-def test_default_config_points_at_the_shared_dataset():
+def test_default_config_points_at_the_three_shared_sites():
     config = load_config()
     assert config.classes == ["basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"]
     assert config.critical_index == 3
-    assert Path(config.paths.data_root) == (REPO_ROOT.parent / "shared/data/blood-cells-5class").resolve()
+    shared = (REPO_ROOT.parent / "shared/data").resolve()
+    assert config.paths.data_roots == [
+        DataRoot(str(shared / name)) for name in ("blood-cells-5class", "barcelona-extra", "munich-extra")
+    ]
     assert config.ingestion.split_ratios == {"train": 0.7, "eval": 0.15, "test": 0.15}
 
 
 def test_overrides_are_typed_and_applied():
-    config = load_config(DEFAULT_CONFIG, ["training.epochs=3", "evaluation.min_accuracy=0.5", "paths.data_root=/x"])
+    config = load_config(DEFAULT_CONFIG, ["training.epochs=3", "evaluation.min_accuracy=0.5", "paths.data_roots=/x"])
     assert config.training.epochs == 3 and config.evaluation.min_accuracy == 0.5
-    assert config.paths.data_root == "/x"
+    assert config.paths.data_roots == [DataRoot("/x")]
+
+
+def test_data_roots_take_a_site_relative_paths_resolve_against_the_config_file(tmp_path):
+    text = DEFAULT_CONFIG.read_text()
+    (tmp_path / "config.yaml").write_text(text)
+    config = load_config(
+        tmp_path / "config.yaml", ['paths.data_roots=["a", {path: /b, site: lyon}, "gs://bucket/c=tokyo"]']
+    )
+    assert config.paths.data_roots == [DataRoot(str(tmp_path / "a")), DataRoot("/b", "lyon"), DataRoot("gs://bucket/c", "tokyo")]
+    assert [r.name for r in config.paths.data_roots] == ["a", "b", "c"]
+    assert json.loads(run_settings(config)["data_roots"])[1] == {"path": "/b", "site": "lyon"}
+
+
+@pytest.mark.parametrize(
+    "roots, message",
+    [
+        ("[]", "paths.data_roots: no data root given"),
+        ("[/x/cells, /y/cells]", "data roots share a folder name: cells"),
+        ("[{path: /x, sites: a}]", r"unknown keys \['sites'\]"),
+    ],
+)
+def test_bad_data_roots_name_the_problem(roots, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(DEFAULT_CONFIG, [f"paths.data_roots={roots}"])
 
 
 @pytest.mark.parametrize(
@@ -34,6 +63,8 @@ def test_overrides_are_typed_and_applied():
         ("critical_class=lymphoblast", "critical_class: 'lymphoblast' is not one of"),
         ("training.epochs=0", "must be positive"),
         ("preprocessing.test_time_views=9", "test_time_views: must be between 1 and 8"),
+        ("training.site_weight_power=2", "site_weight_power: must be between 0"),
+        ("augmentation.jpeg_quality=[90, 10]", "jpeg_quality: need \\[lo, hi\\]"),
     ],
 )
 def test_bad_overrides_name_the_field(override, message):

@@ -9,19 +9,30 @@ import pytest
 import tensorflow as tf
 
 from components import features
-from components.image_example_gen import REPORT_FILE, _write_examples, check_report, example_files, summarise
+from components.data_roots import DataRoot
+from components.image_example_gen import (
+    REPORT_FILE,
+    _write_examples,
+    check_hold_out,
+    check_report,
+    example_files,
+    summarise,
+)
 from components.image_verification import IngestionError, Limits, find_candidates
-from components.splitting import SPLITS
-from tests.conftest import CLASSES, image_bytes, real_files
+from components.splitting import HOLDOUT, SPLITS, split_counts
+from tests.conftest import CLASSES, image_bytes, make_site_subsets, real_files
 
 LIMITS = Limits(max_pixels=4_000_000, min_side=32, max_file_bytes=5_000_000)
 RATIOS = {"train": 0.7, "eval": 0.15, "test": 0.15}
 
 
-def ingest(root, out):
-    candidates, loose = find_candidates(root, CLASSES)
+def ingest(roots, out, hold_out=""):
+    roots = [DataRoot(str(r)) if not isinstance(r, DataRoot) else r for r in (roots if isinstance(roots, list) else [roots])]
+    candidates, loose = find_candidates(roots, CLASSES)
     with beam.Pipeline() as pipeline:
-        _write_examples(pipeline, candidates, str(root), LIMITS, RATIOS, 42, CLASSES, str(out), str(out / REPORT_FILE), loose)
+        _write_examples(
+            pipeline, candidates, LIMITS, RATIOS, 42, hold_out, CLASSES, str(out), str(out / REPORT_FILE), loose
+        )
     with open(out / REPORT_FILE) as f:
         return json.load(f)
 
@@ -32,6 +43,7 @@ def read_split(out, split):
         features.IMAGE: tf.io.FixedLenFeature([], tf.string),
         features.LABEL: tf.io.FixedLenFeature([], tf.int64),
         features.LABEL_NAME: tf.io.FixedLenFeature([], tf.string),
+        features.SITE: tf.io.FixedLenFeature([], tf.string),
         features.RELPATH: tf.io.FixedLenFeature([], tf.string),
         features.SHA256: tf.io.FixedLenFeature([], tf.string),
         features.HEIGHT: tf.io.FixedLenFeature([], tf.int64),
@@ -60,19 +72,22 @@ def test_messy_folder_is_fully_accounted_for(generated_root, tmp_path):
     (root / "seg_neutrophil" / "cut.jpg").write_bytes(real.read_bytes()[:3000])
     (root / "lymphocyte").mkdir()
     (root / "lymphocyte" / "x.jpg").write_bytes(image_bytes(seed=77))
+    listed = [p for p in root.rglob("*") if p.is_file() and p.parent != root]
     out = tmp_path / "out"
     report = ingest(root, out)
+    r = root.name
 
-    assert report["found"] == 50 + 6
+    assert report["found"] == len(listed) == 50 + 6
+    assert report["found"] == report["ingested"] + report["duplicates"] + report["rejected"]
     assert (report["ingested"], report["duplicates"], report["rejected"]) == (51, 1, 4)
-    assert report["duplicate_files"] == [{"file": "basophil/copy.jpg", "same_bytes_as": "basophil/basophil_0.jpg"}]
-    reasons = {r["file"]: r["reason"] for r in report["rejections"]}
-    assert reasons["monocyte/empty.jpg"] == "empty file (0 bytes)"
-    assert reasons["monocyte/notes.txt"].startswith("not an image")
-    assert reasons["lymphocyte/x.jpg"] == "unknown class folder 'lymphocyte'"
-    assert reasons["seg_neutrophil/cut.jpg"].startswith("truncated or corrupt JPEG")
-    assert report["converted"] == [{"file": "myeloblast/gray.png", "from": "PNG L"}]
-    assert report["ignored_loose_files"] == ["README.md"]
+    assert report["duplicate_files"] == [{"file": f"{r}/basophil/copy.jpg", "same_bytes_as": f"{r}/basophil/basophil_0.jpg"}]
+    reasons = {x["file"]: x["reason"] for x in report["rejections"]}
+    assert reasons[f"{r}/monocyte/empty.jpg"] == "empty file (0 bytes)"
+    assert reasons[f"{r}/monocyte/notes.txt"].startswith("not an image")
+    assert reasons[f"{r}/lymphocyte/x.jpg"] == "unknown class folder 'lymphocyte'"
+    assert reasons[f"{r}/seg_neutrophil/cut.jpg"].startswith("truncated or corrupt JPEG")
+    assert report["converted"] == [{"file": f"{r}/myeloblast/gray.png", "from": "PNG L"}]
+    assert report["ignored_loose_files"] == [f"{r}/README.md"]
     assert "rejected 4" in summarise(report)
 
     rows = {split: read_split(out, split) for split in SPLITS}
@@ -84,7 +99,7 @@ def test_messy_folder_is_fully_accounted_for(generated_root, tmp_path):
         for row in split_rows:
             assert CLASSES[row[features.LABEL]] == row[features.LABEL_NAME].decode()
     original = (root / "basophil" / "basophil_3.jpg").read_bytes()
-    kept = [r for s in rows.values() for r in s if r[features.RELPATH] == b"basophil/basophil_3.jpg"][0]
+    kept = [x for s in rows.values() for x in s if x[features.RELPATH] == f"{r}/basophil/basophil_3.jpg".encode()][0]
     assert kept[features.IMAGE] == original and (kept[features.HEIGHT], kept[features.WIDTH]) == (64, 64)
 
 
@@ -95,3 +110,58 @@ def test_class_with_no_usable_image_stops_the_run(generated_root, tmp_path):
     assert report["rejected"] == 10
     with pytest.raises(IngestionError, match="no usable images for class/split erythroblast/train"):
         check_report(report, CLASSES)
+
+
+def test_several_roots_each_image_with_its_site_duplicates_across_roots(tmp_path):
+    """Three real site subsets (MANIFEST.csv sites), a root whose site comes from the config, a copy of
+    one root's image in another root, and a file the manifest does not list."""
+    per_class = {"blood-cells-5class": 6, "barcelona-extra": 6, "munich-extra": 3}
+    subsets = make_site_subsets(tmp_path / "data", per_class)
+    five, barcelona, munich = subsets
+    lab = tmp_path / "data" / "lab"
+    for k, name in enumerate(CLASSES):
+        (lab / name).mkdir(parents=True)
+        for i in range(4):
+            (lab / name / f"{i}.png").write_bytes(image_bytes("PNG", seed=500 + 10 * k + i))
+    copy = next((five / "monocyte").iterdir())
+    (barcelona / "monocyte" / "copy-from-five.jpg").write_bytes(copy.read_bytes())
+    (munich / "basophil" / "unlisted.jpg").write_bytes(image_bytes(seed=3))
+    # barcelona-extra's unlisted copy takes the root's configured site; munich-extra has none configured.
+    roots = [DataRoot(str(five)), DataRoot(str(barcelona), "barcelona"), DataRoot(str(munich)), DataRoot(str(lab), "lyon")]
+    report = ingest(roots, tmp_path / "out")
+
+    listed = [p for root in subsets + [lab] for p in root.rglob("*") if p.is_file() and p.parent != root]
+    assert report["found"] == len(listed) == report["ingested"] + report["duplicates"] + report["rejected"]
+    assert report["duplicate_files"] == [  # the first path (sorted) is kept
+        {"file": f"blood-cells-5class/monocyte/{copy.name}", "same_bytes_as": "barcelona-extra/monocyte/copy-from-five.jpg"}
+    ]
+    assert report["rejections"][0]["file"] == "munich-extra/basophil/unlisted.jpg"
+    assert report["rejections"][0]["reason"].startswith("no site")
+    by_site = report["counts_by_site"]
+    assert set(by_site) == {"barcelona", "munich", "lyon"}
+    total = {c: sum(n.values()) for c, n in by_site["barcelona"].items()}
+    assert total == {"basophil": 12, "erythroblast": 12, "monocyte": 12, "myeloblast": 0, "seg_neutrophil": 6}
+    assert {c: sum(n.values()) for c, n in by_site["lyon"].items()} == {c: 4 for c in CLASSES}
+    assert "site munich: basophil 3" in summarise(report)
+    # Stratified by class x site: each group is split on its own.
+    assert by_site["barcelona"]["seg_neutrophil"] == split_counts(6, RATIOS)
+    assert by_site["lyon"]["myeloblast"] == split_counts(4, RATIOS)
+    rows = [row for split in SPLITS for row in read_split(tmp_path / "out", split)]
+    sites = {row[features.RELPATH].decode(): row[features.SITE].decode() for row in rows}
+    assert sites[f"blood-cells-5class/myeloblast/{real_files('myeloblast', 1)[0].name}"] == "munich"
+    assert sites["lab/basophil/0.png"] == "lyon"
+
+
+def test_a_held_out_site_is_written_as_its_own_split_and_may_take_a_class_away(tmp_path):
+    subsets = make_site_subsets(tmp_path / "data", {"blood-cells-5class": 6, "barcelona-extra": 8, "munich-extra": 2})
+    roots = [DataRoot(str(p)) for p in subsets]
+    report = ingest(roots, tmp_path / "out", hold_out="munich")
+    held = read_split(tmp_path / "out", HOLDOUT)
+    assert {row[features.SITE] for row in held} == {b"munich"}
+    assert len(held) == report["split_totals"][HOLDOUT] == 6 * 2 + 5 * 2
+    assert report["counts"]["myeloblast"]["train"] == 0  # myeloblasts come from munich only
+    check_report(report, CLASSES, hold_out="munich")  # a class only the held-out site has is not an error
+    with pytest.raises(IngestionError, match="myeloblast/train"):
+        check_report(report, CLASSES)
+    with pytest.raises(IngestionError, match=r"hold-out 'paris' is neither a data root nor a site: choose from \["):
+        check_hold_out("paris", find_candidates(roots, CLASSES)[0])

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from components.data_roots import DataRoot
 from components.image_verification import (
     Candidate,
     ImageRecord,
@@ -19,16 +20,20 @@ from components.image_verification import (
     fingerprint,
     verify_image,
 )
-from tests.conftest import CLASSES, image_bytes, png_header, real_files
+from tests.conftest import CLASSES, REAL_DATA, image_bytes, png_header, real_files
 
 LIMITS = Limits(max_pixels=4_000_000, min_side=32, max_file_bytes=5_000_000)
+
+
+def candidate(root: Path, relpath: str, label: str | None, site: str | None = "lab") -> Candidate:
+    return Candidate(DataRoot(str(root)), relpath, label, site)
 
 
 def verify(root: Path, name: str, data: bytes, label: str | None = "myeloblast"):
     folder = label or "unknown_cells"
     (root / folder).mkdir(exist_ok=True)
     (root / folder / name).write_bytes(data)
-    return verify_image(root, Candidate(f"{folder}/{name}", label), LIMITS)
+    return verify_image(candidate(root, f"{folder}/{name}", label), LIMITS)
 
 
 def test_real_jpeg_is_kept_byte_for_byte(tmp_path):
@@ -54,7 +59,7 @@ def test_real_jpeg_is_kept_byte_for_byte(tmp_path):
 def test_bad_files_are_rejected_with_reason(tmp_path, name, data, reason):
     result = verify(tmp_path, name, data)
     assert isinstance(result, Rejection)
-    assert result.relpath == f"myeloblast/{name}"
+    assert result.relpath == f"{tmp_path.name}/myeloblast/{name}"
     assert reason in result.reason
 
 
@@ -77,7 +82,7 @@ def test_oversized_file_is_rejected(tmp_path):
     limits = Limits(max_pixels=LIMITS.max_pixels, min_side=32, max_file_bytes=100)
     (tmp_path / "myeloblast").mkdir()
     (tmp_path / "myeloblast" / "big.png").write_bytes(image_bytes("PNG"))
-    result = verify_image(tmp_path, Candidate("myeloblast/big.png", "myeloblast"), limits)
+    result = verify_image(candidate(tmp_path, "myeloblast/big.png", "myeloblast"), limits)
     assert isinstance(result, Rejection) and "file too large" in result.reason
 
 
@@ -119,11 +124,13 @@ def test_find_candidates_lists_class_folders_recursively_and_loose_files(generat
     (generated_root / "myeloblast" / "2024-01" / "x.jpg").write_bytes(image_bytes())
     (generated_root / "lymphocyte").mkdir()
     (generated_root / "lymphocyte" / "l.jpg").write_bytes(image_bytes())
-    candidates, loose = find_candidates(generated_root, CLASSES)
-    assert loose == ["README.md"]
+    root = DataRoot(str(generated_root))
+    candidates, loose = find_candidates([root], CLASSES)
+    assert loose == [f"{root.name}/README.md"]
     assert len(candidates) == 5 * 10 + 2
-    assert Candidate("myeloblast/2024-01/x.jpg", "myeloblast") in candidates
-    assert Candidate("lymphocyte/l.jpg", None) in candidates
+    # No MANIFEST.csv and no site in the config: the root is one site, named after its folder.
+    assert Candidate(root, "myeloblast/2024-01/x.jpg", "myeloblast", root.name) in candidates
+    assert Candidate(root, "lymphocyte/l.jpg", None, root.name) in candidates
 
 
 def test_missing_class_folder_stops_ingestion(generated_root):
@@ -131,19 +138,41 @@ def test_missing_class_folder_stops_ingestion(generated_root):
         path.unlink()
     (generated_root / "monocyte").rmdir()
     with pytest.raises(IngestionError, match="class folders missing: monocyte"):
-        find_candidates(generated_root, CLASSES)
+        find_candidates([DataRoot(str(generated_root))], CLASSES)
 
 
-def test_missing_data_root_is_named(tmp_path):
-    with pytest.raises(IngestionError, match="does-not-exist"):
-        find_candidates(tmp_path / "does-not-exist", CLASSES)
+def test_a_missing_root_among_several_is_named(generated_root, tmp_path):
+    with pytest.raises(IngestionError, match="data root .*does-not-exist does not exist"):
+        find_candidates([DataRoot(str(generated_root)), DataRoot(str(tmp_path / "does-not-exist"))], CLASSES)
 
 
-def test_fingerprint_changes_when_a_file_changes(generated_root):
-    before = fingerprint(generated_root)
-    assert fingerprint(generated_root) == before
+def test_fingerprint_changes_when_a_file_or_a_site_changes(generated_root):
+    roots = [DataRoot(str(generated_root))]
+    before = fingerprint(roots)
+    assert fingerprint(roots) == before
+    assert fingerprint([DataRoot(str(generated_root), "lyon")]) != before
     (generated_root / "basophil" / "new.jpg").write_bytes(image_bytes(seed=999))
-    assert fingerprint(generated_root) != before
+    assert fingerprint(roots) != before
+
+
+def test_site_comes_from_the_manifest_then_the_config_then_the_folder_name(tmp_path):
+    real = DataRoot(str(REAL_DATA))
+    sites = {c.relpath: c.site for c in find_candidates([real], CLASSES)[0]}
+    assert {sites[f"{c}/{real_files(c, 1)[0].name}"] for c in ("basophil", "myeloblast")} == {"barcelona", "munich"}
+
+    root = tmp_path / "lab"
+    for name in CLASSES:
+        (root / name).mkdir(parents=True)
+        (root / name / "a.jpg").write_bytes(image_bytes())
+    (root / "MANIFEST.csv").write_text("class,file,site\nbasophil,basophil/a.jpg,lyon\n")
+    found = {c.relpath: c.site for c in find_candidates([DataRoot(str(root), "paris")], CLASSES)[0]}
+    assert found["basophil/a.jpg"] == "lyon" and found["monocyte/a.jpg"] == "paris"
+    # A manifest with sites that does not list a file, and no site in the config: the file has no site.
+    unlisted = {c.relpath: c for c in find_candidates([DataRoot(str(root))], CLASSES)[0]}
+    assert unlisted["basophil/a.jpg"].site == "lyon" and unlisted["monocyte/a.jpg"].site is None
+    rejection = verify_image(unlisted["monocyte/a.jpg"], LIMITS)
+    assert isinstance(rejection, Rejection) and rejection.relpath == "lab/monocyte/a.jpg"
+    assert rejection.reason.startswith("no site: not listed in lab/MANIFEST.csv")
 
 
 def test_a_data_root_on_another_filesystem_is_read_through_tf_gfile():
@@ -156,12 +185,14 @@ def test_a_data_root_on_another_filesystem_is_read_through_tf_gfile():
                 f.write(image_bytes(seed=10 * k + i))
     with tf.io.gfile.GFile(f"{root}/README.md", "w") as f:
         f.write("docs")
-    candidates, loose = find_candidates(root, CLASSES)
-    assert loose == ["README.md"] and len(candidates) == 2 * len(CLASSES)
-    assert candidates[0] == Candidate("basophil/batch1/0.jpg", "basophil")
-    record = verify_image(root, candidates[0], LIMITS)
+    roots = [DataRoot(root, "tokyo")]
+    candidates, loose = find_candidates(roots, CLASSES)
+    assert loose == ["bloodcell-test-data/README.md"] and len(candidates) == 2 * len(CLASSES)
+    assert candidates[0] == Candidate(roots[0], "basophil/batch1/0.jpg", "basophil", "tokyo")
+    record = verify_image(candidates[0], LIMITS)
     assert isinstance(record, ImageRecord) and record.image_bytes == image_bytes(seed=0)
-    before = fingerprint(root)
+    assert (record.relpath, record.site) == ("bloodcell-test-data/basophil/batch1/0.jpg", "tokyo")
+    before = fingerprint(roots)
     with tf.io.gfile.GFile(f"{root}/basophil/batch1/new.jpg", "wb") as f:
         f.write(image_bytes(seed=99))
-    assert fingerprint(root) != before
+    assert fingerprint(roots) != before

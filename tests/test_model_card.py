@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from components.model_card import render_model_card
-from tests.test_run_report import summary
+from tests.test_run_report import hold_out, summary
 
 
 def test_model_card_carries_the_runs_figures():
     card = render_model_card(summary(blessed=True), "bloodcell", "2026-11-26T10:00:00")
     assert card.startswith("# Model card: bloodcell (serving version 1795700000)")
     assert "Pipeline run `2026-11-26T10:00:00`" in card
-    for section in ("## Intended use", "## Data", "**Known confound.**", "## Metrics (test split)", "## Shortcut audit",
+    for section in ("## Intended use", "## Data", "**Sites.**", "## Metrics (test split)", "## Shortcut audit",
                     "## Operating point", "## Release gate", "## Limitations"):  # fmt: skip
         assert section in card
     assert "Accuracy 94.00%; myeloblast recall 100.00%." in card
@@ -22,6 +22,17 @@ def test_model_card_carries_the_runs_figures():
     assert "T = 1.732" in card and "0.0543 before, 0.0121 after" in card
     assert "Fails the stress bar on: grayscale." in card
     assert "Blessed and pushed." in card
+    assert "seg_neutrophil: barcelona, munich" in card
+    assert "| barcelona | 35 | 94.29% | n/a |" in card and "| munich | 15 | 93.33% | 100.00% |" in card
+    assert "Every monocyte training image comes from site `barcelona`" in card
+    assert "seg_neutrophil training image" not in card
+
+
+def test_model_card_of_a_hold_out_run_gives_the_unseen_sites_figures():
+    card = render_model_card(summary(blessed=False) | {"hold_out": hold_out()}, "bloodcell", "")
+    assert "## Held out: `munich-extra` (never trained on)" in card
+    assert "37 images, accuracy 81.08%" in card and "monocyte 72.73%" in card
+    assert "Other cells called myeloblast: basophil 0 of 10, erythroblast 0 of 10, monocyte 3 of 11." in card
 
 
 def test_model_card_of_a_blocked_model_says_why():

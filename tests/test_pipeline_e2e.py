@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,24 +21,43 @@ from mlflow import MlflowClient
 from tfx import v1 as tfx
 from typer.testing import CliRunner
 
+from components.data_roots import DataRoot, SiteResolver
 from components.serving_gate import score_model
+from components.splitting import split_counts
 from components.training.export import SERVING_INPUT
 from pipelines.cli import app
 from pipelines.configs import DEFAULT_CONFIG, load_config, tracking_uri
-from pipelines.local_runner import metadata_path, run_local
+from pipelines.local_runner import latest_summary, metadata_path, run_local
 from pipelines.run_history import list_runs
 from serving.client import ServingClient
 from serving.explain import explain_with_saved_model
 from serving.model_server import start_server
-from tests.conftest import CLASSES, make_real_subset, real_files
+from tests.conftest import CLASSES, CONFIG, make_real_subset, make_site_subsets, real_files
 
 pytestmark = pytest.mark.slow
+
+
+# Real images of the three configured sites: the five-class folder, Barcelona's extra classes and Munich's.
+PER_CLASS = {"blood-cells-5class": 40, "barcelona-extra": 12, "munich-extra": 10}
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    return make_real_subset(root / "data", per_class=40), root / "out"
+    return make_site_subsets(root / "data", PER_CLASS), root / "out"
+
+
+def expected_splits(roots: list[Path]) -> dict[str, int]:
+    """Split sizes when each class x site group is split on its own with the configured ratios."""
+    groups: Counter = Counter()
+    for root in roots:
+        sites = SiteResolver(DataRoot(str(root)))
+        for path in root.glob("*/*"):
+            groups[(path.parent.name, sites.site_of(f"{path.parent.name}/{path.name}"))] += 1
+    totals: Counter = Counter()
+    for n in groups.values():
+        totals.update(split_counts(n, CONFIG.ingestion.split_ratios))
+    return dict(totals)
 
 
 def config_for(workspace, *overrides):
@@ -45,7 +65,7 @@ def config_for(workspace, *overrides):
     return load_config(
         DEFAULT_CONFIG,
         [
-            f"paths.data_root={data}",
+            f"paths.data_roots={json.dumps([str(d) for d in data])}",
             f"paths.output_root={out}",
             f"paths.serving_root={out / 'serving'}",
             "training.epochs=2",
@@ -69,15 +89,26 @@ def test_gate_blocks_then_cache_then_gate_passes_and_pushes(workspace, monkeypat
     # 1. A bar no model can pass: the run completes, nothing is pushed.
     blocked = config_for(workspace, "evaluation.min_accuracy=1.01")
     summary, report_dir = run_local(blocked)
-    assert summary["splits"] == {"train": 140, "eval": 30, "test": 30}
-    assert summary["ingestion"] == {"found": 200, "ingested": 200, "duplicates": 0, "rejected": 0}
+    data, _ = workspace
+    assert summary["splits"] == expected_splits(data)
+    found = sum(1 for root in data for _ in root.glob("*/*"))
+    assert summary["ingestion"] == {"found": found, "ingested": found, "duplicates": 0, "rejected": 0}
     assert not summary["blessed"] and not summary["pushed"]
     assert any(f.startswith("accuracy = ") and "required >= 1.01" in f for f in summary["gate_failures"])
     assert not os.path.exists(os.path.join(blocked.paths.serving_root, blocked.model_name))
     for name in ("summary.json", "classification_report.txt", "confusion_matrix.png", "training_curves.png"):
         assert os.path.getsize(os.path.join(report_dir, name)) > 0
-    assert sum(map(sum, summary["confusion_matrix"])) == 30
+    assert sum(map(sum, summary["confusion_matrix"])) == summary["splits"]["test"]
     assert summary["epochs_trained"] == 2
+    # Per site (TFMA's site slice), in the summary and in gate.json: every site's test images, counted once.
+    assert set(summary["sites"]) == {"barcelona", "munich"}
+    assert sum(f["count"] for f in summary["sites"].values()) == summary["splits"]["test"]
+    assert summary["sites"]["barcelona"]["critical_recall"] is None  # no myeloblast at this site
+    gate_file = glob.glob(os.path.join(blocked.paths.output_root, "pipelines", "*", "ServingGate", "*", "*", "gate.json"))
+    gate = json.loads(Path(gate_file[0]).read_text())
+    keys = ("count", "accuracy", "critical_recall")
+    assert gate["sites"] == {site: {k: f[k] for k in keys} for site, f in summary["sites"].items()}
+    assert any(f.startswith("site barcelona: accuracy = ") for f in summary["gate_failures"])
 
     # 2. Thresholds any model passes: ingestion and training come from the cache, the model is pushed.
     passing = config_for(
@@ -116,7 +147,9 @@ def test_gate_blocks_then_cache_then_gate_passes_and_pushes(workspace, monkeypat
     # operating point (alert, calibration) and the model card sits beside it.
     audit = summary2["audit"]
     assert audit["clean"]["accuracy"] == pytest.approx(summary2["test_accuracy"])
-    assert sum(g["count"] for g in audit["groups"].values()) == 30
+    assert sum(g["count"] for g in audit["groups"].values()) == summary2["splits"]["test"]
+    assert audit["sites"].keys() == summary2["sites"].keys()
+    assert audit["single_site_classes"] == {"myeloblast": "munich"}
     assert set(audit["stress"]) == {"grayscale", "stain_normalised", "geometry_swapped"}
     point = summary2["operating_point"]
     assert point["recall"] == 1.0 and 0.0 < point["threshold"] <= 0.5
@@ -139,13 +172,15 @@ def test_gate_blocks_then_cache_then_gate_passes_and_pushes(workspace, monkeypat
     serialized = list(
         tf.data.TFRecordDataset(glob.glob(os.path.join(examples_uri, "Split-test", "*.gz")), compression_type="GZIP")
     )
-    labels = [
-        int(tf.io.parse_single_example(s, {"label": tf.io.FixedLenFeature([], tf.int64)})["label"]) for s in serialized
-    ]
+    spec = {"label": tf.io.FixedLenFeature([], tf.int64), "site": tf.io.FixedLenFeature([], tf.string)}
+    parsed = [tf.io.parse_single_example(s, spec) for s in serialized]
+    labels = np.array([int(p["label"]) for p in parsed])
+    sites = np.array([p["site"].numpy().decode() for p in parsed])
     predicted = model(examples=tf.stack(serialized))["predicted_index"].numpy()
-    labels = np.array(labels)
     critical = CLASSES.index("myeloblast")
     assert summary2["test_accuracy"] == pytest.approx(float(np.mean(predicted == labels)), abs=1e-6)
+    for site, figures in summary2["sites"].items():
+        assert figures["accuracy"] == pytest.approx(float(np.mean(predicted[sites == site] == labels[sites == site])))
     recall = float(np.mean(predicted[labels == critical] == critical))
     assert summary2["critical_recall"] == pytest.approx(recall, abs=1e-6)
     for k, name in enumerate(CLASSES):
@@ -192,13 +227,37 @@ def test_gate_blocks_then_cache_then_gate_passes_and_pushes(workspace, monkeypat
     assert version.source == summary2["pushed_destination"] and version.run_id == pushed_run.info.run_id
 
 
+def test_a_held_out_site_is_scored_per_class_and_never_pushed(workspace, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["bloodcell"])
+    data, out = workspace
+    result = CliRunner().invoke(
+        app,
+        ["run", *[a for d in data for a in ("--data-root", str(d))], "--hold-out-site", "munich-extra",
+         "--output-root", str(out / "holdout"), "--epochs", "1",
+         "--set", "evaluation.min_accuracy=0", "--set", "evaluation.min_critical_recall=0"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    config = config_for(workspace, f"paths.output_root={out / 'holdout'}")
+    summary, report_dir = latest_summary(config)
+    held = summary["hold_out"]
+    assert held["name"] == "munich-extra" and held["pooled"]["count"] == sum(1 for _ in data[2].glob("*/*"))
+    assert set(held["recall"]) == set(CLASSES)  # training still had every class (from the other roots)
+    assert held["called_critical"]["monocyte"] == held["pooled"]["confusion_matrix"][2][CLASSES.index("myeloblast")]
+    assert set(held["sites"]) == {"munich"}
+    assert summary["splits"]["test"] == sum(f["count"] for f in summary["sites"].values())
+    assert not summary["blessed"] and not summary["pushed"]
+    assert summary["gate_failures"] == ["hold-out run: trained without 'munich-extra', for measurement only, not for serving"]
+    assert "held out 'munich-extra' (never trained on)" in result.output
+    assert "## Held out: `munich-extra`" in open(os.path.join(report_dir, "model_card.md")).read()
+
+
 def test_two_trial_search_on_a_tiny_real_subset(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["bloodcell"])
     data = make_real_subset(tmp_path / "data", per_class=12)
     config = load_config(
         DEFAULT_CONFIG,
         [
-            f"paths.data_root={data}",
+            f"paths.data_roots={data}",
             f"paths.output_root={tmp_path / 'out'}",
             f"paths.serving_root={tmp_path / 'out' / 'serving'}",
             "training.epochs=1",

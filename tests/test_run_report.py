@@ -4,11 +4,27 @@ from __future__ import annotations
 
 from PIL import Image
 
+from components.evaluation import matrix_figures
 from components.plots import confusion_matrix_png, training_curves_png
 from components.summary_text import format_classification_report, render_summary
 from tests.conftest import CLASSES
 
 MATRIX = [[10, 0, 0, 0, 0], [0, 9, 1, 0, 0], [0, 0, 10, 0, 0], [0, 0, 0, 10, 0], [0, 0, 0, 2, 8]]
+# The same test split by site: barcelona has no myeloblasts, munich has all of them.
+SITE_MATRICES = {
+    "barcelona": [[10, 0, 0, 0, 0], [0, 9, 1, 0, 0], [0, 0, 10, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 1, 4]],
+    "munich": [[0] * 5, [0] * 5, [0] * 5, [0, 0, 0, 10, 0], [0, 0, 0, 1, 4]],
+}
+HELD_OUT = [[6, 0, 4, 0, 0], [0, 10, 0, 0, 0], [0, 0, 8, 3, 0], [0, 0, 0, 6, 0], [0] * 5]
+
+
+def hold_out() -> dict:
+    pooled = matrix_figures(HELD_OUT, CLASSES, "myeloblast")
+    return {
+        "name": "munich-extra", "trained_classes": CLASSES, "untrained_classes": [], "recall": pooled["recall"],
+        "called_critical": {"basophil": 0, "erythroblast": 0, "monocyte": 3}, "pooled": pooled,
+        "sites": {"munich": pooled},
+    }  # fmt: skip
 
 
 def summary(blessed: bool) -> dict:
@@ -24,6 +40,8 @@ def summary(blessed: bool) -> dict:
             for k, (name, row) in enumerate(zip(CLASSES, MATRIX, strict=False))
         },
         "confusion_matrix": MATRIX,
+        "sites": {site: matrix_figures(m, CLASSES, "myeloblast") for site, m in SITE_MATRICES.items()},
+        "hold_out": None,
         "blessed": blessed,
         "gate_failures": [] if blessed else ["accuracy = 0.9400, required >= 0.95"],
         "identical_to_served": False,
@@ -43,6 +61,13 @@ def summary(blessed: bool) -> dict:
                 "360x363 warm": {"count": 30, "accuracy": 0.9667, "recall": {"basophil": 1.0, "monocyte": 0.9}},
                 "400x400 neutral": {"count": 20, "accuracy": 0.9, "recall": {"myeloblast": 1.0, "seg_neutrophil": 0.8}},
             },
+            "train_sites_per_class": {
+                "basophil": ["barcelona"], "erythroblast": ["barcelona"], "monocyte": ["barcelona"],
+                "myeloblast": ["munich"], "seg_neutrophil": ["barcelona", "munich"],
+            },
+            "single_site_classes": {
+                "basophil": "barcelona", "erythroblast": "barcelona", "monocyte": "barcelona", "myeloblast": "munich",
+            },
             "stress": {
                 "grayscale": {"accuracy": 0.8811, "drop": 0.0589, "critical_recall": 0.95, "passes": False},
                 "stain_normalised": {"accuracy": 0.9322, "drop": 0.0078, "critical_recall": 1.0, "passes": True},
@@ -60,6 +85,22 @@ def test_report_text_names_the_failed_threshold_and_no_push():
     assert "gate: NOT BLESSED\n  failed: accuracy = 0.9400, required >= 0.95" in text
     assert "pushed: no (model not blessed)" in text
     assert "myeloblast recall: 1.0000" in text
+
+
+def test_report_text_has_a_row_per_site():
+    text = render_summary(summary(blessed=True), "/runs/7")
+    assert "per site (test split):" in text
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.startswith(("  barcelona", "  munich"))}
+    assert rows["barcelona"][1:4] == ["35", "0.9429", "n/a"]  # no myeloblast at this site
+    assert rows["munich"][1:4] == ["15", "0.9333", "1.0000"]
+    assert "seg_neutrophil 0.800 (5)" in " ".join(rows["munich"])
+
+
+def test_report_text_shows_the_held_out_site():
+    text = render_summary(summary(blessed=False) | {"hold_out": hold_out()}, "/runs/9")
+    assert "held out 'munich-extra' (never trained on): 37 images, accuracy 0.8108" in text
+    assert "basophil 0.6000 (6/10)" in text and "monocyte 0.7273 (8/11)" in text
+    assert "other cells called myeloblast: basophil 0/10, erythroblast 0/10, monocyte 3/11" in text
 
 
 def test_report_text_shows_the_pushed_version():

@@ -38,3 +38,25 @@ def test_served_versions_need_a_saved_model(tmp_path, model_exports):
     assert served_versions(str(tmp_path)) == [7, 12] and serving_state(str(tmp_path)) == "12"
     assert model_digest(str(tmp_path / "7")) == model_digest(str(model_exports["random"]))
     assert model_digest(str(tmp_path / "7")) != model_digest(str(tmp_path / "12"))
+
+
+def test_one_failing_site_blocks_although_the_pool_passes():
+    sites = {
+        "barcelona": {"count": 300, "accuracy": 0.99, "critical_recall": None},  # no myeloblast: accuracy alone
+        "munich": {"count": 60, "accuracy": 0.90, "critical_recall": 1.0},
+    }
+    pooled = {"accuracy": 0.975, "critical_recall": 1.0}
+    assert decide(pooled, None, **BARS) == []
+    assert decide(pooled, None, **BARS, sites=sites) == [
+        "site munich: accuracy = 0.9000 on 60 test images, required >= 0.95"
+    ]
+    sites["munich"] |= {"accuracy": 0.96, "critical_recall": 0.98}
+    assert decide(pooled, None, **BARS, sites=sites) == [
+        "site munich: myeloblast recall = 0.9800 on 60 test images, required >= 0.99"
+    ]
+
+
+def test_a_hold_out_run_is_never_blessed():
+    assert decide({"accuracy": 1.0, "critical_recall": 1.0}, None, **BARS, hold_out="munich-extra") == [
+        "hold-out run: trained without 'munich-extra', for measurement only, not for serving"
+    ]

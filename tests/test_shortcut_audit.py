@@ -71,13 +71,21 @@ def test_audit_exposes_a_model_that_reads_the_background():
     train, train_labels = two_source_set(20, seed=0)
     test, test_labels = two_source_set(10, seed=1)
     encoded = [shortcut_audit.encode_png(i) for i in test]
+    # Each class from one site in training; the test split has class "a" from both sites.
+    train_sites = ["warm-lab" if label == 0 else "cool-lab" for label in train_labels]
+    test_sites = ["warm-lab" if label == 0 else "cool-lab" for label in test_labels]
+    test_sites[test_labels.index(0)] = "cool-lab"
     result = shortcut_audit.run_audit(
-        iter(train), train_labels, test, test_labels, encoded, background_classifier, CLASSES, "b", 0.03, 0.97
-    )
+        iter(train), train_labels, train_sites, test, test_labels, test_sites, encoded, background_classifier,
+        CLASSES, "b", 0.03, 0.97,
+    )  # fmt: skip
     assert result["clean"]["accuracy"] == 1.0 and result["colour_baseline"]["accuracy"] == 1.0
     assert set(result["groups"]) == {"360x363 warm", "400x400 neutral"}
     assert result["groups"]["400x400 neutral"]["recall"] == {"b": 1.0}
     assert result["geometry"]["360x363 warm"]["swapped_to"] == "400x400 neutral"
+    assert result["single_site_classes"] == {"a": "warm-lab", "b": "cool-lab"}
+    assert result["sites"]["cool-lab"]["count"] == test_sites.count("cool-lab")
+    assert result["sites"]["cool-lab"]["recall"]["b"] == 1.0 and "a" in result["sites"]["cool-lab"]["recall"]
     # Grayscale and one stain remove the background colour: the shortcut model collapses to one class.
     assert result["stress"]["grayscale"]["accuracy"] == 0.5 and not result["stress"]["grayscale"]["passes"]
     assert result["stress"]["stain_normalised"]["drop"] > 0.03

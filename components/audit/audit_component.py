@@ -15,26 +15,27 @@ from components.audit.shortcut_audit import Predict, run_audit
 from components.image_example_gen import example_files
 from components.serving_gate import SERVING_FORMAT
 from components.training.export import SERVING_INPUT, SERVING_SIGNATURE
-from components.training.preprocessing import parse_example
+from components.training.preprocessing import parse_example, parse_site
 
 AUDIT_FILE = "audit.json"
 
 
 class ShortcutAuditReport(artifact.Artifact):
-    """audit.json: colour baseline, per-acquisition-group figures and stress-variant figures."""
+    """audit.json: colour baseline, per-acquisition-group and per-site figures, stress-variant figures."""
 
     TYPE_NAME = "bloodcell.ShortcutAuditReport"
 
 
-def load_split(examples_uri: str, split: str) -> tuple[list[bytes], list[int]]:
-    """Encoded images and labels of one split written by ImageExampleGen."""
+def load_split(examples_uri: str, split: str) -> tuple[list[bytes], list[int], list[str]]:
+    """Encoded images, labels and sites of one split written by ImageExampleGen."""
     files = example_files(examples_uri, split)
-    encoded, labels = [], []
+    encoded, labels, sites = [], [], []
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
         image, label = parse_example(record)
         encoded.append(image.numpy())
         labels.append(int(label))
-    return encoded, labels
+        sites.append(parse_site(record).numpy().decode())
+    return encoded, labels, sites
 
 
 def decode(encoded: Iterable[bytes]) -> Iterator[np.ndarray]:
@@ -65,13 +66,15 @@ def audit_examples(
     min_stress_critical_recall: float,
 ) -> dict[str, Any]:
     """The audit of the SavedModel in `model_dir` on an Examples artifact's train and test splits."""
-    train_bytes, train_labels = load_split(examples_uri, "train")
-    test_bytes, test_labels = load_split(examples_uri, "test")
+    train_bytes, train_labels, train_sites = load_split(examples_uri, "train")
+    test_bytes, test_labels, test_sites = load_split(examples_uri, "test")
     return run_audit(
         decode(train_bytes),
         train_labels,
+        train_sites,
         list(decode(test_bytes)),
         test_labels,
+        test_sites,
         test_bytes,
         saved_model_predictor(model_dir),
         classes,
@@ -91,7 +94,8 @@ def ShortcutAudit(  # noqa: N802 - TFX component names are classes
     min_stress_critical_recall: Parameter[float],
     audit: OutputArtifact[ShortcutAuditReport],
 ):
-    """Colour baseline, per-group figures and stress variants of the test split, written to audit.json."""
+    """Colour baseline, per-group and per-site figures and stress variants of the test split, and the classes
+    whose training images come from one site only, written to audit.json."""
     result = audit_examples(
         examples.uri,
         os.path.join(model.uri, SERVING_FORMAT),

@@ -1,8 +1,10 @@
 """The shortcut audit: does the model classify cells, or image sources?
 
-Three checks on the test split, beside the CNN's clean figures:
+Four checks on the test split, beside the CNN's clean figures:
 - a colour-only baseline (colour histogram + logistic regression, fitted on the train split);
 - accuracy and per-class recall within each acquisition group (size and background tone, from pixels);
+- accuracy and per-class recall at each site, and the classes whose training images all come from one
+  site (the model may have learnt that site's look for them: nothing on this data can show otherwise);
 - the CNN on stress variants: grayscale, one reference stain, and each group resampled to the size and
   magnification of another group.
 """
@@ -71,6 +73,29 @@ def figures(labels: Sequence[int], predicted: Sequence[int], classes: list[str],
     }
 
 
+def figures_by(
+    keys: Sequence[str], labels: Sequence[int], predicted: Sequence[int], classes: list[str], critical_class: str
+) -> dict[str, dict[str, Any]]:
+    """`figures` within each value of `keys` (an acquisition group or a site per image), sorted by key."""
+    return {
+        key: figures(
+            [labels[k] for k, v in enumerate(keys) if v == key],
+            [predicted[k] for k, v in enumerate(keys) if v == key],
+            classes,
+            critical_class,
+        )
+        for key in sorted(set(keys))
+    }
+
+
+def sites_per_class(labels: Sequence[int], sites: Sequence[str], classes: list[str]) -> dict[str, list[str]]:
+    """The sites each class's images come from (of the classes present)."""
+    found: dict[str, set[str]] = {}
+    for label, site in zip(labels, sites, strict=True):
+        found.setdefault(classes[label], set()).add(site)
+    return {name: sorted(found[name]) for name in classes if name in found}
+
+
 def group_geometry(images: Sequence[np.ndarray], groups: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per acquisition group: image count, the most common (height, width) and the median red-cell diameter."""
     geometry = {}
@@ -110,8 +135,10 @@ def encode_png(image: np.ndarray) -> bytes:
 def run_audit(
     train_images: Iterable[np.ndarray],
     train_labels: Sequence[int],
+    train_sites: Sequence[str],
     test_images: Sequence[np.ndarray],
     test_labels: Sequence[int],
+    test_sites: Sequence[str],
     test_bytes: Sequence[bytes],
     predict: Predict,
     classes: list[str],
@@ -127,10 +154,9 @@ def run_audit(
     logging.info("audit: colour-histogram baseline on %d train images", len(train_histograms))
     baseline = figures(test_labels, colour_baseline(train_histograms, train_labels, test_images), classes, critical_class)
 
-    per_group = {}
-    for group in sorted(set(groups)):
-        idx = [k for k, g in enumerate(groups) if g == group]
-        per_group[group] = figures([test_labels[k] for k in idx], [clean_predicted[k] for k in idx], classes, critical_class)
+    per_group = figures_by(groups, test_labels, clean_predicted, classes, critical_class)
+    per_site = figures_by(test_sites, test_labels, clean_predicted, classes, critical_class)
+    train_site_coverage = sites_per_class(train_labels, train_sites, classes)
 
     geometry = group_geometry(test_images, groups)
     targets = swap_targets(geometry)
@@ -161,6 +187,9 @@ def run_audit(
         "colour_baseline": baseline,
         "morphology_gain": clean["accuracy"] - baseline["accuracy"],
         "groups": per_group,
+        "sites": per_site,
+        "train_sites_per_class": train_site_coverage,
+        "single_site_classes": {c: s[0] for c, s in train_site_coverage.items() if len(s) == 1},
         "geometry": {g: {**info, "swapped_to": targets.get(g)} for g, info in geometry.items()},
         "stain_reference": {"lab_mean": reference[0].tolist(), "lab_std": reference[1].tolist()},
         "stress": variants,

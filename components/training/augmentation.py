@@ -53,6 +53,27 @@ class ColourJitter(keras.layers.Layer):
         }
 
 
+def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, radius: int = 3) -> tf.Tensor:
+    """One image [H, W, 3] blurred by a separable Gaussian of standard deviation `sigma` pixels."""
+    taps = tf.range(-radius, radius + 1, dtype=tf.float32)
+    kernel = tf.exp(-(taps**2) / (2.0 * tf.maximum(sigma, 1e-3) ** 2))
+    kernel = tf.tile(tf.reshape(kernel / tf.reduce_sum(kernel), [-1, 1, 1, 1]), [1, 1, 3, 1])
+    blurred = tf.nn.depthwise_conv2d(image[None], kernel, [1, 1, 1, 1], "SAME")
+    blurred = tf.nn.depthwise_conv2d(blurred, tf.transpose(kernel, [1, 0, 2, 3]), [1, 1, 1, 1], "SAME")
+    return blurred[0]
+
+
+def site_look(image: tf.Tensor, max_blur: float, jpeg_quality: tuple[int, int]) -> tf.Tensor:
+    """Moves one image [H, W, 3] in [0, 1] towards another site's optics and encoding: a Gaussian blur of
+    random strength (focus and optics differ between scanners) and a JPEG re-encoding at a random quality
+    (scanners compress differently). Applied per image, before batching."""
+    if max_blur:
+        image = gaussian_blur(image, tf.random.uniform([], 0.0, max_blur))
+    if jpeg_quality:
+        image = tf.image.random_jpeg_quality(image, jpeg_quality[0], jpeg_quality[1])
+    return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), image.shape)
+
+
 def build_augmenter(settings: dict[str, Any], seed: int | None = None) -> keras.Sequential:
     """The augmentation stage named in config; apply it with training=True to image batches."""
     flips = (

@@ -74,6 +74,14 @@ def parse_example(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return parsed[features.IMAGE], parsed[features.LABEL]
 
 
+SITE_SPEC = {features.SITE: tf.io.FixedLenFeature([], tf.string, default_value="")}
+
+
+def parse_site(serialized: tf.Tensor) -> tf.Tensor:
+    """A serialised tf.Example -> its site ("" when the example has none)."""
+    return tf.io.parse_single_example(serialized, SITE_SPEC)[features.SITE]
+
+
 def parse_image_batch(serialized: tf.Tensor) -> tf.Tensor:
     """A batch of serialised tf.Examples [N] -> their encoded image bytes [N]."""
     return tf.io.parse_example(serialized, {features.IMAGE: FEATURE_SPEC[features.IMAGE]})[features.IMAGE]

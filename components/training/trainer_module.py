@@ -15,11 +15,12 @@ import tf_keras as keras
 from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx.components.tuner.component import TunerFnResult
 
-from components.training.augmentation import build_augmenter, to_grayscale
+from components.training.augmentation import build_augmenter, site_look, to_grayscale
 from components.training.export import export_serving_model
 from components.training.model import build_model
 from components.training.operating_point import OperatingPoint, fit_operating_point
-from components.training.preprocessing import parse_example, preprocess_image
+from components.training.preprocessing import parse_example, parse_site, preprocess_image
+from components.training.sampling import balanced_dataset
 from components.training.test_time_views import averaged_probabilities
 from components.training.tuning import search_space, with_hyperparameters
 
@@ -27,15 +28,8 @@ HISTORY_FILE = "history.json"
 OPERATING_POINT_FILE = "operating_point.json"
 
 
-def make_dataset(
-    file_patterns: list[str],
-    image_size: int,
-    central_crop: float,
-    batch_size: int,
-    augmenter: keras.Model | None = None,
-    shuffle_seed: int | None = None,
-) -> tf.data.Dataset:
-    """Reads gzipped tf.Examples and yields (images, labels) batches; augments when given an augmenter."""
+def make_dataset(file_patterns: list[str], image_size: int, central_crop: float, batch_size: int) -> tf.data.Dataset:
+    """Reads gzipped tf.Examples and yields preprocessed (images, labels) batches, in file order."""
     files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
     if not files:
         raise FileNotFoundError(f"no tf.Example files match {file_patterns}")
@@ -44,12 +38,51 @@ def make_dataset(
     dataset = dataset.map(
         lambda image, label: (preprocess_image(image, image_size, central_crop), label), num_parallel_calls=tf.data.AUTOTUNE
     ).cache()
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(4096, seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def load_split(file_patterns: list[str], image_size: int, central_crop: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every example of a split, preprocessed: (images [N, size, size, 3] float32, labels, sites)."""
+    files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no tf.Example files match {file_patterns}")
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").map(
+        lambda s: (*parse_example(s), parse_site(s)), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    dataset = dataset.map(
+        lambda image, label, site: (preprocess_image(image, image_size, central_crop), label, site),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    images, labels, sites = [], [], []
+    for batch in dataset.batch(256):
+        images.append(batch[0].numpy())
+        labels.append(batch[1].numpy())
+        sites.append(batch[2].numpy().astype(str))
+    return np.concatenate(images), np.concatenate(labels), np.concatenate(sites)
+
+
+def make_train_dataset(
+    file_patterns: list[str],
+    image_size: int,
+    central_crop: float,
+    batch_size: int,
+    augmentation: dict[str, Any],
+    site_power: float,
+    seed: int,
+) -> tuple[tf.data.Dataset, int]:
+    """Endless training batches drawn class x site balanced (`sampling.group_weights`), augmented when
+    `augmentation["enabled"]` (site look per image, then the batch augmenter), and the number of steps that
+    make one epoch (one pass's worth of images)."""
+    images, labels, sites = load_split(file_patterns, image_size, central_crop)
+    dataset = balanced_dataset(images, labels, sites, site_power, seed)
+    augmenter = build_augmenter(augmentation, seed=seed) if augmentation["enabled"] else None
+    if augmenter is not None:
+        look = {"max_blur": augmentation["blur"], "jpeg_quality": tuple(augmentation["jpeg_quality"])}
+        dataset = dataset.map(lambda x, y: (site_look(x, **look), y), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size)
     if augmenter is not None:
         dataset = dataset.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE), max(1, len(labels) // batch_size)
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -103,10 +136,15 @@ def fit(
     """Trains the CNN with early stopping and learning-rate reduction: (model, per-epoch history, eval data)."""
     training, classes, size, crop = config["training"], config["classes"], config["image_size"], config["central_crop"]
     keras.utils.set_random_seed(training["seed"])
-    augmenter = (
-        build_augmenter(config["augmentation"], seed=training["seed"]) if config["augmentation"]["enabled"] else None
+    train_ds, steps = make_train_dataset(
+        train_files,
+        size,
+        crop,
+        training["batch_size"],
+        config["augmentation"],
+        training["site_weight_power"],
+        training["seed"],
     )
-    train_ds = make_dataset(train_files, size, crop, training["batch_size"], augmenter, shuffle_seed=training["seed"])
     eval_ds = make_dataset(eval_files, size, crop, training["batch_size"])
     model = build_model(
         len(classes), size, training["filters"], training["dense_units"], training["dropout"], training["learning_rate"]
@@ -130,7 +168,13 @@ def fit(
     class_weight = {k: 1.0 for k in range(len(classes))}
     class_weight[classes.index(config["critical_class"])] = training["critical_class_weight"]
     model.fit(
-        train_ds, validation_data=eval_ds, epochs=epochs, callbacks=callbacks, class_weight=class_weight, verbose=2
+        train_ds,
+        steps_per_epoch=steps,
+        validation_data=eval_ds,
+        epochs=epochs,
+        callbacks=callbacks,
+        class_weight=class_weight,
+        verbose=2,
     )
     return model, epoch_log.rows, eval_ds
 

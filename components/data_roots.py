@@ -1,0 +1,103 @@
+"""Data roots: labelled image folders, each from one or more sites (hospital, scanner).
+
+A root is `<path>/<class>/**`. The site of each image comes from the root's MANIFEST.csv (`file` and
+`site` columns) when it has one, else from the `site` given for the root in the config, else from the
+root's folder name (one folder, one site).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from typing import Any
+
+MANIFEST_FILE = "MANIFEST.csv"
+
+
+class DataRootError(ValueError):
+    """A data root setting that cannot be used: the message names the root and the reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataRoot:
+    path: str
+    site: str = ""  # site of the images MANIFEST.csv does not name ("" = the root's folder name)
+
+    @property
+    def name(self) -> str:
+        """The root's folder name: prefixes its images' paths in the report and the tf.Examples."""
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def parse_data_root(value: Any) -> DataRoot:
+    """A root from the config (`PATH` or `{path: PATH, site: SITE}`) or the command line (`PATH[=SITE]`)."""
+    if isinstance(value, DataRoot):
+        return value
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"path", "site"})
+        if unknown or not isinstance(value.get("path"), str) or not value["path"]:
+            raise DataRootError(f"data root {value!r}: expected {{path: PATH, site: SITE}}, unknown keys {unknown}")
+        return DataRoot(value["path"], str(value.get("site") or ""))
+    if isinstance(value, str) and value:
+        path, sep, site = value.rpartition("=")
+        return DataRoot(path, site) if sep and path else DataRoot(value)
+    raise DataRootError(f"data root {value!r}: expected a path or {{path: PATH, site: SITE}}")
+
+
+def check_roots(roots: list[DataRoot]) -> None:
+    """Raises DataRootError for an empty list or two roots with one folder name (paths would collide)."""
+    if not roots:
+        raise DataRootError("no data root given")
+    names = [r.name for r in roots]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise DataRootError(f"data roots share a folder name: {', '.join(clashes)} (rename one folder)")
+
+
+def roots_to_json(roots: list[DataRoot]) -> str:
+    """The roots as the JSON list the ImageExampleGen parameter (and the Kubeflow runtime parameter) takes."""
+    return json.dumps([dataclasses.asdict(r) for r in roots])
+
+
+def roots_from_json(text: str) -> list[DataRoot]:
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataRootError(f"data_roots {text!r}: not JSON ({err})") from None
+    if not isinstance(values, list):
+        raise DataRootError(f"data_roots {text!r}: expected a JSON list of {{path, site}}")
+    roots = [parse_data_root(v) for v in values]
+    check_roots(roots)
+    return roots
+
+
+def manifest_sites(root: DataRoot) -> dict[str, str]:
+    """`file` -> `site` from the root's MANIFEST.csv; empty when there is no manifest or no site column."""
+    import tensorflow as tf  # only where files are read: the config and the command line stay light
+
+    path = f"{root.path.rstrip('/')}/{MANIFEST_FILE}"
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        reader = csv.DictReader(io.StringIO(f.read()))
+        if not {"file", "site"} <= set(reader.fieldnames or []):
+            return {}
+        return {row["file"]: row["site"] for row in reader if row["site"]}
+
+
+class SiteResolver:
+    """The site of each file of one root: its MANIFEST.csv row, else the root's configured site.
+
+    A root without a manifest site column and without a configured site is one site, named after the
+    folder. A file missing from a manifest that has a site column, in a root without a configured site,
+    has no site: `site_of` returns None and ingestion rejects it with a reason.
+    """
+
+    def __init__(self, root: DataRoot):
+        self.root, self.sites = root, manifest_sites(root)
+        self.fallback = root.site or ("" if self.sites else root.name)
+
+    def site_of(self, relpath: str) -> str | None:
+        return self.sites.get(relpath) or self.fallback or None
