@@ -82,7 +82,8 @@ def build_summary(
         "audit": {
             k: audit[k]
             for k in (
-                "clean", "colour_baseline", "morphology_gain", "groups", "sites", "single_site_classes", "stress", "bars",
+                "clean", "colour_baseline", "morphology_gain", "groups", "sites", "train_sites_per_class", "single_site_classes",
+                "stress", "bars",
                 "passes",
             )
         },  # fmt: skip

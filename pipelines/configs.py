@@ -54,6 +54,8 @@ class Augmentation:
     saturation: float
     hue: float
     grayscale: float
+    stain: float                    # haematoxylin/eosin amounts scaled by 1 +- this (per image and stain)
+    gamma: float                    # per-channel gamma curve exp(+- this): non-linear colour, scanner response
     blur: float                     # per image: Gaussian blur of random sigma up to this, in input pixels
     jpeg_quality: list[int]         # per image: JPEG re-encoding at a random quality in [lo, hi]; [] = off
 

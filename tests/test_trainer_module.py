@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from components.training.augmentation import to_grayscale
-from components.training.trainer_module import fit
-from tests.conftest import CLASSES, TRAINER_CONFIG, real_files, write_examples
+from components.training.trainer_module import fit, make_train_dataset
+from tests.conftest import CLASSES, DATA_ROOTS, TRAINER_CONFIG, real_files, write_examples
 
 
 def small_config(grayscale_validation: bool) -> dict:
@@ -24,7 +25,8 @@ def small_config(grayscale_validation: bool) -> dict:
 def split_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("splits")
     files = {name: real_files(name, 5) for name in CLASSES}
-    write_examples(root / "train.gz", [f for name in CLASSES for f in files[name][:3]])
+    barcelona_neutrophils = real_files("seg_neutrophil", 3, Path(DATA_ROOTS[1].path))  # a second site for one class
+    write_examples(root / "train.gz", [f for name in CLASSES for f in files[name][:3]] + barcelona_neutrophils)
     write_examples(root / "eval.gz", [f for name in CLASSES for f in files[name][3:]])
     return [str(root / "train.gz")], [str(root / "eval.gz")]
 
@@ -56,3 +58,13 @@ def test_grayscale_copy_has_three_equal_channels_of_luminance():
     expected = images @ np.array([0.2989, 0.587, 0.114], np.float32)
     for channel in range(3):
         np.testing.assert_allclose(gray[..., channel], expected, atol=1e-3)
+
+
+def test_training_batches_are_drawn_class_by_class_and_site_by_site(split_files):
+    config = small_config(False)
+    augmentation = {**config["augmentation"], "enabled": False}
+    dataset, steps = make_train_dataset(split_files[0], 32, 0.8, 9, augmentation, site_power=0.0, seed=1)
+    assert steps == (3 * len(CLASSES) + 3) // 9  # one pass's worth of the 18 training images
+    labels = np.concatenate([y.numpy() for _, y in dataset.take(200)])
+    share = np.bincount(labels, minlength=len(CLASSES)) / len(labels)
+    np.testing.assert_allclose(share, 1 / len(CLASSES), atol=0.03)  # every class equally often

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -13,16 +14,40 @@ def to_grayscale(images: tf.Tensor) -> tf.Tensor:
     return tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(images))
 
 
+# Ruifrok & Johnston colour deconvolution (as in skimage.color.rgb2hed): optical density -> stain amounts.
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float32)
+RGB_FROM_HED[2] = np.cross(RGB_FROM_HED[0], RGB_FROM_HED[1])
+RGB_FROM_HED /= np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
+
+
+def stain_jitter(images: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
+    """Images [N, H, W, 3] in [0, 1] with each stain's amount (haematoxylin, eosin, residual; optical
+    density, per pixel) multiplied by `scale` and moved by `shift` ([N, 1, 1, 3] each): another lab's stain."""
+    density = -tf.math.log(tf.clip_by_value(images, 1e-3, 1.0))
+    stains = tf.einsum("nhwc,cd->nhwd", density, HED_FROM_RGB) * scale + shift
+    return tf.exp(-tf.einsum("nhwd,dc->nhwc", stains, RGB_FROM_HED))
+
+
 class ColourJitter(keras.layers.Layer):
-    """Per-image random brightness, contrast, saturation and hue on images in [0, 1], and grayscale with
-    probability `grayscale`: stains and scanners differ between labs, the cells do not."""
+    """Per-image random brightness, contrast, saturation and hue on images in [0, 1], a stain jitter in
+    haematoxylin-eosin space, a gamma curve per channel, and grayscale with probability `grayscale`: stains,
+    scanners and cameras differ between labs, the cells do not."""
 
     def __init__(
-        self, brightness: float, contrast: float, saturation: float, hue: float, grayscale: float = 0.0, **kwargs: Any
+        self,
+        brightness: float,
+        contrast: float,
+        saturation: float,
+        hue: float,
+        grayscale: float = 0.0,
+        stain: float = 0.0,
+        gamma: float = 0.0,
+        **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
-        self.grayscale = grayscale
+        self.grayscale, self.stain, self.gamma = grayscale, stain, gamma
 
     def call(self, images: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         if not training:
@@ -32,6 +57,11 @@ class ColourJitter(keras.layers.Layer):
         def factor(spread: float) -> tf.Tensor:
             return tf.random.uniform([n, 1, 1, 1], -spread, spread)
 
+        if self.stain:
+            jitter = tf.random.uniform([n, 1, 1, 3], -self.stain, self.stain)
+            images = stain_jitter(images, 1.0 + jitter, tf.random.uniform([n, 1, 1, 3], -0.05, 0.05) * self.stain)
+        if self.gamma:
+            images = tf.clip_by_value(images, 1e-4, 1.0) ** tf.exp(tf.random.uniform([n, 1, 1, 3], -self.gamma, self.gamma))
         hsv = tf.image.rgb_to_hsv(tf.clip_by_value(images, 0.0, 1.0))
         hue = tf.math.floormod(hsv[..., :1] + factor(self.hue), 1.0)
         saturation = tf.clip_by_value(hsv[..., 1:2] * (1.0 + factor(self.saturation)), 0.0, 1.0)
@@ -50,6 +80,8 @@ class ColourJitter(keras.layers.Layer):
             "saturation": self.saturation,
             "hue": self.hue,
             "grayscale": self.grayscale,
+            "stain": self.stain,
+            "gamma": self.gamma,
         }
 
 
@@ -96,7 +128,13 @@ def build_augmenter(settings: dict[str, Any], seed: int | None = None) -> keras.
         layers.append(keras.layers.RandomTranslation(settings["shift"], settings["shift"], **geometry))
     layers.append(
         ColourJitter(
-            settings["brightness"], settings["contrast"], settings["saturation"], settings["hue"], settings["grayscale"]
+            settings["brightness"],
+            settings["contrast"],
+            settings["saturation"],
+            settings["hue"],
+            settings["grayscale"],
+            settings["stain"],
+            settings["gamma"],
         )
     )
     return keras.Sequential(layers, name="augmentation")

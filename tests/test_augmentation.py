@@ -1,0 +1,43 @@
+"""Augmentations that move an image to another site's look: stain, gamma, blur and JPEG encoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from components.training.augmentation import ColourJitter, site_look, stain_jitter
+
+RNG = np.random.default_rng(0)
+IMAGES = tf.constant(RNG.uniform(0.05, 1.0, (4, 16, 16, 3)).astype(np.float32))
+
+
+def roughness(image: np.ndarray) -> float:
+    return float(np.mean(np.abs(np.diff(image, axis=0))))
+
+
+def test_stain_jitter_is_the_identity_at_scale_one_and_moves_one_stain_otherwise():
+    ones, zeros = tf.ones([4, 1, 1, 3]), tf.zeros([4, 1, 1, 3])
+    np.testing.assert_allclose(stain_jitter(IMAGES, ones, zeros), IMAGES, atol=1e-5)
+    more_haematoxylin = stain_jitter(IMAGES, tf.constant([[[[1.5, 1.0, 1.0]]]] * 4), zeros)
+    assert float(tf.reduce_mean(more_haematoxylin)) < float(tf.reduce_mean(IMAGES))  # more stain, darker
+
+
+def test_colour_jitter_changes_colour_per_image_and_only_in_training():
+    layer = ColourJitter(0.0, 0.0, 0.0, 0.0, grayscale=0.0, stain=0.3, gamma=0.4)
+    np.testing.assert_array_equal(layer(IMAGES, training=False), IMAGES)
+    tf.random.set_seed(1)
+    jittered = layer(IMAGES, training=True).numpy()
+    assert 0.0 <= jittered.min() and jittered.max() <= 1.0
+    ratios = (jittered.mean(axis=(1, 2)) / IMAGES.numpy().mean(axis=(1, 2)))  # per image and channel
+    assert np.std(ratios[:, 0]) > 0.01 and not np.allclose(ratios[:, 0], ratios[:, 2])
+
+
+def test_site_look_blurs_and_re_encodes_within_range():
+    image = IMAGES[0]
+    np.testing.assert_array_equal(site_look(image, max_blur=0.0, jpeg_quality=()), image)
+    tf.random.set_seed(0)
+    blurred = [site_look(image, max_blur=2.0, jpeg_quality=()).numpy() for _ in range(8)]
+    assert np.mean([roughness(b) for b in blurred]) < 0.8 * roughness(image.numpy())
+    encoded = site_look(image, max_blur=0.0, jpeg_quality=(20, 30)).numpy()
+    assert encoded.shape == (16, 16, 3) and 0.0 <= encoded.min() and encoded.max() <= 1.0
+    assert np.mean(np.abs(encoded - image.numpy())) > 0.02  # quality 20-30 loses detail
