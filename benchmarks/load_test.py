@@ -123,7 +123,7 @@ def main(
 
 
 def _benchmark(config, grpc_target, http_url, concurrencies, requests, batch_size, batched_requests) -> list[dict]:
-    data = Path(config.paths.data_root)
+    data = Path(config.paths.data_roots[0].path)
     files = [f for c in config.classes for f in sorted((data / c).glob("*.jpg"))[:20]]
     images = [f.read_bytes() for f in files]
     client = ServingClient(grpc_target, config.model_name, timeout_s=120)

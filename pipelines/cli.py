@@ -87,12 +87,13 @@ def runs(
         typer.echo(json.dumps([r.row() for r in records], indent=1))
         return
     table = Table(title=f"Runs in {where}")
-    for column in ("run id", "started (UTC)", "data", "accuracy", f"{config.critical_class} recall", "blessed", "pushed"):
+    columns = ("run id", "started (UTC)", "data", "accuracy", f"{config.critical_class} recall", "weakest site", "held out")
+    for column in (*columns, "blessed", "pushed"):
         table.add_column(column)
     for r in records:
         table.add_row(
             r.run_id, r.started, r.data_fingerprint, f"{r.test_accuracy:.4f}", f"{r.critical_recall:.4f}",
-            "yes" if r.blessed else "no", r.pushed_version or "-",
+            r.weakest_site or "-", r.hold_out or "-", "yes" if r.blessed else "no", r.pushed_version or "-",
         )  # fmt: skip
     Console().print(table)
 

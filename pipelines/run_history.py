@@ -24,6 +24,8 @@ class RunRecord:
     data_fingerprint: str
     test_accuracy: float
     critical_recall: float
+    weakest_site: str  # "<site> <accuracy>" of the site with the lowest test accuracy ("" for older runs)
+    hold_out: str  # the root or site a hold-out run was trained without ("" for a normal run)
     blessed: bool
     pushed_version: str  # "" when nothing was pushed
     report_dir: str
@@ -62,6 +64,8 @@ def list_runs(metadata_path: str) -> list[RunRecord]:
                 data_fingerprint=fingerprint.split(":")[0][:12],
                 test_accuracy=summary["test_accuracy"],
                 critical_recall=summary["critical_recall"],
+                weakest_site=_weakest_site(summary.get("sites") or {}),
+                hold_out=(summary.get("hold_out") or {}).get("name", ""),
                 blessed=summary["blessed"],
                 pushed_version=os.path.basename(summary["pushed_destination"]) if summary["pushed"] else "",
                 report_dir=artifact.uri,
@@ -69,6 +73,13 @@ def list_runs(metadata_path: str) -> list[RunRecord]:
             )
         )
     return sorted(records, key=lambda r: r.started)
+
+
+def _weakest_site(sites: dict[str, dict[str, Any]]) -> str:
+    if not sites:
+        return ""
+    site = min(sites, key=lambda name: sites[name]["accuracy"])
+    return f"{site} {sites[site]['accuracy']:.4f}"
 
 
 def find_run(records: list[RunRecord], run_id: str) -> RunRecord:
@@ -89,4 +100,7 @@ def compare(a: RunRecord, b: RunRecord) -> list[dict[str, Any]]:
     for name, figures in a.summary["per_class"].items():
         for metric in ("precision", "recall", "f1"):
             pairs[f"{name}.{metric}"] = (figures[metric], b.summary["per_class"][name][metric])
+    sites_a, sites_b = a.summary.get("sites") or {}, b.summary.get("sites") or {}
+    for site in sorted(set(sites_a) & set(sites_b)):
+        pairs[f"site {site}.accuracy"] = (sites_a[site]["accuracy"], sites_b[site]["accuracy"])
     return [{"metric": k, "a": va, "b": vb, "delta": vb - va} for k, (va, vb) in pairs.items()]

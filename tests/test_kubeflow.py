@@ -10,6 +10,7 @@ import yaml
 from kfp import components
 from typer.testing import CliRunner
 
+from components.data_roots import DataRoot, roots_from_json, roots_to_json
 from pipelines.cli import app
 from pipelines.configs import trainer_config
 from pipelines.kfp_client import KfpError, validate_cron
@@ -62,7 +63,7 @@ def test_images_parameters_caching_and_volumes(compiled):
     assert all("--direct_num_workers=0" in e["container"]["args"] for e in executors.values())
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     assert {k: v["defaultValue"] for k, v in parameters.items() if k != "trainer_config"} == {
-        "data_root": CONFIG.kubeflow.data_root,
+        "data_roots": roots_to_json(CONFIG.kubeflow.data_roots),
         "min_accuracy": CONFIG.evaluation.min_accuracy,
         "min_critical_recall": CONFIG.evaluation.min_critical_recall,
         "max_regression": CONFIG.evaluation.max_regression,
@@ -70,7 +71,7 @@ def test_images_parameters_caching_and_volumes(compiled):
     assert json.loads(parameters["trainer_config"]["defaultValue"]) == trainer_config(CONFIG)
     tasks = spec["root"]["dag"]["tasks"]
     wired = {
-        ("ImageExampleGen", "data_root"): "data_root",
+        ("ImageExampleGen", "data_roots_json"): "data_roots",
         ("ServingGate", "min_critical_recall"): "min_critical_recall",
         ("ServingGate", "max_regression"): "max_regression",
         ("Trainer", "custom_config"): "trainer_config",
@@ -149,7 +150,9 @@ def test_upload_run_schedule_list_and_disable_against_the_test_double(compiled, 
 
     fake.requests.clear()
     started = runner.invoke(
-        app, ["kfp", "run", "--name", "try-1", "--data-root", "/mnt/data/new", "--set", "training.epochs=5", *auth]
+        app,
+        ["kfp", "run", "--name", "try-1", "--data-root", "/mnt/data/new", "--data-root", "/mnt/data/lyon=lyon",
+         "--set", "training.epochs=5", *auth],  # fmt: skip
     )
     assert started.exit_code == 0, started.output
     assert "run try-1: id run-" in started.output
@@ -158,7 +161,8 @@ def test_upload_run_schedule_list_and_disable_against_the_test_double(compiled, 
     assert run["display_name"] == "try-1"
     assert run["pipeline_version_reference"] == {"pipeline_id": "pipeline-1", "pipeline_version_id": "version-3"}
     parameters = run["runtime_config"]["parameters"]
-    assert parameters["data_root"] == "/mnt/data/new" and parameters["min_critical_recall"] == 0.99
+    assert roots_from_json(parameters["data_roots"]) == [DataRoot("/mnt/data/new"), DataRoot("/mnt/data/lyon", "lyon")]
+    assert parameters["min_critical_recall"] == 0.99
     assert json.loads(parameters["trainer_config"])["training"]["epochs"] == 5
     assert fake.requests[-2].json() == {"display_name": "bloodcell", "namespace": "screening"}
 

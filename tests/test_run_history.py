@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.run_history import RunRecord, compare, find_run
+from pipelines.run_history import RunRecord, _weakest_site, compare, find_run
 from tests.conftest import CLASSES
 
 
 def record(run_id: str, accuracy: float, recall: float) -> RunRecord:
     per_class = {c: {"precision": accuracy, "recall": accuracy, "f1": accuracy} for c in CLASSES}
-    summary = {"critical_class": "myeloblast", "per_class": per_class}
-    return RunRecord(run_id, run_id, "abc", accuracy, recall, True, "", "/r", summary)
+    sites = {"barcelona": {"accuracy": accuracy + 0.01}, "munich": {"accuracy": accuracy - 0.02}}
+    summary = {"critical_class": "myeloblast", "per_class": per_class, "sites": sites}
+    return RunRecord(run_id, run_id, "abc", accuracy, recall, f"munich {accuracy - 0.02:.4f}", "", True, "", "/r", summary)
 
 
 def test_find_run_by_id_or_unique_prefix():
@@ -29,4 +30,10 @@ def test_compare_lists_every_metric_with_its_change():
     by_metric = {r["metric"]: r for r in rows}
     assert by_metric["test_accuracy"]["delta"] == pytest.approx(0.05)
     assert by_metric["myeloblast_recall"] == {"metric": "myeloblast_recall", "a": 0.98, "b": 1.0, "delta": pytest.approx(0.02)}
-    assert len(rows) == 2 + 3 * len(CLASSES) and "seg_neutrophil.f1" in by_metric
+    assert len(rows) == 2 + 3 * len(CLASSES) + 2 and "seg_neutrophil.f1" in by_metric
+    assert by_metric["site munich.accuracy"]["delta"] == pytest.approx(0.05)
+
+
+def test_weakest_site_names_the_site_with_the_lowest_accuracy():
+    assert _weakest_site({"barcelona": {"accuracy": 0.99}, "munich": {"accuracy": 0.971}}) == "munich 0.9710"
+    assert _weakest_site({}) == ""
