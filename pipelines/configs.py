@@ -74,6 +74,7 @@ class Training:
     grayscale_validation: bool      # model selection also scores the eval split's grayscale copy
     critical_class_weight: float
     site_weight_power: float        # class x site balanced sampling: within a class, site drawn ~ count ** power
+    mixstyle: float                 # MixStyle probability after the first two blocks (training only; 0 = off)
     seed: int
 
 
@@ -243,6 +244,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("preprocessing.central_crop: must be between 0.1 and 1.0")
     if not 1 <= config.preprocessing.test_time_views <= 8:
         raise ConfigError("preprocessing.test_time_views: must be between 1 and 8 (the symmetries of a square)")
+    if not 0.0 <= config.training.mixstyle <= 1.0:
+        raise ConfigError("training.mixstyle: a probability, between 0 and 1")
     if not 0.0 <= config.training.site_weight_power <= 1.0:
         raise ConfigError("training.site_weight_power: must be between 0 (sites equally often) and 1 (as found)")
     quality = config.augmentation.jpeg_quality

@@ -17,6 +17,36 @@ class ChannelStandardisation(keras.layers.Layer):
         return (images - mean) / tf.sqrt(variance + 1e-4)
 
 
+class MixStyle(keras.layers.Layer):
+    """Training only: with probability `p` per image, replaces the per-channel mean and spread of its
+    feature maps by a random mix (Beta(alpha, alpha)) of its own and another image's of the batch (Zhou et
+    al., "Domain generalization with MixStyle", ICLR 2021). With batches drawn across sites, a cell is seen
+    in the feature statistics ("look") of other sites; at inference it is the identity."""
+
+    def __init__(self, p: float = 0.5, alpha: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.p, self.alpha = p, alpha
+
+    def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        if not training or not self.p:
+            return x
+        n = tf.shape(x)[0]
+        mean, variance = tf.nn.moments(x, axes=[1, 2], keepdims=True)
+        mean, std = tf.stop_gradient(mean), tf.stop_gradient(tf.sqrt(variance + 1e-6))
+        normalised = (x - mean) / std
+        g1 = tf.random.gamma([n, 1, 1, 1], self.alpha)
+        g2 = tf.random.gamma([n, 1, 1, 1], self.alpha)
+        mix = g1 / (g1 + g2 + 1e-12)
+        other = tf.random.shuffle(tf.range(n))
+        mixed_mean = mix * mean + (1 - mix) * tf.gather(mean, other)
+        mixed_std = mix * std + (1 - mix) * tf.gather(std, other)
+        apply = tf.random.uniform([n, 1, 1, 1]) < self.p
+        return tf.where(apply, normalised * mixed_std + mixed_mean, x)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "p": self.p, "alpha": self.alpha}
+
+
 def build_model(
     num_classes: int,
     image_size: int,
@@ -24,8 +54,10 @@ def build_model(
     dense_units: int,
     dropout: float,
     learning_rate: float,
+    mixstyle: float = 0.0,
 ) -> keras.Model:
-    """A compiled classifier over float images in [0, 1] of shape [image_size, image_size, 3]."""
+    """A compiled classifier over float images in [0, 1] of shape [image_size, image_size, 3]; with
+    `mixstyle` > 0, a MixStyle layer after each of the first two blocks (training only)."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = ChannelStandardisation(name="standardise")(inputs)
     for i, width in enumerate(filters):
@@ -35,6 +67,8 @@ def build_model(
         x = keras.layers.BatchNormalization(momentum=0.99, name=f"bn{i + 1}")(x)
         x = keras.layers.ReLU(name=f"relu{i + 1}")(x)
         x = keras.layers.MaxPool2D(name=f"pool{i + 1}")(x)
+        if mixstyle and i < 2:
+            x = MixStyle(mixstyle, name=f"mixstyle{i + 1}")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     x = keras.layers.Dense(dense_units, activation="relu", name="dense")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)

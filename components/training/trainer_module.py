@@ -147,7 +147,13 @@ def fit(
     )
     eval_ds = make_dataset(eval_files, size, crop, training["batch_size"])
     model = build_model(
-        len(classes), size, training["filters"], training["dense_units"], training["dropout"], training["learning_rate"]
+        len(classes),
+        size,
+        training["filters"],
+        training["dense_units"],
+        training["dropout"],
+        training["learning_rate"],
+        training["mixstyle"],
     )
     epoch_log = EpochLog(epochs)
     selection = [GrayscaleValidation(eval_ds)] if training["grayscale_validation"] else []
