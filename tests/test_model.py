@@ -46,3 +46,19 @@ def test_cnn_has_conv_batchnorm_pool_blocks_and_a_softmax_head():
     assert isinstance(model.optimizer, keras.optimizers.Adam)
     probabilities = model(real_image("monocyte").astype(np.float32), training=False).numpy()
     assert probabilities.shape == (1, len(CLASSES)) and abs(probabilities.sum() - 1) < 1e-5
+
+
+def test_mixstyle_mixes_feature_statistics_in_training_only():
+    model = build_model(len(CLASSES), SIZE, [8, 16, 32], 16, 0.0, 1e-3, mixstyle=1.0)
+    assert [layer.name for layer in model.layers if layer.name.startswith("mixstyle")] == ["mixstyle1", "mixstyle2"]
+    images = np.random.default_rng(0).uniform(0, 1, (4, SIZE, SIZE, 3)).astype(np.float32)
+    np.testing.assert_array_equal(model(images, training=False), model(images, training=False))
+    layer = model.get_layer("mixstyle1")
+    features = tf.constant(np.random.default_rng(1).normal(size=(6, 5, 5, 4)).astype(np.float32) * [1, 2, 3, 4])
+    mixed = layer(features, training=True).numpy()
+    assert not np.allclose(mixed, features.numpy())
+    np.testing.assert_array_equal(layer(features, training=False), features)
+    # Each image keeps its own normalised pattern: only the per-channel mean and spread change.
+    for before, after in zip(features.numpy(), mixed, strict=True):
+        z = (before - before.mean((0, 1))) / before.std((0, 1))
+        np.testing.assert_allclose((after - after.mean((0, 1))) / after.std((0, 1)), z, atol=1e-3)
