@@ -49,15 +49,12 @@ def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
     for site, figures in (summary.get("sites") or {}).items():
         metrics[f"site_{site}_accuracy"] = figures["accuracy"]
         metrics[f"site_{site}_{critical}_recall"] = figures["critical_recall"]
-        for name, recall in figures["recall"].items():
-            metrics[f"site_{site}_{name}_recall"] = recall
+        metrics.update({f"site_{site}_{name}_recall": r for name, r in figures["recall"].items()})
     hold_out = summary.get("hold_out")
     if hold_out:
         metrics["holdout_accuracy"] = hold_out["pooled"]["accuracy"]
-        for name, recall in hold_out["recall"].items():
-            metrics[f"holdout_{name}_recall"] = recall
-        for name, count in hold_out["called_critical"].items():
-            metrics[f"holdout_{name}_called_{critical}"] = count
+        metrics.update({f"holdout_{name}_recall": r for name, r in hold_out["recall"].items()})
+        metrics.update({f"holdout_{name}_called_{critical}": n for name, n in hold_out["called_critical"].items()})
     audit = summary.get("audit")
     if audit:
         metrics["audit_colour_baseline_accuracy"] = audit["colour_baseline"]["accuracy"]

@@ -23,7 +23,20 @@ def summary(pushed_destination: str = "") -> dict:
         "epochs_trained": 2,
         "gate_failures": [] if pushed_destination else ["accuracy = 0.9812, required >= 0.99"],
         "per_class": {"myeloblast": {"precision": 0.97, "recall": 1.0, "f1": 0.985}},
+        "sites": {
+            "barcelona": {"accuracy": 0.975, "critical_recall": None, "recall": {"monocyte": 0.96}},
+            "munich": {"accuracy": 0.99, "critical_recall": 1.0, "recall": {"myeloblast": 1.0}},
+        },
     }
+
+
+def test_per_site_and_held_out_figures_are_metrics():
+    held = {"name": "munich-extra", "pooled": {"accuracy": 0.8}, "recall": {"monocyte": 0.7}, "called_critical": {"monocyte": 2}}
+    metrics = experiment_tracking.run_metrics(summary() | {"hold_out": held})
+    assert metrics["site_barcelona_accuracy"] == 0.975 and "site_barcelona_myeloblast_recall" not in metrics
+    assert metrics["site_munich_myeloblast_recall"] == 1.0 and metrics["site_barcelona_monocyte_recall"] == 0.96
+    assert metrics["holdout_accuracy"] == 0.8 and metrics["holdout_monocyte_recall"] == 0.7
+    assert metrics["holdout_monocyte_called_myeloblast"] == 2.0
 
 
 def test_flatten_nests_with_dots_and_lists_as_json():
