@@ -9,15 +9,16 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
-def _recalls(recall: dict[str, float]) -> str:
-    return ", ".join(f"{name} {_pct(value)}" for name, value in recall.items())
+def _recalls(recall: dict[str, float], support: dict[str, int] | None = None) -> str:
+    """`name recall%`, with ` (n images)` when the support is given."""
+    return ", ".join(f"{name} {_pct(value)}" + (f" ({support[name]})" if support else "") for name, value in recall.items())
 
 
 def _site_table(sites: dict[str, dict[str, Any]], critical: str) -> list[str]:
-    lines = [f"| site | images | accuracy | {critical} recall | recall per class |", "|---|---|---|---|---|"]
+    lines = [f"| site | images | accuracy | {critical} recall | recall per class (images) |", "|---|---|---|---|---|"]
     for site, f in sites.items():
         recall = _pct(f["critical_recall"])
-        lines.append(f"| {site} | {f['count']} | {_pct(f['accuracy'])} | {recall} | {_recalls(f['recall'])} |")
+        lines.append(f"| {site} | {f['count']} | {_pct(f['accuracy'])} | {recall} | {_recalls(f['recall'], f['support'])} |")
     return lines
 
 

@@ -24,6 +24,7 @@ def test_model_card_carries_the_runs_figures():
     assert "Blessed and pushed." in card
     assert "seg_neutrophil: barcelona, munich" in card
     assert "| barcelona | 35 | 94.29% | n/a |" in card and "| munich | 15 | 93.33% | 100.00% |" in card
+    assert "seg_neutrophil 80.00% (5)" in card
     assert "Every monocyte training image comes from site `barcelona`" in card
     assert "seg_neutrophil training image" not in card
 
