@@ -54,7 +54,7 @@ def test_mixstyle_mixes_feature_statistics_in_training_only():
     images = np.random.default_rng(0).uniform(0, 1, (4, SIZE, SIZE, 3)).astype(np.float32)
     np.testing.assert_array_equal(model(images, training=False), model(images, training=False))
     layer = model.get_layer("mixstyle1")
-    features = tf.constant(np.random.default_rng(1).normal(size=(6, 5, 5, 4)).astype(np.float32) * [1, 2, 3, 4])
+    features = tf.constant((np.random.default_rng(1).normal(size=(6, 5, 5, 4)) * [1, 2, 3, 4]).astype(np.float32))
     mixed = layer(features, training=True).numpy()
     assert not np.allclose(mixed, features.numpy())
     np.testing.assert_array_equal(layer(features, training=False), features)
