@@ -62,6 +62,7 @@ def roots_to_json(roots: list[DataRoot]) -> str:
 
 
 def roots_from_json(text: str) -> list[DataRoot]:
+    """The roots of a `data_roots` JSON parameter, checked; DataRootError names what is wrong."""
     try:
         values = json.loads(text)
     except json.JSONDecodeError as err:

@@ -28,12 +28,16 @@ HISTORY_FILE = "history.json"
 OPERATING_POINT_FILE = "operating_point.json"
 
 
-def make_dataset(file_patterns: list[str], image_size: int, central_crop: float, batch_size: int) -> tf.data.Dataset:
-    """Reads gzipped tf.Examples and yields preprocessed (images, labels) batches, in file order."""
+def _matching_files(file_patterns: list[str]) -> list[str]:
     files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
     if not files:
         raise FileNotFoundError(f"no tf.Example files match {file_patterns}")
-    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    return files
+
+
+def make_dataset(file_patterns: list[str], image_size: int, central_crop: float, batch_size: int) -> tf.data.Dataset:
+    """Reads gzipped tf.Examples and yields preprocessed (images, labels) batches, in file order."""
+    dataset = tf.data.TFRecordDataset(_matching_files(file_patterns), compression_type="GZIP")
     dataset = dataset.map(parse_example, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.map(
         lambda image, label: (preprocess_image(image, image_size, central_crop), label), num_parallel_calls=tf.data.AUTOTUNE
@@ -41,12 +45,11 @@ def make_dataset(file_patterns: list[str], image_size: int, central_crop: float,
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def load_split(file_patterns: list[str], image_size: int, central_crop: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_preprocessed(
+    file_patterns: list[str], image_size: int, central_crop: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every example of a split, preprocessed: (images [N, size, size, 3] float32, labels, sites)."""
-    files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
-    if not files:
-        raise FileNotFoundError(f"no tf.Example files match {file_patterns}")
-    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").map(
+    dataset = tf.data.TFRecordDataset(_matching_files(file_patterns), compression_type="GZIP").map(
         lambda s: (*parse_example(s), parse_site(s)), num_parallel_calls=tf.data.AUTOTUNE
     )
     dataset = dataset.map(
@@ -73,7 +76,7 @@ def make_train_dataset(
     """Endless training batches drawn class x site balanced (`sampling.group_weights`), augmented when
     `augmentation["enabled"]` (site look per image, then the batch augmenter), and the number of steps that
     make one epoch (one pass's worth of images)."""
-    images, labels, sites = load_split(file_patterns, image_size, central_crop)
+    images, labels, sites = load_preprocessed(file_patterns, image_size, central_crop)
     dataset = balanced_dataset(images, labels, sites, site_power, seed)
     augmenter = build_augmenter(augmentation, seed=seed) if augmentation["enabled"] else None
     if augmenter is not None:
