@@ -33,8 +33,6 @@ class DataRoot:
 
 def parse_data_root(value: Any) -> DataRoot:
     """A root from the config (`PATH` or `{path: PATH, site: SITE}`) or the command line (`PATH[=SITE]`)."""
-    if isinstance(value, DataRoot):
-        return value
     if isinstance(value, dict):
         unknown = sorted(set(value) - {"path", "site"})
         if unknown or not isinstance(value.get("path"), str) or not value["path"]:
