@@ -7,7 +7,7 @@ COPY requirements.lock ./
 # The lock is the environment CI tests (TFX 1.16.0, Beam 2.61.0, TF 2.16.2): only differences install.
 RUN python -m pip install --no-cache-dir "uv==0.13.9" \
     && python -m uv pip install --system --no-cache -r requirements.lock
-COPY setup.py config.yaml ./
+COPY setup.py config.yaml bloodcell.py ./
 COPY pipelines/ pipelines/
 COPY components/ components/
 COPY serving/ serving/

@@ -8,6 +8,7 @@ setup(
     description="Kubeflow-orchestrated TFX pipeline that screens blood-cell images for leukemia",
     python_requires="==3.10.*",
     packages=find_packages(include=["pipelines", "pipelines.*", "components", "components.*", "serving", "serving.*"]),
+    py_modules=["bloodcell"],  # the pipeline's artifact types, imported by name on Kubeflow
     package_data={"pipelines": ["schema/*.pbtxt"], "serving": ["static/*.html"]},
     # Exact versions come from requirements.lock; these are the direct needs.
     install_requires=[

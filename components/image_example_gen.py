@@ -18,8 +18,9 @@ from tfx.dsl.component.experimental.annotations import (
 )
 from tfx.dsl.component.experimental.decorators import component
 from tfx.proto import example_gen_pb2
-from tfx.types import artifact, artifact_utils, standard_artifacts
+from tfx.types import artifact_utils, standard_artifacts
 
+from bloodcell import IngestionReport
 from components import data_roots, features, image_verification, splitting
 from components.data_roots import roots_from_json
 from components.image_verification import (
@@ -48,12 +49,6 @@ def example_files(examples_uri: str, split: str) -> list[str]:
     if not files:
         raise FileNotFoundError(f"no tf.Example files (*.gz) in {folder}: not an ImageExampleGen output")
     return files
-
-
-class IngestionReport(artifact.Artifact):
-    """JSON account of every file found: ingested (with its split), duplicate, or rejected and why."""
-
-    TYPE_NAME = "bloodcell.IngestionReport"  # namespace.Name, as Kubeflow requires
 
 
 def to_example(record: ImageRecord, classes: list[str]) -> bytes:
@@ -186,6 +181,37 @@ def _write_examples(
     )
 
 
+def written_counts(examples_uri: str, split: str) -> Counter:
+    """(site, class) -> number of tf.Examples in one written split, read back from its files."""
+    spec = {features.SITE: tf.io.FixedLenFeature([], tf.string), features.LABEL_NAME: tf.io.FixedLenFeature([], tf.string)}
+    dataset = tf.data.TFRecordDataset(example_files(examples_uri, split), compression_type="GZIP").batch(256)
+    counts: Counter = Counter()
+    for batch in dataset.map(lambda records: tf.io.parse_example(records, spec)):
+        counts.update(zip(batch[features.SITE].numpy().astype(str), batch[features.LABEL_NAME].numpy().astype(str), strict=True))
+    return counts
+
+
+def check_written(examples_uri: str, report: dict[str, Any]) -> None:
+    """Raises IngestionError unless the written splits hold exactly the images the report counts, per site and
+    class: the report is computed from the plan, this reads back what the Beam job wrote."""
+    wrong = []
+    for split in report["split_totals"]:
+        written = written_counts(examples_uri, split)
+        planned = Counter(
+            {(site, c): n[split] for site, per_class in report["counts_by_site"].items() for c, n in per_class.items()}
+        )
+        wrong += [
+            f"{split} {c} at {site}: {written[(site, c)]} written, {planned[(site, c)]} planned"
+            for site, c in sorted(set(planned) | set(written))
+            if written[(site, c)] != planned[(site, c)]
+        ]
+    if wrong:
+        raise IngestionError(
+            "the written tf.Examples differ from the ingestion plan (" + "; ".join(wrong) + "): the examples are "
+            "incomplete, nothing in the data roots was changed; run again"
+        )
+
+
 def check_report(report: dict[str, Any], classes: list[str], hold_out: str = "") -> None:
     """Raises IngestionError when a class has no usable image in some split. With a hold-out, a class that
     only the held-out root or site has (none in train, eval or test) is left out of training, not an error."""
@@ -276,4 +302,5 @@ def ImageExampleGen(  # noqa: N802 - TFX component names are classes
     for key in ("found", "ingested", "duplicates", "rejected"):
         report.set_int_custom_property(key, result[key])
     logging.info("ImageExampleGen: %s", summarise(result))
+    check_written(examples.uri, result)
     check_report(result, classes, hold_out)

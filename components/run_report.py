@@ -9,9 +9,10 @@ from typing import Any
 import tensorflow as tf
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
-from tfx.types import artifact, standard_artifacts
+from tfx.types import standard_artifacts
 
-from components.audit.audit_component import AUDIT_FILE, ShortcutAuditReport
+from bloodcell import IngestionReport, RunSummary, ShortcutAuditReport
+from components.audit.audit_component import AUDIT_FILE
 from components.evaluation import (
     ACCURACY,
     CRITICAL_RECALL,
@@ -21,7 +22,7 @@ from components.evaluation import (
     read_site_figures,
 )
 from components.experiment_tracking import log_run
-from components.image_example_gen import REPORT_FILE, IngestionReport
+from components.image_example_gen import REPORT_FILE
 from components.model_card import render_model_card
 from components.plots import confusion_matrix_png, training_curves_png
 from components.serving_gate import read_gate
@@ -35,12 +36,6 @@ CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 TRAINING_CURVES_FILE = "training_curves.png"
 MODEL_CARD_FILE = "model_card.md"
 TRIALS_FILE = "tuner_trials.csv"
-
-
-class RunSummary(artifact.Artifact):
-    """A run's summary.json, classification report, confusion matrix and training curves."""
-
-    TYPE_NAME = "bloodcell.RunSummary"
 
 
 def build_summary(

@@ -1,4 +1,4 @@
-"""`bloodcell compile` and `bloodcell kfp upload|run|schedule|schedules|unschedule`."""
+"""`bloodcell compile` and `bloodcell kfp upload|run|schedule|schedules|unschedule|launch-local`."""
 
 from __future__ import annotations
 
@@ -206,6 +206,43 @@ def unschedule(
     except Exception as err:  # noqa: BLE001 - reported, exit 1
         _fail(err, connection)
     typer.echo(f"recurring run {recurring_run_id} disabled")
+
+
+@kfp_app.command("launch-local")
+def launch_local(
+    package: Path = typer.Argument(Path("pipeline.yaml"), help="Compiled pipeline YAML (bloodcell compile)."),
+    volumes: List[str] = typer.Option(
+        ..., "--volume", help="PVC=LOCAL_DIR for each volume the pipeline mounts (e.g. bloodcell-data=/srv/data)."
+    ),
+    pipeline_root: Optional[str] = typer.Option(
+        None, help="Local folder for the run's artifacts [default: the spec's pipeline root on its volume]."
+    ),
+    data_roots: Optional[List[str]] = DATA_ROOTS_OPTION,
+    no_cache: bool = typer.Option(False, "--no-cache", help="Run every task, even where the spec allows caching."),
+    config_path: Path = CONFIG_OPTION,
+    overrides: Optional[List[str]] = OVERRIDES_OPTION,
+) -> None:
+    """Test tooling: execute a compiled pipeline here, step by step, as the KFP v2 backend would.
+
+    Each step runs its container command exactly as compiled, in this project's environment instead of the
+    image; parameters as `kfp run` would send them. Production runs stay on Kubeflow Pipelines.
+    """
+    from pipelines.kfp_launcher import LaunchError, launch, task_table
+
+    config = load_config_or_exit(config_path, overrides)
+    mapping = dict(v.partition("=")[::2] for v in volumes)
+    if not package.is_file() or not all(mapping.values()):
+        _fail(ValueError(f"need a compiled {package} (bloodcell compile) and --volume PVC=LOCAL_DIR, got {volumes}"))
+    try:
+        result = launch(
+            package, mapping, _run_parameters(config, data_roots), pipeline_root, enable_cache=not no_cache, echo=typer.echo
+        )
+    except LaunchError as err:
+        _fail(err)
+    typer.echo(task_table(result))
+    typer.echo(f"run {result.run_id}: artifacts under {result.pipeline_root}")
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 app.add_typer(kfp_app, name="kfp")

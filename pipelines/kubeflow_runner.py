@@ -26,6 +26,8 @@ def _pipeline_spec(pipeline_job: dict[str, Any], cluster: Config) -> dict[str, A
     for name, task in spec["root"]["dag"]["tasks"].items():
         if name in UNCACHEABLE:
             task["cachingOptions"] = {"enableCache": False}
+    # The run's artifacts go under the configured root (TFX's runtimeConfig, which the spec alone would lose).
+    spec["defaultPipelineRoot"] = pipeline_job["runtimeConfig"]["gcsOutputDirectory"]
     spec["pipelineInfo"]["description"] = "Blood-cell leukemia screening: ingest, validate, train, evaluate, gate, push"
     return spec
 

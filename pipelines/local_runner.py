@@ -10,9 +10,10 @@ from typing import Any
 from ml_metadata.metadata_store import metadata_store
 from tfx import v1 as tfx
 
+from bloodcell import RunSummary
 from components.image_example_gen import code_fingerprint
 from components.image_verification import fingerprint
-from components.run_report import SUMMARY_FILE, RunSummary
+from components.run_report import SUMMARY_FILE
 from components.serving_gate import serving_state
 from pipelines.configs import Config
 from pipelines.pipeline import create_pipeline

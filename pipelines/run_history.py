@@ -11,7 +11,8 @@ from typing import Any
 from ml_metadata.metadata_store import metadata_store
 from tfx import v1 as tfx
 
-from components.run_report import SUMMARY_FILE, RunSummary
+from bloodcell import RunSummary
+from components.run_report import SUMMARY_FILE
 
 PIPELINE_RUN = "pipeline_run"
 INGESTION = "components.image_example_gen.ImageExampleGen"

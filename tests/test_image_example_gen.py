@@ -15,6 +15,7 @@ from components.image_example_gen import (
     _write_examples,
     check_hold_out,
     check_report,
+    check_written,
     example_files,
     summarise,
 )
@@ -165,3 +166,23 @@ def test_a_held_out_site_is_written_as_its_own_split_and_may_take_a_class_away(t
         check_report(report, CLASSES)
     with pytest.raises(IngestionError, match=r"hold-out 'paris' is neither a data root nor a site: choose from \["):
         check_hold_out("paris", find_candidates(roots, CLASSES)[0])
+
+
+def test_written_examples_are_checked_against_the_plan_and_a_lost_record_is_named(tmp_path):
+    subsets = make_site_subsets(tmp_path / "data", {"blood-cells-5class": 6, "barcelona-extra": 3, "munich-extra": 2})
+    out = tmp_path / "out"
+    report = ingest([DataRoot(str(p)) for p in subsets], out, hold_out="munich-extra")
+    check_written(str(out), report)  # what the Beam job wrote is what the report counts
+    # Drop one Barcelona neutrophil from the held-out split's files, as a lost write would.
+    files = example_files(str(out), HOLDOUT)
+    records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    labels = [tf.train.Example.FromString(r).features.feature[features.LABEL_NAME].bytes_list.value[0] for r in records]
+    lost = labels.index(b"seg_neutrophil")
+    for f in files:
+        tf.io.gfile.remove(f)
+    with tf.io.TFRecordWriter(files[0], options="GZIP") as writer:
+        for k, r in enumerate(records):
+            if k != lost:
+                writer.write(r)
+    with pytest.raises(IngestionError, match=r"holdout seg_neutrophil at munich: 1 written, 2 planned"):
+        check_written(str(out), report)

@@ -9,8 +9,9 @@ import numpy as np
 import tensorflow as tf
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
-from tfx.types import artifact, standard_artifacts
+from tfx.types import standard_artifacts
 
+from bloodcell import ShortcutAuditReport
 from components.audit.shortcut_audit import Predict, run_audit
 from components.image_example_gen import example_files
 from components.serving_gate import SERVING_FORMAT
@@ -18,12 +19,6 @@ from components.training.export import SERVING_INPUT, SERVING_SIGNATURE
 from components.training.preprocessing import parse_example, parse_site
 
 AUDIT_FILE = "audit.json"
-
-
-class ShortcutAuditReport(artifact.Artifact):
-    """audit.json: colour baseline, per-acquisition-group and per-site figures, stress-variant figures."""
-
-    TYPE_NAME = "bloodcell.ShortcutAuditReport"
 
 
 def load_split(examples_uri: str, split: str) -> tuple[list[bytes], list[int], list[str]]:
