@@ -47,17 +47,21 @@ def render_summary(summary: dict[str, Any], report_dir: str) -> str:
             f"served model (version {served['version']}) on this test split: accuracy {served['accuracy']:.4f}, "
             f"{summary['critical_class']} recall {served['critical_recall']:.4f}"
         )
+    # "Already served" only explains a refusal when every bar was met; a failed bar is always shown as one.
+    unchanged = summary["identical_to_served"] and not summary["gate_failures"]
     if summary["blessed"]:
         lines.append("gate: BLESSED")
-    elif summary["identical_to_served"]:
+    elif unchanged:
         lines.append(f"gate: passed, but this model is the one already served (version {served['version']})")
     else:
         lines.append("gate: NOT BLESSED")
         lines += [f"  failed: {failure}" for failure in summary["gate_failures"]]
+        if summary["identical_to_served"]:
+            lines.append(f"  (this model is also the one already served, version {served['version']})")
     if summary["pushed"]:
         lines.append(f"pushed: {summary['pushed_destination']}")
     else:
-        lines.append("pushed: no (" + ("already served" if summary["identical_to_served"] else "model not blessed") + ")")
+        lines.append("pushed: no (" + ("already served" if unchanged else "model not blessed") + ")")
     tracking = summary.get("tracking", {})
     if "error" in tracking:
         lines.append(f"MLflow: NOT logged to {tracking['uri']}: {tracking['error']}")

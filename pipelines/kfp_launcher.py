@@ -195,6 +195,19 @@ def _input_artifacts(name: str, task: dict, component: dict, produced: dict) -> 
     return artifacts
 
 
+_IO_PLACEHOLDER = re.compile(r"\{\{\$\.(inputs|outputs)\.(parameters|artifacts)\['([^']+)'\]")
+
+
+def _check_io_placeholders(name: str, arguments: list, executor_input: dict) -> None:
+    """kfp's resolver drops an argument whose placeholder names an input or output the task lacks; KFP's
+    backend fails the task. Fail here, naming the argument."""
+    for argument in (a for a in arguments if isinstance(a, str)):
+        for io, kind, key in _IO_PLACEHOLDER.findall(argument):
+            field = "parameterValues" if (io, kind) == ("inputs", "parameters") else kind
+            if key not in executor_input.get(io, {}).get(field, {}):
+                raise LaunchError(f"{name}: argument {argument!r} names {io} {kind} {key!r}, which the task does not have")
+
+
 def _cache_key(component: dict, executor: dict, inputs: dict) -> str:
     """What KFP's cache keys on: the component and its container, the input parameters and input artifacts."""
     artifacts = {k: [(a["uri"], a.get("metadata", {})) for a in v["artifacts"]] for k, v in inputs["artifacts"].items()}
@@ -286,12 +299,15 @@ def launch(
             runs.append(TaskRun(name, "cached", 0.0, ""))
             echo(f"{name}: cached")
             continue
-        command = placeholder_utils.replace_placeholders(
-            container.get("command", []) + container.get("args", []), executor_input, pipeline.name, name, root
-        )
+        arguments = container.get("command", []) + container.get("args", [])
+        _check_io_placeholders(name, arguments, executor_input)
+        try:
+            command = placeholder_utils.replace_placeholders(arguments, executor_input, pipeline.name, name, root)
+        except (KeyError, IndexError, ValueError) as err:
+            raise LaunchError(f"{name}: placeholders in the container arguments do not resolve: {err!r}") from None
         unresolved = [arg for arg in command if "{{$" in arg]
         if unresolved:
-            raise LaunchError(f"{name}: placeholders left unresolved in the container arguments: {unresolved}")
+            raise LaunchError(f"{name}: placeholders in the container arguments do not resolve: {unresolved}")
         task_root.mkdir(parents=True, exist_ok=True)
         workdir = task_root / ".workdir"  # an empty folder: nothing importable from the checkout by accident
         workdir.mkdir(exist_ok=True)

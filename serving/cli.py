@@ -252,7 +252,9 @@ def serve(
     ),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="[default: model_name in config]"),
     port: int = typer.Option(8500, help="gRPC port."),
-    host: str = typer.Option("0.0.0.0", help="Interface to listen on."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface to listen on (0.0.0.0 accepts other machines, without authentication)."
+    ),
     poll_wait_s: Optional[float] = typer.Option(
         None, "--file-system-poll-wait-seconds", "--file_system_poll_wait_seconds", help="[default: serving.poll_wait_s]"
     ),

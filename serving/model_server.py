@@ -264,7 +264,7 @@ def start_server(
     model_name: str,
     model_base_path: str | Path,
     port: int = 8500,
-    host: str = "0.0.0.0",
+    host: str = "127.0.0.1",
     poll_wait_s: float = 1.0,
     max_message_mb: int = 64,
     workers: int = 16,

@@ -133,6 +133,20 @@ def test_report_text_shows_the_served_model_and_an_unchanged_model():
     assert "pushed: no (already served)" in text
 
 
+def test_a_refusal_of_the_served_model_reads_as_a_refusal():
+    """`--set evaluation.min_accuracy=0.999` on an unchanged model: the bar failed, whatever else is true."""
+    figures = summary(blessed=False) | {
+        "gate_failures": ["accuracy = 0.9400, required >= 0.999"],
+        "identical_to_served": True,
+        "served_model": {"version": 1795700000, "accuracy": 0.94, "critical_recall": 1.0},
+    }
+    text = render_summary(figures, "/runs/9")
+    assert "gate: NOT BLESSED\n  failed: accuracy = 0.9400, required >= 0.999" in text
+    assert "passed" not in text
+    assert "(this model is also the one already served, version 1795700000)" in text
+    assert "pushed: no (model not blessed)" in text
+
+
 def test_classification_report_rows():
     table = format_classification_report(summary(True)["per_class"], 0.94)
     lines = table.splitlines()
