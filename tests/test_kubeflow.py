@@ -14,6 +14,7 @@ from components.data_roots import DataRoot, roots_from_json, roots_to_json
 from pipelines.cli import app
 from pipelines.configs import trainer_config
 from pipelines.kfp_client import KfpError, validate_cron
+from pipelines.kfp_launcher import task_order
 from tests.conftest import CONFIG, free_port
 from tests.kfp_test_double import API, FakeKfp, serve
 
@@ -33,16 +34,6 @@ def compiled(tmp_path_factory):
     return path
 
 
-def topological_order(tasks: dict) -> list[str]:
-    order, done = [], set()
-    while len(order) < len(tasks):
-        ready = sorted(n for n, t in tasks.items() if n not in done and set(t.get("dependentTasks", [])) <= done)
-        assert ready, "cycle in the DAG"
-        order.append(ready[0])
-        done.add(ready[0])
-    return order
-
-
 def test_compiled_pipeline_loads_in_kfp_with_all_steps_in_order(compiled):
     component = components.load_component_from_file(str(compiled))
     assert component.name == CONFIG.pipeline_name
@@ -51,7 +42,7 @@ def test_compiled_pipeline_loads_in_kfp_with_all_steps_in_order(compiled):
     spec, platform = yaml.safe_load_all(compiled.read_text())
     for name, task in spec["root"]["dag"]["tasks"].items():  # STEPS is an order the DAG allows
         assert all(STEPS.index(dep) < STEPS.index(name) for dep in task.get("dependentTasks", [])), name
-    order = topological_order(spec["root"]["dag"]["tasks"])
+    order = task_order(spec["root"]["dag"]["tasks"])
     assert order.index("AnomaliesGate") < order.index("Trainer") < order.index("Evaluator") < order.index("ServingGate")
     assert order.index("ServingGate") < order.index("Pusher") < order.index("RunReport")
 
@@ -61,6 +52,7 @@ def test_images_parameters_caching_and_volumes(compiled):
     executors = spec["deploymentSpec"]["executors"]
     assert {e["container"]["image"] for e in executors.values()} == {"registry.example/bloodcell:1"}
     assert all("--direct_num_workers=0" in e["container"]["args"] for e in executors.values())
+    assert spec["defaultPipelineRoot"] == CONFIG.kubeflow.pipeline_root  # not KFP's minio:// default
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     assert {k: v["defaultValue"] for k, v in parameters.items() if k != "trainer_config"} == {
         "data_roots": roots_to_json(CONFIG.kubeflow.data_roots),
