@@ -156,6 +156,29 @@ def _runtime_parameters(spec: dict[str, Any], overrides: Mapping[str, Any]) -> d
     return values
 
 
+def check_wiring(pipeline: CompiledPipeline) -> None:
+    """Before anything runs: every task's required inputs are wired, and every upstream output it reads is
+    declared by the producing task's component."""
+    components = pipeline.spec["components"]
+    for name, task in pipeline.tasks.items():
+        definitions = components[task["componentRef"]["name"]].get("inputDefinitions", {})
+        wired = task.get("inputs", {})
+        missing = sorted(
+            key
+            for kind in ("parameters", "artifacts")
+            for key, d in definitions.get(kind, {}).items()
+            if key not in wired.get(kind, {}) and not d.get("isOptional")
+        )
+        if missing:
+            raise LaunchError(f"{name}: required inputs {missing} are not wired in the spec")
+        for key, source in wired.get("artifacts", {}).items():
+            upstream = source.get("taskOutputArtifact", {})
+            producer = pipeline.tasks.get(upstream.get("producerTask", ""))
+            outputs = components[producer["componentRef"]["name"]].get("outputDefinitions", {}) if producer else {}
+            if upstream.get("outputArtifactKey") not in outputs.get("artifacts", {}):
+                raise LaunchError(f"{name}: input artifact {key} reads {upstream or source}, which no task declares")
+
+
 def _input_parameters(name: str, task: dict, component: dict, runtime: dict, produced: dict, paths: PathMap) -> dict:
     values = {}
     for key, source in task.get("inputs", {}).get("parameters", {}).items():
@@ -169,10 +192,6 @@ def _input_parameters(name: str, task: dict, component: dict, runtime: dict, pro
         else:
             raise LaunchError(f"{name}: input parameter {key} has a source this launcher does not know: {source}")
         values[key] = paths(value) if isinstance(value, str) else value
-    definitions = component.get("inputDefinitions", {}).get("parameters", {})
-    missing = sorted(k for k, d in definitions.items() if k not in values and not d.get("isOptional"))
-    if missing:
-        raise LaunchError(f"{name}: required input parameters {missing} are not wired in the spec")
     return values
 
 
@@ -189,9 +208,6 @@ def _input_artifacts(name: str, task: dict, component: dict, produced: dict) -> 
         artifact = dict(produced[producer]["artifacts"][output])
         artifact["type"] = definitions[key]["artifactType"]
         artifacts[key] = {"artifacts": [artifact]}
-    missing = sorted(k for k, d in definitions.items() if k not in artifacts and not d.get("isOptional"))
-    if missing:
-        raise LaunchError(f"{name}: required input artifacts {missing} are not wired in the spec")
     return artifacts
 
 
@@ -266,6 +282,7 @@ def launch(
     root = pipeline_root or paths(pipeline.spec.get("defaultPipelineRoot", ""))
     if not root or "://" in root or not Path(root).is_absolute():
         raise LaunchError(f"pipeline root {root!r} is not a local folder: pass one")
+    check_wiring(pipeline)
     runtime = _runtime_parameters(pipeline.spec, parameters or {})
     run_id = datetime.datetime.now(datetime.timezone.utc).strftime("launch-%Y%m%d-%H%M%S-%f")
     executors = pipeline.spec["deploymentSpec"]["executors"]

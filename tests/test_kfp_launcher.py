@@ -249,8 +249,9 @@ def test_what_the_launcher_refuses_before_running_anything(compiled, volumes, tm
     del spec["root"]["dag"]["tasks"]["Trainer"]["inputs"]["parameters"]["custom_config"]
     unwired = tmp_path / "unwired.yaml"
     unwired.write_text(yaml.safe_dump_all([spec, platform]))
-    with pytest.raises(LaunchError, match=r"Trainer: required input parameters \['custom_config'\] are not wired"):
-        launch(unwired, volumes, pipeline_root=str(tmp_path / "root2"), enable_cache=False, echo=lambda _: None)
+    with pytest.raises(LaunchError, match=r"Trainer: required inputs \['custom_config'\] are not wired"):
+        launch(unwired, volumes, pipeline_root=str(tmp_path / "root2"))  # before ImageExampleGen runs
+    assert not (tmp_path / "root2").exists()
 
 
 def test_paths_in_the_cluster_map_to_local_folders_as_whole_segments(tmp_path):
