@@ -179,7 +179,7 @@ def check_wiring(pipeline: CompiledPipeline) -> None:
                 raise LaunchError(f"{name}: input artifact {key} reads {upstream or source}, which no task declares")
 
 
-def _input_parameters(name: str, task: dict, component: dict, runtime: dict, produced: dict, paths: PathMap) -> dict:
+def _input_parameters(name: str, task: dict, runtime: dict, produced: dict, paths: PathMap) -> dict:
     values = {}
     for key, source in task.get("inputs", {}).get("parameters", {}).items():
         if "componentInputParameter" in source:
@@ -195,17 +195,13 @@ def _input_parameters(name: str, task: dict, component: dict, runtime: dict, pro
     return values
 
 
-def _input_artifacts(name: str, task: dict, component: dict, produced: dict) -> dict:
+def _input_artifacts(task: dict, component: dict, produced: dict) -> dict:
+    """Each input artifact as its producer wrote it (`check_wiring` made sure the producer declares it)."""
     artifacts = {}
     definitions = component.get("inputDefinitions", {}).get("artifacts", {})
     for key, source in task.get("inputs", {}).get("artifacts", {}).items():
-        upstream = source.get("taskOutputArtifact")
-        if not upstream:
-            raise LaunchError(f"{name}: input artifact {key} has a source this launcher does not know: {source}")
-        producer, output = upstream["producerTask"], upstream["outputArtifactKey"]
-        if output not in produced.get(producer, {}).get("artifacts", {}):
-            raise LaunchError(f"{name}: input artifact {key} needs output {output} of {producer}, which has none")
-        artifact = dict(produced[producer]["artifacts"][output])
+        upstream = source["taskOutputArtifact"]
+        artifact = dict(produced[upstream["producerTask"]]["artifacts"][upstream["outputArtifactKey"]])
         artifact["type"] = definitions[key]["artifactType"]
         artifacts[key] = {"artifacts": [artifact]}
     return artifacts
@@ -222,6 +218,20 @@ def _check_io_placeholders(name: str, arguments: list, executor_input: dict) -> 
             field = "parameterValues" if (io, kind) == ("inputs", "parameters") else kind
             if key not in executor_input.get(io, {}).get(field, {}):
                 raise LaunchError(f"{name}: argument {argument!r} names {io} {kind} {key!r}, which the task does not have")
+
+
+def _container_command(name: str, container: dict, executor_input: dict, pipeline_name: str, root: str) -> list[str]:
+    """The container's command and arguments with every placeholder resolved as the KFP launcher would."""
+    arguments = container.get("command", []) + container.get("args", [])
+    _check_io_placeholders(name, arguments, executor_input)
+    try:
+        command = placeholder_utils.replace_placeholders(arguments, executor_input, pipeline_name, name, root)
+    except (KeyError, IndexError, ValueError) as err:
+        raise LaunchError(f"{name}: placeholders in the container arguments do not resolve: {err!r}") from None
+    unresolved = [arg for arg in command if "{{$" in arg]
+    if unresolved:
+        raise LaunchError(f"{name}: placeholders in the container arguments do not resolve: {unresolved}")
+    return command
 
 
 def _cache_key(component: dict, executor: dict, inputs: dict) -> str:
@@ -295,8 +305,8 @@ def launch(
         container = executors[component["executorLabel"]]["container"]
         task_root = Path(root) / pipeline.name / run_id / name
         inputs = {
-            "parameterValues": _input_parameters(name, task, component, runtime, produced, paths),
-            "artifacts": _input_artifacts(name, task, component, produced),
+            "parameterValues": _input_parameters(name, task, runtime, produced, paths),
+            "artifacts": _input_artifacts(task, component, produced),
         }
         outputs = {
             "artifacts": {
@@ -316,15 +326,7 @@ def launch(
             runs.append(TaskRun(name, "cached", 0.0, ""))
             echo(f"{name}: cached")
             continue
-        arguments = container.get("command", []) + container.get("args", [])
-        _check_io_placeholders(name, arguments, executor_input)
-        try:
-            command = placeholder_utils.replace_placeholders(arguments, executor_input, pipeline.name, name, root)
-        except (KeyError, IndexError, ValueError) as err:
-            raise LaunchError(f"{name}: placeholders in the container arguments do not resolve: {err!r}") from None
-        unresolved = [arg for arg in command if "{{$" in arg]
-        if unresolved:
-            raise LaunchError(f"{name}: placeholders in the container arguments do not resolve: {unresolved}")
+        command = _container_command(name, container, executor_input, pipeline.name, root)
         task_root.mkdir(parents=True, exist_ok=True)
         workdir = task_root / ".workdir"  # an empty folder: nothing importable from the checkout by accident
         workdir.mkdir(exist_ok=True)
