@@ -288,6 +288,9 @@ def launch(
     if unmapped:
         raise LaunchError(f"map every volume of the pipeline to a local folder: missing {unmapped} (mounted at "
                           + ", ".join(mounts[p] for p in unmapped) + ")")  # fmt: skip
+    absent = sorted(f"{p}={volumes[p]}" for p in mounts if not Path(volumes[p]).is_dir())
+    if absent:
+        raise LaunchError(f"volume folders that do not exist: {absent}")
     paths = PathMap({**{mounts[p]: volumes[p] for p in mounts}, IMAGE_WORKDIR: str(image_root)})
     root = pipeline_root or paths(pipeline.spec.get("defaultPipelineRoot", ""))
     if not root or "://" in root or not Path(root).is_absolute():

@@ -229,6 +229,8 @@ def test_an_artifact_type_that_names_no_module_fails_at_its_task_with_the_log(co
 def test_what_the_launcher_refuses_before_running_anything(compiled, volumes, tmp_path):
     with pytest.raises(LaunchError, match=r"missing \['bloodcell-models'\]"):
         launch(compiled, {CONFIG.kubeflow.data_pvc: volumes[CONFIG.kubeflow.data_pvc]})
+    with pytest.raises(LaunchError, match=r"volume folders that do not exist: \['bloodcell-models=/no/such/dir'\]"):
+        launch(compiled, {**volumes, CONFIG.kubeflow.models_pvc: "/no/such/dir"})
     with pytest.raises(LaunchError, match=r"unknown runtime parameters \['epochs'\]"):
         launch(compiled, volumes, {"epochs": 3})
     with pytest.raises(LaunchError, match="min_accuracy: a number is expected"):
