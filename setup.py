@@ -15,6 +15,7 @@ setup(
         "tfx[kfp]==1.16.0",
         "apache-beam[gcp]==2.61.0",
         "pillow",
+        "imagehash",
         "typer",
         "pyyaml",
         "matplotlib",

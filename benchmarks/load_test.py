@@ -29,13 +29,13 @@ from serving.client import ServingClient, ServingError
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 180) -> None:
+def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -93,26 +93,12 @@ def main(
     config_path: Path = CONFIG_OPTION,
 ) -> None:
     config = load_config_or_exit(config_path)
-    bloodcell = [str(Path(sys.executable).with_name("bloodcell"))]
-    processes = []
+    processes: list[subprocess.Popen] = []
     try:
-        if grpc_target is None:
-            port = _free_port()
-            grpc_target = f"127.0.0.1:{port}"
-            serve = ["serve", "--port", str(port), "--host", "127.0.0.1", "--config", str(config_path)]
-            processes.append(subprocess.Popen(bloodcell + serve))
-        if http_url is None:
-            port = _free_port()
-            http_url = f"http://127.0.0.1:{port}"
-            web_command = ["web", "--grpc", grpc_target, "--port", str(port), "--config", str(config_path)]
-            web = subprocess.Popen(bloodcell + web_command, stdout=subprocess.DEVNULL)
-            processes.append(web)
-            _wait_ready(f"{http_url}/readyz", web)
+        grpc_target, http_url = start_serving(config_path, processes, grpc_target, http_url)
         results = _benchmark(config, grpc_target, http_url, concurrency, requests, batch_size, batched_requests)
     finally:
-        for process in processes:
-            process.terminate()
-            process.wait()
+        stop(processes)
     typer.echo(_markdown(results))
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -120,6 +106,35 @@ def main(
     if any(r["errors"] for r in results):
         typer.echo("errors: " + "; ".join(r["first_error"] for r in results if r["errors"]), err=True)
         raise typer.Exit(1)
+
+
+def start_serving(
+    config_path: Path, processes: list[subprocess.Popen], grpc_target: str | None = None, http_url: str | None = None,
+    model_base_path: Path | None = None,
+) -> tuple[str, str]:
+    """Starts `bloodcell serve` and `bloodcell web` (each unless a running one is given), appends them to
+    `processes`, waits until the web endpoint reports the model ready, and returns (gRPC target, web URL)."""
+    bloodcell = [str(Path(sys.executable).with_name("bloodcell"))]
+    if grpc_target is None:
+        port = free_port()
+        grpc_target = f"127.0.0.1:{port}"
+        serve = ["serve", "--port", str(port), "--host", "127.0.0.1", "--config", str(config_path)]
+        serve += ["--model-base-path", str(model_base_path)] if model_base_path else []
+        processes.append(subprocess.Popen(bloodcell + serve))
+    if http_url is None:
+        port = free_port()
+        http_url = f"http://127.0.0.1:{port}"
+        web_command = ["web", "--grpc", grpc_target, "--port", str(port), "--config", str(config_path)]
+        web = subprocess.Popen(bloodcell + web_command, stdout=subprocess.DEVNULL)
+        processes.append(web)
+        wait_ready(f"{http_url}/readyz", web)
+    return grpc_target, http_url
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.terminate()
+        process.wait()
 
 
 def _benchmark(config, grpc_target, http_url, concurrencies, requests, batch_size, batched_requests) -> list[dict]:

@@ -128,7 +128,8 @@ def log_run(
 
 
 def _register(client: Any, model_name: str, pushed_destination: str, run_id: str) -> str:
-    """Registers the pushed SavedModel (its serving folder) and points the 'serving' alias at it."""
+    """Registers the pushed SavedModel (its serving folder) and points the 'serving' alias at the registered
+    version with the highest serving version, the one TF Serving serves."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -139,5 +140,8 @@ def _register(client: Any, model_name: str, pushed_destination: str, run_id: str
     version = client.create_model_version(
         model_name, source=pushed_destination, run_id=run_id, tags={"serving_version": serving_version}
     )
-    client.set_registered_model_alias(model_name, REGISTRY_ALIAS, version.version)
+    # TF Serving serves the highest version number: the alias follows it, not the order reports finish in.
+    versions = client.search_model_versions(f"name='{model_name}'")
+    served = max(versions, key=lambda v: int(v.tags.get("serving_version", "0") or 0))
+    client.set_registered_model_alias(model_name, REGISTRY_ALIAS, served.version)
     return str(version.version)

@@ -21,7 +21,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts
 
 from bloodcell import IngestionReport
-from components import data_roots, features, image_verification, splitting
+from components import data_roots, features, file_listing, image_verification, splitting
 from components.data_roots import roots_from_json
 from components.image_verification import (
     Candidate,
@@ -81,11 +81,13 @@ def build_report(
     plan: SplitPlan,
     ingested: list[tuple[str, str, str, str]],
     rejected: list[tuple[str, str]],
+    listed: list[str],
     loose_files: list[str],
     classes: list[str],
     splits: list[str],
 ) -> dict[str, Any]:
-    """Counts per class and split and per site, class and split; every duplicate, conversion and rejection."""
+    """Counts per class and split and per site, class and split; every duplicate, near-duplicate group,
+    conversion and rejection. Raises IngestionError unless every listed file is accounted for exactly once."""
     meta = {relpath: (label, site) for relpath, label, site, _ in ingested}
     counts = {c: {s: 0 for s in splits} for c in classes}
     by_site: dict[str, dict[str, dict[str, int]]] = {}
@@ -95,8 +97,9 @@ def build_report(
         site_counts = by_site.setdefault(site, {c: {s: 0 for s in splits} for c in classes})
         site_counts[label][split] += 1
     rejections = sorted(rejected + list(plan.conflicts.items()))
-    report = {
-        "found": len(ingested) + len(rejected),
+    check_accounting(listed, [*plan.split_of, *plan.duplicates, *(f for f, _ in rejections)])
+    return {
+        "found": len(listed),
         "ingested": len(plan.split_of),
         "duplicates": len(plan.duplicates),
         "rejected": len(rejections),
@@ -105,12 +108,24 @@ def build_report(
         "counts_by_site": dict(sorted(by_site.items())),
         "rejections": [{"file": f, "reason": r} for f, r in rejections],
         "duplicate_files": [{"file": f, "same_bytes_as": k} for f, k in sorted(plan.duplicates.items())],
+        "near_duplicate_groups": plan.near_duplicates,
+        "moved_to_fill_a_split": [{"file": f, "split": s} for f, s in sorted(plan.filled.items())],
         "converted": [{"file": f, "from": c} for f, _, _, c in sorted(ingested) if c and f in plan.split_of],
         "ignored_loose_files": loose_files,
     }
-    if report["found"] != report["ingested"] + report["duplicates"] + report["rejected"]:
-        raise IngestionError(f"ingestion lost files: {report['found']} found, but the report accounts for fewer")
-    return report
+
+
+def check_accounting(listed: list[str], accounted: list[str]) -> None:
+    """Raises IngestionError naming the files that were listed but have no outcome (ingested, duplicate or
+    rejected), or that have an outcome without being listed or have two outcomes."""
+    seen = Counter(accounted)
+    lost = sorted(set(listed) - set(seen))
+    unlisted = sorted(set(seen) - set(listed))
+    twice = sorted(f for f, n in seen.items() if n > 1)
+    if lost or unlisted or twice:
+        problems = [f"{name}: {', '.join(files[:5])}{' ...' if len(files) > 5 else ''}" for name, files in
+                    (("no outcome", lost), ("not listed", unlisted), ("two outcomes", twice)) if files]  # fmt: skip
+        raise IngestionError(f"ingestion accounting of {len(listed)} listed files failed ({'; '.join(problems)})")
 
 
 def _is_record(result: ImageRecord | Rejection, _: int) -> int:
@@ -142,7 +157,7 @@ def _write_examples(
     records, rejections = results | "RecordsOrRejections" >> beam.Partition(_is_record, 2)
     plan = (
         records
-        | "Keys" >> beam.Map(lambda r: Item(r.relpath, r.label_name, r.sha256, r.site))
+        | "Keys" >> beam.Map(lambda r: Item(r.relpath, r.label_name, r.sha256, r.site, r.phash))
         | "AllKeys" >> beam.combiners.ToList()
         | "PlanSplit" >> beam.Map(lambda items: plan_split(items, ratios, seed, hold_out))
     )
@@ -172,7 +187,7 @@ def _write_examples(
         plan
         | "Report"
         >> beam.Map(
-            lambda p, i, r: build_report(p, i, r, loose, classes, splits),
+            lambda p, i, r: build_report(p, i, r, [c.key for c in candidates], loose, classes, splits),
             beam.pvalue.AsSingleton(ingested),
             beam.pvalue.AsSingleton(rejected),
         )
@@ -234,7 +249,8 @@ def summarise(report: dict[str, Any]) -> str:
         f"found {report['found']} files: ingested {report['ingested']} "
         f"({', '.join(f'{s} {n}' for s, n in totals.items())}), "
         f"exact duplicates removed {report['duplicates']}, rejected {report['rejected']}, "
-        f"converted to RGB {len(report['converted'])}"
+        f"converted to RGB {len(report['converted'])}, near-duplicate groups kept in one split "
+        f"{len(report['near_duplicate_groups'])}"
     ]
     lines += [f"  rejected {n}: {reason}" for reason, n in reasons.most_common()]
     for site, per_class in report["counts_by_site"].items():
@@ -246,7 +262,7 @@ def code_fingerprint() -> str:
     """SHA-256 of the ingestion code. TFX caches custom components by their parameters, not their code:
     the local runner adds this to `input_fingerprint` so that a changed ingestion rule re-ingests."""
     digest = hashlib.sha256()
-    for module in (features, data_roots, image_verification, splitting, sys.modules[__name__]):
+    for module in (features, data_roots, file_listing, image_verification, splitting, sys.modules[__name__]):
         with open(module.__file__, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()
@@ -281,26 +297,43 @@ def ImageExampleGen(  # noqa: N802 - TFX component names are classes
     serves caching: a changed data root or ingestion rule gives a new fingerprint and so a new ingestion.
     """
     roots = roots_from_json(data_roots_json)
-    classes = json.loads(classes_json)
     split = json.loads(split_json)
-    limits = Limits(**json.loads(limits_json))
+    examples.split_names = artifact_utils.encode_split_names(split_names(hold_out))
+    examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
+    result = run_ingestion(
+        roots, json.loads(classes_json), Limits(**json.loads(limits_json)), split["ratios"], split["seed"], hold_out,
+        examples.uri, os.path.join(report.uri, REPORT_FILE), beam_pipeline, input_fingerprint,
+    )  # fmt: skip
+    for key in ("found", "ingested", "duplicates", "rejected"):
+        report.set_int_custom_property(key, result[key])
+    check_report(result, json.loads(classes_json), hold_out)
+
+
+def run_ingestion(
+    roots: list[data_roots.DataRoot],
+    classes: list[str],
+    limits: Limits,
+    ratios: dict[str, float],
+    seed: int,
+    hold_out: str,
+    examples_uri: str,
+    report_path: str,
+    beam_pipeline: beam.Pipeline | None = None,
+    input_fingerprint: str = "",
+) -> dict[str, Any]:
+    """Lists, verifies, deduplicates and splits every file of the roots, writes the tf.Examples and the report,
+    reads the written splits back (`check_written`) and returns the report. Per-file problems are rejections
+    in the report; only problems of the roots as a whole raise IngestionError."""
     candidates, loose = find_candidates(roots, classes)
     check_hold_out(hold_out, candidates)
     logging.info(
         "ImageExampleGen: %d files under %s (fingerprint %s)",
-        len(candidates), ", ".join(r.path for r in roots), input_fingerprint[:16],
+        len(candidates), ", ".join(r.path for r in roots), input_fingerprint[:16] or "none",
     )  # fmt: skip
-    examples.split_names = artifact_utils.encode_split_names(split_names(hold_out))
-    examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
-    report_path = os.path.join(report.uri, REPORT_FILE)
-    with beam_pipeline as pipeline:
-        _write_examples(
-            pipeline, candidates, limits, split["ratios"], split["seed"], hold_out, classes, examples.uri, report_path, loose
-        )
+    with beam_pipeline or beam.Pipeline() as pipeline:
+        _write_examples(pipeline, candidates, limits, ratios, seed, hold_out, classes, examples_uri, report_path, loose)
     with tf.io.gfile.GFile(report_path) as f:
         result = json.load(f)
-    for key in ("found", "ingested", "duplicates", "rejected"):
-        report.set_int_custom_property(key, result[key])
     logging.info("ImageExampleGen: %s", summarise(result))
-    check_written(examples.uri, result)
-    check_report(result, classes, hold_out)
+    check_written(examples_uri, result)
+    return result

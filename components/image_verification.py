@@ -6,11 +6,13 @@ import dataclasses
 import hashlib
 import io
 
+import imagehash
 import numpy as np
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
 from components.data_roots import MANIFEST_FILE, DataRoot, SiteResolver
+from components.file_listing import UnreadableFileError, file_size, list_files, read_file
 
 # The pipeline decodes with TensorFlow, which reads JPEG and PNG; other formats are re-encoded as PNG.
 KEPT_FORMATS = frozenset({"JPEG", "PNG"})
@@ -39,6 +41,7 @@ class Candidate:
     relpath: str  # under the root: <class folder>/...
     label_name: str | None
     site: str | None
+    problem: str = ""  # why the listed entry cannot be read as a file ("" = none known)
 
     @property
     def path(self) -> str:
@@ -60,6 +63,7 @@ class ImageRecord:
     width: int
     image_bytes: bytes
     converted_from: str  # "" when the original bytes are kept
+    phash: str  # perceptual hash (256 bits, hex): finds resized and re-encoded copies
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,15 +74,6 @@ class Rejection:
 
 def _join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
-
-
-def _files_under(top: str) -> list[str]:
-    """Paths of every file under `top`, relative to it, sorted (local paths, gs:// and other TF filesystems)."""
-    found = []
-    for folder, _, files in tf.io.gfile.walk(top):
-        relative = folder.rstrip("/")[len(top.rstrip("/")) :].strip("/")
-        found += [f"{relative}/{name}" if relative else name for name in files]
-    return sorted(found)
 
 
 def find_candidates(roots: list[DataRoot], classes: list[str]) -> tuple[list[Candidate], list[str]]:
@@ -102,9 +97,9 @@ def find_candidates(roots: list[DataRoot], classes: list[str]) -> tuple[list[Can
                 loose.append(f"{root.name}/{name}")
                 continue
             label = name if name in classes else None
-            for relative in _files_under(_join(top, name)):
-                relpath = f"{name}/{relative}"
-                candidates.append(Candidate(root, relpath, label, sites.site_of(relpath)))
+            for listed in list_files(_join(top, name)):
+                relpath = f"{name}/{listed.relpath}"
+                candidates.append(Candidate(root, relpath, label, sites.site_of(relpath), listed.problem))
     if missing:
         where = ", ".join(r.path for r in roots)
         raise IngestionError(f"data root {where}: class folders missing: {', '.join(c for c in classes if c in missing)}")
@@ -134,11 +129,11 @@ class CheckedImage:
     height: int
     width: int
     converted_from: str  # "" when the original bytes are kept
+    pixels: Image.Image  # the decoded image, 8-bit RGB
 
 
-def check_image(data: bytes, limits: Limits) -> CheckedImage:
-    """Decodes encoded image bytes fully, checks them against the limits and returns bytes TensorFlow can
-    decode (JPEG or PNG, 8-bit RGB). Shared by ingestion and the serving clients. Raises ImageRejectedError."""
+def _decoded(data: bytes, limits: Limits) -> tuple[Image.Image, str]:
+    """The fully decoded image and its format, after the checks that need only the header."""
     if not data:
         raise ImageRejectedError("empty file (0 bytes)")
     if len(data) > limits.max_file_bytes:
@@ -149,6 +144,8 @@ def check_image(data: bytes, limits: Limits) -> CheckedImage:
         raise ImageRejectedError("not an image (unrecognised content)") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageRejectedError(f"corrupt image header: {err}") from None
+    except Exception as err:  # a decoder may raise anything on hostile bytes; each is a rejection
+        raise ImageRejectedError(f"corrupt image header ({type(err).__name__}): {err}") from None
     fmt = image.format or "unknown"
     if fmt not in KEPT_FORMATS | CONVERTIBLE_FORMATS:
         raise ImageRejectedError(f"unsupported image format {fmt} (accepted: JPEG, PNG, BMP, TIFF)")
@@ -165,19 +162,35 @@ def check_image(data: bytes, limits: Limits) -> CheckedImage:
         image.load()
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageRejectedError(f"truncated or corrupt {fmt}: {err}") from None
-    if fmt in KEPT_FORMATS and image.mode == "RGB":
-        return CheckedImage(data, height, width, "")
+    except Exception as err:  # as above: decoder bugs on hostile bytes
+        raise ImageRejectedError(f"truncated or corrupt {fmt} ({type(err).__name__}): {err}") from None
+    return image, fmt
+
+
+def check_image(data: bytes, limits: Limits) -> CheckedImage:
+    """Decodes encoded image bytes fully, checks them against the limits and returns bytes TensorFlow can
+    decode (JPEG or PNG, 8-bit RGB). Shared by ingestion and the serving clients. Raises ImageRejectedError."""
+    image, fmt = _decoded(data, limits)
+    width, height = image.size
     try:
         rgb = _to_rgb8(image)
-    except (OSError, ValueError) as err:
-        raise ImageRejectedError(f"cannot convert {fmt} {image.mode} to RGB: {err}") from None
+    except Exception as err:
+        raise ImageRejectedError(f"cannot convert {fmt} {image.mode} to RGB ({type(err).__name__}): {err}") from None
+    if fmt in KEPT_FORMATS and image.mode == "RGB":
+        return CheckedImage(data, height, width, "", rgb)
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG")
-    return CheckedImage(buffer.getvalue(), height, width, f"{fmt} {image.mode}")
+    return CheckedImage(buffer.getvalue(), height, width, f"{fmt} {image.mode}", rgb)
 
 
-def verify_image(candidate: Candidate, limits: Limits) -> ImageRecord | Rejection:
-    """Decodes one file fully and returns it as a record, or a rejection that says why."""
+def perceptual_hash(image: Image.Image) -> str:
+    """256-bit DCT hash (hex): equal or within a few bits for resized and re-encoded copies of one image."""
+    return str(imagehash.phash(image, hash_size=16))
+
+
+def _read_checked(candidate: Candidate, limits: Limits) -> ImageRecord | Rejection:
+    if candidate.problem:
+        return Rejection(candidate.key, candidate.problem)
     if candidate.label_name is None:
         return Rejection(candidate.key, f"unknown class folder '{candidate.relpath.split('/')[0]}'")
     if candidate.site is None:
@@ -185,14 +198,13 @@ def verify_image(candidate: Candidate, limits: Limits) -> ImageRecord | Rejectio
             candidate.key,
             f"no site: not listed in {candidate.root.name}/{MANIFEST_FILE} and no site given for the root in the config",
         )
-    size = tf.io.gfile.stat(candidate.path).length
-    if size > limits.max_file_bytes:  # checked before reading the file into memory
-        return Rejection(candidate.key, f"file too large: {size} bytes > max_file_bytes {limits.max_file_bytes}")
-    with tf.io.gfile.GFile(candidate.path, "rb") as f:
-        data = f.read()
     try:
+        size = file_size(candidate.path)
+        if size > limits.max_file_bytes:  # checked before reading the file into memory
+            return Rejection(candidate.key, f"file too large: {size} bytes > max_file_bytes {limits.max_file_bytes}")
+        data = read_file(candidate.path)
         checked = check_image(data, limits)
-    except ImageRejectedError as err:
+    except (UnreadableFileError, ImageRejectedError) as err:
         return Rejection(candidate.key, str(err))
     return ImageRecord(
         relpath=candidate.key,
@@ -203,7 +215,17 @@ def verify_image(candidate: Candidate, limits: Limits) -> ImageRecord | Rejectio
         width=checked.width,
         image_bytes=checked.image_bytes,
         converted_from=checked.converted_from,
+        phash=perceptual_hash(checked.pixels),
     )
+
+
+def verify_image(candidate: Candidate, limits: Limits) -> ImageRecord | Rejection:
+    """Reads and decodes one file fully and returns it as a record, or a rejection that says why. Never
+    raises for a file: an unexpected failure is a rejection that names the error."""
+    try:
+        return _read_checked(candidate, limits)
+    except Exception as err:  # noqa: BLE001 - one file must not stop the run; the reason is kept
+        return Rejection(candidate.key, f"unexpected error while reading ({type(err).__name__}): {err}")
 
 
 def fingerprint(roots: list[DataRoot]) -> str:
@@ -211,7 +233,11 @@ def fingerprint(roots: list[DataRoot]) -> str:
     digest = hashlib.sha256()
     for root in roots:
         digest.update(f"{root.name}\0{root.site}\n".encode())
-        for relative in _files_under(root.path):
-            stat = tf.io.gfile.stat(_join(root.path, relative))
-            digest.update(f"{relative}\0{stat.length}\0{stat.mtime_nsec}\n".encode())
+        for listed in list_files(root.path):
+            try:
+                stat = tf.io.gfile.stat(_join(root.path, listed.relpath))
+                state = f"{stat.length}\0{stat.mtime_nsec}"
+            except tf.errors.OpError:  # unreadable entries are rejected by ingestion; here they only count
+                state = "unreadable"
+            digest.update(f"{listed.relpath}\0{listed.problem}\0{state}\n".encode())
     return digest.hexdigest()

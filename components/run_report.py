@@ -70,6 +70,7 @@ def build_summary(
         "gate_failures": gate["failures"],
         "identical_to_served": gate["identical_to_served"],
         "served_model": gate["served"],
+        "broken_served_versions": gate.get("broken_served_versions", []),
         "pushed": pushed,
         "pushed_destination": pushed_destination if pushed else "",
         "pushed_version": os.path.basename(os.path.normpath(pushed_destination)) if pushed else "",

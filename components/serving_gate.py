@@ -59,6 +59,24 @@ def score_model(model_dir: str, example_files: list[str], critical_index: int, b
     }
 
 
+def newest_loadable(
+    serving_dir: str, test_files: list[str], critical_index: int
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The newest served version that loads, scored on the test files (with its version and digest), and
+    every newer version that does not load, with the error: TF Serving keeps serving the last version that
+    loaded, so that is the one to compare with."""
+    broken = []
+    for version in reversed(served_versions(serving_dir)):
+        path = os.path.join(serving_dir, str(version))
+        try:
+            served: dict[str, Any] = score_model(path, test_files, critical_index)
+            served.update(version=version, digest=model_digest(path))
+            return served, broken
+        except Exception as err:  # noqa: BLE001 - any unloadable version is named, not fatal
+            broken.append({"version": version, "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"})
+    return None, broken
+
+
 def decide(
     candidate: dict[str, float],
     served: dict[str, float] | None,
@@ -92,6 +110,34 @@ def decide(
     return failures
 
 
+def gate_result(
+    candidate: dict[str, float],
+    sites: dict[str, dict[str, Any]],
+    served: dict[str, Any] | None,
+    broken: list[dict[str, Any]],
+    identical: bool,
+    thresholds: dict[str, float],
+    critical_class: str,
+    hold_out: str = "",
+) -> dict[str, Any]:
+    """What gate.json holds: the decision, every failed condition, and the figures it was made from. A
+    model identical to the served one passes no bar it failed, and is never pushed again."""
+    failures = decide(
+        candidate, served, thresholds["min_accuracy"], thresholds["min_critical_recall"], thresholds["max_regression"],
+        critical_class, sites, hold_out,
+    )  # fmt: skip
+    return {
+        "blessed": not failures and not identical,
+        "failures": failures,
+        "identical_to_served": identical,
+        "candidate": candidate,
+        "sites": sites,
+        "served": served,
+        "broken_served_versions": broken,
+        "thresholds": thresholds,
+    }
+
+
 @component
 def ServingGate(  # noqa: N802 - TFX component names are classes
     model: InputArtifact[standard_artifacts.Model],
@@ -121,31 +167,11 @@ def ServingGate(  # noqa: N802 - TFX component names are classes
         site: {k: f[k] for k in ("count", ACCURACY, CRITICAL_RECALL)}
         for site, f in read_site_figures(evaluation.uri, classes, critical_class).items()
     }
-    versions = served_versions(serving_dir)
-    served: dict[str, Any] | None = None
-    identical = False
-    if versions:
-        served_dir = os.path.join(serving_dir, str(versions[-1]))
-        identical = model_digest(served_dir) == model_digest(os.path.join(model.uri, SERVING_FORMAT))
-        served = score_model(served_dir, example_files(examples.uri, "test"), classes.index(critical_class))
-        served["version"] = versions[-1]
-    failures = decide(
-        candidate_figures, served, min_accuracy, min_critical_recall, max_regression, critical_class, sites, hold_out
-    )
-    blessed = not failures and not identical
-    result = {
-        "blessed": blessed,
-        "failures": failures,
-        "identical_to_served": identical,
-        "candidate": candidate_figures,
-        "sites": sites,
-        "served": served,
-        "thresholds": {
-            "min_accuracy": min_accuracy,
-            "min_critical_recall": min_critical_recall,
-            "max_regression": max_regression,
-        },
-    }
+    served, broken = newest_loadable(serving_dir, example_files(examples.uri, "test"), classes.index(critical_class))
+    identical = served is not None and served.pop("digest") == model_digest(os.path.join(model.uri, SERVING_FORMAT))
+    thresholds = {"min_accuracy": min_accuracy, "min_critical_recall": min_critical_recall, "max_regression": max_regression}
+    result = gate_result(candidate_figures, sites, served, broken, identical, thresholds, critical_class, hold_out)
+    blessed = result["blessed"]
     tf.io.gfile.makedirs(blessing.uri)
     with tf.io.gfile.GFile(os.path.join(blessing.uri, GATE_FILE), "w") as f:
         json.dump(result, f, indent=1)

@@ -47,6 +47,11 @@ def render_summary(summary: dict[str, Any], report_dir: str) -> str:
             f"served model (version {served['version']}) on this test split: accuracy {served['accuracy']:.4f}, "
             f"{summary['critical_class']} recall {served['critical_recall']:.4f}"
         )
+    lines += [
+        f"served version {b['version']} does not load and was skipped (TF Serving keeps the last version that "
+        f"loads): {b['error']}"
+        for b in summary.get("broken_served_versions", [])
+    ]
     # "Already served" only explains a refusal when every bar was met; a failed bar is always shown as one.
     unchanged = summary["identical_to_served"] and not summary["gate_failures"]
     if summary["blessed"]:

@@ -66,9 +66,13 @@ def run(
     if output_root is not None and not any(o.startswith("paths.serving_root=") for o in overrides or []):
         extra.append(f"paths.serving_root={os.path.join(output_root, 'serving')}")
     config = load_config_or_exit(config_path, list(overrides or []) + extra)
-    from pipelines.local_runner import run_local  # heavy imports only when running
+    from pipelines.local_runner import RunLockedError, run_local  # heavy imports only when running
 
-    summary, report_dir = run_local(config, enable_cache=not no_cache)
+    try:
+        summary, report_dir = run_local(config, enable_cache=not no_cache)
+    except RunLockedError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(render_summary(summary, report_dir))
 
 

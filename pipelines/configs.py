@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,12 @@ class Serving:
     poll_wait_s: float          # local server: how often the model base path is polled for new versions
     web_max_files: int          # images per web request
     web_max_file_bytes: int     # bytes per uploaded image
+    max_request_images: int     # the served model refuses a Predict request with more images
+    max_image_pixels: int       # ... an image with more pixels (read from its header, before decoding)
+    max_request_pixels: int     # ... a request whose images have more pixels together
+    max_concurrent_predictions: int  # local server: requests computing at once
+    max_queued_requests: int    # local server: requests waiting for a slot; more get RESOURCE_EXHAUSTED
+    web_max_connections: int    # web endpoint: connections and requests at once; more get 503
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +267,10 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{where}: {err}") from None
     if config.serving.batch_size < 1 or config.serving.web_max_files < 1:
         raise ConfigError("serving.batch_size and serving.web_max_files: must be positive")
+    if max(config.serving.batch_size, config.serving.web_max_files) > config.serving.max_request_images:
+        raise ConfigError("serving.batch_size and serving.web_max_files: must not exceed serving.max_request_images")
+    if not 0 < config.serving.max_image_pixels <= config.serving.max_request_pixels:
+        raise ConfigError("serving.max_image_pixels: must be positive and at most serving.max_request_pixels")
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG, overrides: list[str] | None = None) -> Config:
@@ -293,13 +304,20 @@ def trainer_config(config: Config) -> dict:
         "image_size": config.preprocessing.image_size,
         "central_crop": config.preprocessing.central_crop,
         "test_time_views": config.preprocessing.test_time_views,
-        "max_pixels": config.ingestion.max_pixels,
         "min_side": config.ingestion.min_side,
+        "max_request_images": config.serving.max_request_images,
+        "max_image_pixels": config.serving.max_image_pixels,
+        "max_request_pixels": config.serving.max_request_pixels,
         "augmentation": settings["augmentation"],
         "training": settings["training"],
         "screening": settings["screening"],
         "tuning": {k: v for k, v in settings["tuning"].items() if k != "enabled"},
     }
+
+
+def serving_dir(config: Config) -> str:
+    """Where TF Serving finds the model's versions: <serving_root>/<model_name>."""
+    return os.path.join(config.paths.serving_root, config.model_name)
 
 
 def tracking_uri(config: Config) -> str:

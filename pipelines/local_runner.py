@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import json
 import logging
 import os
-from typing import Any
+from typing import IO, Any, Iterator
 
 from ml_metadata.metadata_store import metadata_store
 from tfx import v1 as tfx
@@ -15,7 +18,7 @@ from components.image_example_gen import code_fingerprint
 from components.image_verification import fingerprint
 from components.run_report import SUMMARY_FILE
 from components.serving_gate import serving_state
-from pipelines.configs import Config
+from pipelines.configs import Config, serving_dir
 from pipelines.pipeline import create_pipeline
 
 
@@ -40,9 +43,59 @@ def latest_summary(config: Config) -> tuple[dict[str, Any], str]:
         return json.load(f), uri
 
 
+class RunLockedError(RuntimeError):
+    """Another run holds the output root or the serving folder; the message names it."""
+
+
+def _acquire(path: str) -> IO[str]:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunLockedError(
+            f"{os.path.dirname(path)} is in use by another run ({holder}): wait for it to finish, or give this run its "
+            "own paths.output_root and paths.serving_root"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}, started {datetime.datetime.now().isoformat(timespec='seconds')}\n")
+    handle.flush()
+    return handle
+
+
+def lock_files(config: Config) -> list[str]:
+    """The run's lock files: one in the output root, one beside the model's serving folder (not inside it,
+    where TF Serving looks for versions)."""
+    return sorted(
+        {
+            os.path.abspath(os.path.join(config.paths.output_root, ".bloodcell-run.lock")),
+            os.path.abspath(os.path.join(config.paths.serving_root, f".bloodcell-{config.model_name}-push.lock")),
+        }
+    )
+
+
+@contextlib.contextmanager
+def run_lock(config: Config) -> Iterator[None]:
+    """Holds an exclusive lock on the output root and on the model's serving folder for one run: two runs
+    on one of them would race between gate and push and could read each other's results. Refuses at once
+    (RunLockedError) when another run holds either; the OS releases the locks if the process dies."""
+    with contextlib.ExitStack() as stack:
+        for path in lock_files(config):
+            stack.callback(stack.enter_context(_acquire(path)).truncate, 0)
+        yield
+
+
 def run_local(config: Config, enable_cache: bool = True) -> tuple[dict[str, Any], str]:
-    """Runs the whole pipeline and returns the run's summary and report folder."""
-    os.makedirs(config.paths.output_root, exist_ok=True)
+    """Runs the whole pipeline, holding the run lock, and returns the run's summary and report folder."""
+    with run_lock(config):
+        return _run(config, enable_cache)
+
+
+def _run(config: Config, enable_cache: bool) -> tuple[dict[str, Any], str]:
     roots = config.paths.data_roots
     input_fingerprint = f"{fingerprint(roots)}:{code_fingerprint()}"
     logging.info("data roots %s, fingerprint %s", ", ".join(r.path for r in roots), input_fingerprint[:16])
@@ -51,7 +104,7 @@ def run_local(config: Config, enable_cache: bool = True) -> tuple[dict[str, Any]
         pipeline_root=pipeline_root(config),
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path(config)),
         input_fingerprint=input_fingerprint,
-        serving_state=serving_state(os.path.join(config.paths.serving_root, config.model_name)),
+        serving_state=serving_state(serving_dir(config)),
         enable_cache=enable_cache,
     )
     tfx.orchestration.LocalDagRunner().run(pipeline)

@@ -9,6 +9,7 @@ from typing import Any
 from tfx import v1 as tfx
 from tfx.dsl.placeholder import placeholder as ph
 
+from components.atomic_pusher import AtomicPusher
 from components.audit.audit_component import ShortcutAudit
 from components.evaluation import build_eval_config
 from components.image_example_gen import ImageExampleGen
@@ -16,7 +17,7 @@ from components.run_report import RunReport
 from components.serving_gate import ServingGate
 from components.splitting import HOLDOUT
 from components.validation_gate import AnomaliesGate
-from pipelines.configs import Config, parameter_values, run_settings, tracking_uri, trainer_config
+from pipelines.configs import Config, parameter_values, run_settings, serving_dir, tracking_uri, trainer_config
 
 TRAINER_MODULE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "components", "training", "trainer_module.py"
@@ -127,12 +128,11 @@ def create_pipeline(
         max_stress_drop=config.audit.max_stress_drop,
         min_stress_critical_recall=config.audit.min_stress_critical_recall,
     )
-    serving_dir = os.path.join(config.paths.serving_root, config.model_name)
     serving_gate = ServingGate(
         model=trainer.outputs["model"],
         evaluation=evaluator.outputs["evaluation"],
         examples=example_gen.outputs["examples"],
-        serving_dir=serving_dir,
+        serving_dir=serving_dir(config),
         classes_json=classes_json,
         critical_class=config.critical_class,
         min_accuracy=settings["min_accuracy"],
@@ -141,13 +141,13 @@ def create_pipeline(
         hold_out=hold_out,
         serving_state=serving_state,
     )
-    pusher = tfx.components.Pusher(
+    pusher = AtomicPusher(
         model=trainer.outputs["model"],
         model_blessing=serving_gate.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_dir)
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_dir(config))
         ),
-    )
+    ).with_id("Pusher")
     run_report = RunReport(
         ingestion_report=example_gen.outputs["report"],
         model_run=trainer.outputs["model_run"],

@@ -47,7 +47,7 @@ def _client(
 def _limits(config: Config):
     from components.image_verification import Limits
 
-    return Limits(config.ingestion.max_pixels, config.ingestion.min_side, config.ingestion.max_file_bytes)
+    return Limits(config.serving.max_image_pixels, config.ingestion.min_side, config.ingestion.max_file_bytes)
 
 
 def _expand(paths: List[Path]) -> list[Path]:
@@ -138,7 +138,7 @@ def predict(
     from tqdm import tqdm
 
     from serving.client import ServingError
-    from serving.screening import screen_images
+    from serving.screening import RequestCaps, screen_images
 
     config = load_config_or_exit(config_path, overrides)
     files = _expand(paths)
@@ -151,7 +151,7 @@ def predict(
         ) as bar:
             for start in range(0, len(files), size):  # reads one batch of files at a time
                 chunk = [(str(f), f.read_bytes()) for f in files[start : start + size]]
-                outcomes += screen_images(client, chunk, limits, size)
+                outcomes += screen_images(client, chunk, limits, RequestCaps.of(config.serving, size))
                 bar.update(len(chunk))
     except ServingError as err:
         typer.echo(f"error: {err}", err=True)
@@ -266,9 +266,11 @@ def serve(
     base = model_base_path or Path(config.paths.serving_root) / name
     from serving.model_server import start_server
 
+    serving = config.serving
     running = start_server(
-        name, base, port, host, poll_wait_s or config.serving.poll_wait_s, config.serving.max_message_mb
-    )
+        name, base, port, host, poll_wait_s or serving.poll_wait_s, serving.max_message_mb,
+        serving.max_concurrent_predictions, serving.max_queued_requests,
+    )  # fmt: skip
     typer.echo(f"serving model {name} from {base} on {host}:{running.port} (Ctrl-C to stop)", err=True)
     try:
         threading.Event().wait()
@@ -292,4 +294,5 @@ def web(
     config = load_config_or_exit(config_path)
     client = _client(config, grpc_target, model, None, False, None)
     app = create_app(client, config.critical_class, upload_limits(config), config.preprocessing.central_crop)
-    uvicorn.run(app, host=host, port=port)
+    # Past web_max_connections uvicorn answers 503 at once; slow uploads hold a connection, not a worker.
+    uvicorn.run(app, host=host, port=port, limit_concurrency=config.serving.web_max_connections)

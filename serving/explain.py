@@ -12,6 +12,7 @@ from PIL import Image
 from components.training.export import EXPLAIN_SIGNATURE, HEATMAP, SERVING_INPUT
 
 ALPHA = 0.45  # weight of the heat map over the image
+MAX_OVERLAY_SIDE = 1024  # longest side of the drawn overlay, pixels: larger images are drawn scaled down
 
 
 def explain_with_saved_model(model_dir: Path, image: bytes) -> tuple[str, np.ndarray]:
@@ -22,9 +23,11 @@ def explain_with_saved_model(model_dir: Path, image: bytes) -> tuple[str, np.nda
     return outputs["predicted_class"].numpy()[0].decode(), outputs[HEATMAP].numpy()[0]
 
 
-def overlay_png(image: bytes, heatmap: np.ndarray, central_crop: float = 1.0) -> bytes:
-    """The image with the heat map (jet colours) laid over the region the CNN saw, as PNG at the image's size."""
-    picture = Image.open(io.BytesIO(image)).convert("RGB")
+def overlay_png(image: bytes | Image.Image, heatmap: np.ndarray, central_crop: float = 1.0) -> bytes:
+    """The image (encoded, or decoded RGB) with the heat map (jet colours) laid over the region the CNN saw,
+    as PNG at the image's size, or scaled down to MAX_OVERLAY_SIDE on its longest side."""
+    picture = Image.open(io.BytesIO(image)).convert("RGB") if isinstance(image, bytes) else image.convert("RGB")
+    picture.thumbnail((MAX_OVERLAY_SIDE, MAX_OVERLAY_SIDE))
     width, height = picture.size
     crop_w, crop_h = round(width * central_crop), round(height * central_crop)
     left, top = (width - crop_w) // 2, (height - crop_h) // 2

@@ -202,14 +202,49 @@ def _run_signature(loaded: LoadedVersion, request: predict_pb2.PredictRequest) -
     return {k: v for k, v in outputs.items() if k in wanted}
 
 
+class ComputeSlots:
+    """At most `concurrent` predictions compute at once and at most `queued` wait for a slot: a request
+    beyond that is refused at once (RESOURCE_EXHAUSTED), and one whose deadline passes while waiting is
+    dropped (DEADLINE_EXCEEDED) instead of being computed for nobody."""
+
+    def __init__(self, concurrent: int, queued: int):
+        self._slots = threading.Semaphore(concurrent)
+        self._lock = threading.Lock()
+        self.waiting, self.queued = 0, queued
+
+    def acquire(self, time_remaining: float | None) -> None:
+        if time_remaining is not None and time_remaining <= 0:
+            raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the request was computed")
+        with self._lock:
+            if self.waiting >= self.queued:
+                raise RequestError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"server busy: {self.waiting} requests already wait for the model; retry with backoff",
+                )
+            self.waiting += 1
+        try:
+            if not self._slots.acquire(timeout=time_remaining):
+                raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while the request waited for the model")
+        finally:
+            with self._lock:
+                self.waiting -= 1
+
+    def release(self) -> None:
+        self._slots.release()
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: VersionManager):
-        self.manager = manager
+    def __init__(self, manager: VersionManager, slots: ComputeSlots):
+        self.manager, self.slots = manager, slots
 
     def Predict(self, request, context):  # noqa: N802 (gRPC method name)
         try:
             loaded = self.manager.get(request.model_spec)
-            outputs = _run_signature(loaded, request)
+            self.slots.acquire(context.time_remaining())
+            try:
+                outputs = _run_signature(loaded, request)
+            finally:
+                self.slots.release()
         except RequestError as err:
             context.abort(err.code, str(err))
         response = predict_pb2.PredictResponse()
@@ -267,10 +302,15 @@ def start_server(
     host: str = "127.0.0.1",
     poll_wait_s: float = 1.0,
     max_message_mb: int = 64,
-    workers: int = 16,
+    max_concurrent_predictions: int = 4,
+    max_queued_requests: int = 64,
 ) -> RunningServer:
     """Loads the model, then serves TF Serving's PredictionService and ModelService on host:port
-    (port 0 picks a free port). Returns at once; call `.stop()` to shut down."""
+    (port 0 picks a free port). Returns at once; call `.stop()` to shut down.
+
+    At most `max_concurrent_predictions` requests compute at once (memory stays bounded), at most
+    `max_queued_requests` wait; more are refused with RESOURCE_EXHAUSTED."""
+    workers = max_concurrent_predictions + max_queued_requests + 4  # the rest answer status calls and refusals
     manager = VersionManager(model_name, model_base_path, poll_wait_s)
     manager.start()
     options = [
@@ -278,8 +318,11 @@ def start_server(
         ("grpc.max_send_message_length", max_message_mb * MB),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager), server)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers), options=options, maximum_concurrent_rpcs=2 * workers
+    )  # beyond that gRPC itself answers RESOURCE_EXHAUSTED before a thread is taken
+    slots = ComputeSlots(max_concurrent_predictions, max_queued_requests)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, slots), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     server.start()

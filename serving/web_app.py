@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import List
+from typing import Any, Callable, List
 
 import grpc
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
@@ -15,22 +15,61 @@ from components.image_verification import ImageRejectedError, Limits, check_imag
 from pipelines.configs import Config
 from serving.client import ServingClient, ServingError
 from serving.explain import overlay_png
-from serving.screening import screen_images
+from serving.screening import RequestCaps, screen_images
 
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("static") / "index.html"
 
 
+MULTIPART_OVERHEAD = 64 * 1024  # bytes a multipart body may hold beyond its files (boundaries, headers)
+
+
 @dataclasses.dataclass(frozen=True)
 class UploadLimits:
     max_files: int
-    image: Limits
+    image: Limits  # the served model's pixel cap, the web's own file size limit
+    caps: RequestCaps  # what one Predict request to TF Serving may carry
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_files * (self.image.max_file_bytes + MULTIPART_OVERHEAD)
 
 
 def upload_limits(config: Config) -> UploadLimits:
-    """Ingestion's pixel limits, the web's own file size and count limits."""
-    image = Limits(config.ingestion.max_pixels, config.ingestion.min_side, config.serving.web_max_file_bytes)
-    return UploadLimits(config.serving.web_max_files, image)
+    """The served model's pixel cap, the web's own file size and count limits, the Predict request caps."""
+    serving = config.serving
+    image = Limits(serving.max_image_pixels, config.ingestion.min_side, serving.web_max_file_bytes)
+    return UploadLimits(serving.web_max_files, image, RequestCaps.of(serving, serving.web_max_files))
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request body over `max_bytes` is refused with 413 while it streams in (by its
+    Content-Length at once, else when the running count passes the limit), before it is spooled whole."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            response = JSONResponse({"detail": self._detail(int(declared))}, status_code=413, headers={"Connection": "close"})
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counted() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(413, self._detail(received))  # FastAPI re-raises HTTPException from body parsing
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _detail(self, size: int) -> str:
+        return f"request body of {size} bytes or more; at most {self.max_bytes} (web_max_files x web_max_file_bytes)"
 
 
 def _serving_error(err: ServingError) -> HTTPException:
@@ -39,8 +78,10 @@ def _serving_error(err: ServingError) -> HTTPException:
         return HTTPException(503, f"model server unavailable: {err.details}")
     if err.code == grpc.StatusCode.NOT_FOUND:
         return HTTPException(503, f"model not loaded in the model server: {err.details}")
+    if err.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in err.details:
+        return HTTPException(413, f"request too large for the model server (serving.max_message_mb): {err.details}")
     if err.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return HTTPException(413, f"request too large for the model server: {err.details}")
+        return HTTPException(503, f"model server busy: {err.details}", headers={"Retry-After": "1"})
     return HTTPException(502, f"model server error ({err.code.name})")
 
 
@@ -53,6 +94,8 @@ def create_app(client: ServingClient, critical_class: str, limits: UploadLimits,
         "A screening aid for review by a haematologist, not a diagnosis.",
         version="1",
     )
+
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, err: Exception) -> JSONResponse:
@@ -85,7 +128,7 @@ def create_app(client: ServingClient, critical_class: str, limits: UploadLimits,
             raise HTTPException(413, f"{len(files)} files in one request; at most {limits.max_files}")
         items = [(f.filename or f"file {i}", f.file.read(limits.image.max_file_bytes + 1)) for i, f in enumerate(files)]
         try:
-            outcomes = screen_images(client, items, limits.image, batch_size=limits.max_files)
+            outcomes = screen_images(client, items, limits.image, limits.caps)
         except ServingError as err:
             raise _serving_error(err) from None
         results = []
@@ -114,14 +157,14 @@ def create_app(client: ServingClient, critical_class: str, limits: UploadLimits,
     def explain(file: UploadFile = File(...)) -> Response:
         data = file.file.read(limits.image.max_file_bytes + 1)
         try:
-            check_image(data, limits.image)
+            checked = check_image(data, limits.image)  # as /predict: BMP, TIFF, RGBA converted the same way
         except ImageRejectedError as err:
             raise HTTPException(422, f"{file.filename}: {err}") from None
         try:
-            predicted, heatmap = client.explain(data)
+            predicted, heatmap = client.explain(checked.image_bytes)
         except ServingError as err:
             raise _serving_error(err) from None
-        overlay = overlay_png(data, heatmap, central_crop)
+        overlay = overlay_png(checked.pixels, heatmap, central_crop)
         return Response(overlay, media_type="image/png", headers={"X-Predicted-Class": predicted})
 
     return app

@@ -70,7 +70,7 @@ def test_tf_serving_reads_what_the_pusher_writes():
     assert deployment["spec"]["replicas"] == 2
     assert all(p["spec"]["storageClassName"] == "standard-rwx" for p in docs if p["kind"] == "PersistentVolumeClaim")
     service = by_name(docs, "Service", "bloodcell-serving")
-    assert sorted(p["port"] for p in service["spec"]["ports"]) == [8500, 8501]
+    assert sorted(p["port"] for p in service["spec"]["ports"]) == [8500, 9090]  # gRPC and metrics, not REST predict
 
 
 def test_only_labelled_clients_reach_tf_serving():
@@ -82,6 +82,35 @@ def test_only_labelled_clients_reach_tf_serving():
     assert clients.items() <= web.items()
     web_args = by_name(docs, "Deployment", "bloodcell-web")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert web_args[:3] == ["web", "--grpc", "bloodcell-serving:8500"]
+
+
+def test_network_policies_deny_by_default_and_never_open_rest_predict():
+    docs = render("local")
+    serving, web = by_name(docs, "NetworkPolicy", "bloodcell-serving"), by_name(docs, "NetworkPolicy", "bloodcell-web")
+    for policy in (serving, web):
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    opened = [port["port"] for rule in serving["spec"]["ingress"] for port in rule["ports"]]
+    assert sorted(opened) == [8500, 9090] and serving["spec"]["egress"] == []
+    assert [p["port"] for r in web["spec"]["ingress"] for p in r["ports"]] == [8000]
+    web_egress = {(p["port"], p.get("protocol", "TCP")) for r in web["spec"]["egress"] for p in r["ports"]}
+    assert web_egress == {(8500, "TCP"), (53, "UDP"), (53, "TCP")}
+    proxy = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("tf-serving-metrics-proxy"))
+    conf = proxy["data"]["metrics-proxy.conf"]
+    assert "listen 9090" in conf and "location = /monitoring/prometheus/metrics" in conf and "return 404" in conf
+    annotations = by_name(docs, "Deployment", "bloodcell-serving")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == "9090"
+
+
+@pytest.mark.parametrize("name", ["bloodcell-serving", "bloodcell-web"])
+def test_serving_pods_run_unprivileged_with_read_only_root(name):
+    pod = by_name(render("gcp"), "Deployment", name)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in pod["containers"]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False and context["readOnlyRootFilesystem"] is True
+        assert context["capabilities"] == {"drop": ["ALL"]}, container["name"]
+        assert container["resources"]["limits"], container["name"]
 
 
 def test_skaffold_yaml_validates_and_builds_both_images():

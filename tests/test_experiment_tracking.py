@@ -71,6 +71,19 @@ def test_run_is_logged_and_pushed_model_registered(tmp_path):
     assert list((tmp_path / "mlflow-artifacts").rglob("model_card.md"))
 
 
+def test_a_late_report_of_an_older_push_does_not_move_the_serving_alias(tmp_path):
+    """Two runs finishing out of order: the alias stays on the highest serving version (what TF Serving serves)."""
+    uri = default_tracking_uri(str(tmp_path))
+    newer, older = tmp_path / "serving" / "1790000200", tmp_path / "serving" / "1790000100"
+    for run_id, pushed in (("newer", newer), ("older", older)):
+        pushed.mkdir(parents=True)
+        result = log_run(uri, "bloodcell", "bloodcell", run_id, {}, summary(str(pushed)), [], {})
+        assert "error" not in result
+    client = MlflowClient(uri)
+    assert client.get_model_version_by_alias("bloodcell", "serving").tags["serving_version"] == "1790000200"
+    assert result["registered_version"] == "2"  # the older push is registered, but not aliased
+
+
 def test_unreachable_server_warns_once_and_does_not_raise(monkeypatch, caplog):
     monkeypatch.setattr(experiment_tracking, "_warned", False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

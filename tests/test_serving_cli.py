@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from components.image_verification import Limits
 from pipelines.cli import app
 from serving.client import ServingClient
-from serving.screening import screen_images
+from serving.screening import RequestCaps, screen_images
 from tests.conftest import CONFIG, free_port, image_bytes, real_files
 
 runner = CliRunner()
@@ -48,7 +48,7 @@ def test_a_batch_mixing_good_and_refused_images_answers_the_good_ones(model_serv
     good = [f.read_bytes() for f in real_files("seg_neutrophil", 2)]
     items = [("a", good[0]), ("tiny", image_bytes(size=(8, 8))), ("b", good[1])]
     with ServingClient(model_server.target, CONFIG.model_name) as client:
-        outcomes = screen_images(client, items, lax, batch_size=8)
+        outcomes = screen_images(client, items, lax, RequestCaps.of(CONFIG.serving, 8))
     assert [o.index for o in outcomes] == [0, 1, 2]
     assert outcomes[0].prediction and outcomes[2].prediction and outcomes[1].prediction is None
     assert "min_side" in outcomes[1].error

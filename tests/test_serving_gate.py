@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import shutil
 
-from components.serving_gate import decide, model_digest, serving_state
+from components.serving_gate import decide, model_digest, newest_loadable, serving_state
 from serving.model_versions import served_versions
+from tests.conftest import CLASSES, real_files, write_examples
 
 BARS = {"min_accuracy": 0.95, "min_critical_recall": 0.99, "max_regression": 0.01, "critical_class": "myeloblast"}
 
@@ -60,3 +61,18 @@ def test_a_hold_out_run_is_never_blessed():
     assert decide({"accuracy": 1.0, "critical_recall": 1.0}, None, **BARS, hold_out="munich-extra") == [
         "hold-out run: trained without 'munich-extra', for measurement only, not for serving"
     ]
+
+
+def test_a_broken_newest_version_is_named_and_the_gate_compares_with_the_last_that_loads(tmp_path, model_exports):
+    """A truncated saved_model.pb in the serving folder: TF Serving keeps the previous version, so does the gate."""
+    base = tmp_path / "bloodcell"
+    shutil.copytree(model_exports["myeloblast"], base / "5")
+    shutil.copytree(model_exports["random"], base / "9")
+    pb = base / "9" / "saved_model.pb"
+    pb.write_bytes(pb.read_bytes()[:500])
+    files = [real_files("myeloblast", 2)[1], real_files("basophil", 1)[0]]
+    write_examples(tmp_path / "test.gz", files)
+    served, broken = newest_loadable(str(base), [str(tmp_path / "test.gz")], CLASSES.index("myeloblast"))
+    assert served["version"] == 5 and served["accuracy"] == 0.5 and served["critical_recall"] == 1.0
+    assert served["digest"] == model_digest(str(model_exports["myeloblast"]))
+    assert [b["version"] for b in broken] == [9] and broken[0]["error"]

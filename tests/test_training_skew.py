@@ -92,7 +92,7 @@ def test_served_model_refuses_bombs_and_non_images_before_decoding(tmp_path):
     good = real_files("basophil", 1)[0].read_bytes()
     assert served(**{SERVING_INPUT: tf.constant([good])})["probabilities"].shape == (1, len(CLASSES))
     bad = {
-        "max_pixels": png_header(20000, 20000),
+        "max_image_pixels": png_header(20000, 20000),
         "min_side": png_header(0, 0),
         "not a JPEG or PNG": b"GIF89a not accepted",
         "not a JPEG or PNG ": b"",

@@ -27,7 +27,7 @@ def statistics_of(tmp_path, labels: list[str], classes: list[str] = CLASSES):
     path = tmp_path / "examples.tfrecord"
     with tf.io.TFRecordWriter(str(path)) as writer:
         for i, label in enumerate(labels):
-            record = ImageRecord(f"r/{label}/{i}.png", label, "lyon", f"{i:064x}", 40, 40, image_bytes("PNG", seed=i), "")
+            record = ImageRecord(f"r/{label}/{i}.png", label, "lyon", f"{i:064x}", 40, 40, image_bytes("PNG", seed=i), "", "")
             writer.write(to_example(record, classes))
     return tfdv.generate_statistics_from_tfrecord(str(path))
 

@@ -39,7 +39,9 @@ class ServingModule(tf.Module):
     def __init__(self, model: keras.Model, config: dict[str, Any], operating_point: OperatingPoint):
         super().__init__()
         self.model = model
-        self.config = {k: config[k] for k in ("image_size", "central_crop", "test_time_views", "max_pixels", "min_side")}
+        keys = ("image_size", "central_crop", "test_time_views", "min_side", "max_request_images", "max_image_pixels",
+                "max_request_pixels")  # fmt: skip
+        self.config = {k: config[k] for k in keys}
         self.classes = list(config["classes"])
         self.class_names = tf.constant(self.classes)
         self.critical_class = config["critical_class"]
@@ -48,18 +50,39 @@ class ServingModule(tf.Module):
         last_conv = [layer for layer in model.layers if isinstance(layer, keras.layers.ReLU)][-1]
         self.features_and_scores = keras.Model(model.inputs, [last_conv.output, model.output])
 
-    def _images(self, image_bytes: tf.Tensor) -> tf.Tensor:
+    def _images(self, image_bytes: tf.Tensor, request_caps: bool = True) -> tf.Tensor:
+        """Checks every image's header (format, size) before decoding any, then preprocesses them. With
+        `request_caps` (the signatures clients call) a request over the image-count or total-pixel cap
+        fails whole with InvalidArgument before anything is decoded; TFMA's batches of examples are not capped."""
         c = self.config
-        shapes = tf.map_fn(
-            lambda b: check_encoded_image(b, c["max_pixels"], c["min_side"]),
-            image_bytes,
-            fn_output_signature=tf.TensorSpec([2], tf.int64),
-        )
-        with tf.control_dependencies([shapes]):
+        checks = []
+        if request_caps:
+            count = tf.size(image_bytes, out_type=tf.int64)
+            checks.append(
+                tf.debugging.assert_less_equal(
+                    count, tf.constant(c["max_request_images"], tf.int64),
+                    message=f"request over max_request_images={c['max_request_images']}: send fewer images per request",
+                )
+            )  # fmt: skip
+        with tf.control_dependencies(checks):
+            shapes = tf.map_fn(
+                # Examples were size-checked at ingestion (ingestion.max_pixels); requests are checked here.
+                lambda b: check_encoded_image(b, c["max_image_pixels"] if request_caps else 2**62, c["min_side"]),
+                image_bytes,
+                fn_output_signature=tf.TensorSpec([2], tf.int64),
+            )
+        if request_caps:
+            checks.append(
+                tf.debugging.assert_less_equal(
+                    tf.reduce_sum(shapes[:, 0] * shapes[:, 1]), tf.constant(c["max_request_pixels"], tf.int64),
+                    message=f"request over max_request_pixels={c['max_request_pixels']}: send fewer or smaller images",
+                )
+            )  # fmt: skip
+        with tf.control_dependencies([shapes, *checks]):
             return preprocess_batch(tf.identity(image_bytes), c["image_size"], c["central_crop"])
 
-    def _outputs(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        images = self._images(image_bytes)
+    def _outputs(self, image_bytes: tf.Tensor, request_caps: bool = True) -> dict[str, tf.Tensor]:
+        images = self._images(image_bytes, request_caps)
         point = self.operating_point
         raw = averaged_probabilities(self.model, images, self.config["test_time_views"])
         probabilities = tf.nn.softmax(tf.math.log(tf.maximum(raw, 1e-12)) / point.temperature, axis=-1)
@@ -104,7 +127,7 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
     def serve_examples(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
         """For TFMA: adds the argmax decision as a one-hot vector, so per-class metrics are argmax-based."""
-        outputs = self._outputs(parse_image_batch(examples))
+        outputs = self._outputs(parse_image_batch(examples), request_caps=False)
         outputs[PREDICTED_ONE_HOT] = tf.one_hot(outputs["predicted_index"], len(self.classes))
         return outputs
 
@@ -116,7 +139,7 @@ def export_serving_model(
     the operating point beside it (assets.extra/operating_point.json).
 
     `config` is the trainer config: classes, critical_class, image_size, central_crop, test_time_views,
-    max_pixels, min_side."""
+    min_side and the request caps (max_request_images, max_image_pixels, max_request_pixels)."""
     module = ServingModule(model, config, operating_point)
     tf.saved_model.save(
         module,

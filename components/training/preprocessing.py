@@ -52,7 +52,7 @@ def check_encoded_image(image_bytes: tf.Tensor, max_pixels: int, min_side: int) 
         )
     checks = [
         tf.debugging.assert_less_equal(
-            shape[0] * shape[1], tf.constant(max_pixels, tf.int64), message=f"image over max_pixels={max_pixels}"
+            shape[0] * shape[1], tf.constant(max_pixels, tf.int64), message=f"image over max_image_pixels={max_pixels}"
         ),
         tf.debugging.assert_greater_equal(
             tf.reduce_min(shape), tf.constant(min_side, tf.int64), message=f"image side under min_side={min_side}"
