@@ -7,12 +7,16 @@ COPY requirements.lock ./
 # The lock is the environment CI tests (TFX 1.16.0, Beam 2.61.0, TF 2.16.2): only differences install.
 RUN python -m pip install --no-cache-dir "uv==0.13.9" \
     && python -m uv pip install --system --no-cache -r requirements.lock
-COPY setup.py config.yaml bloodcell.py ./
-COPY pipelines/ pipelines/
+COPY setup.py config.yaml ./
+COPY contracts/ contracts/
+COPY training/ training/
+COPY bloodcell/ bloodcell/
 COPY components/ components/
+COPY pipelines/ pipelines/
 COPY serving/ serving/
+COPY cli/ cli/
 RUN python -m uv pip install --system --no-cache --no-deps -e . \
-    && python -c "import components.serving_gate, components.training.trainer_module"
+    && python -c "import components.serving_gate, training.trainer_module"
 
 # TFX's Kubeflow v2 launcher is the entry point (set per step in the compiled pipeline).
 ENTRYPOINT []

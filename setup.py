@@ -7,8 +7,9 @@ setup(
     version="0.1.0",
     description="Kubeflow-orchestrated TFX pipeline that screens blood-cell images for leukemia",
     python_requires="==3.10.*",
-    packages=find_packages(include=["pipelines", "pipelines.*", "components", "components.*", "serving", "serving.*"]),
-    py_modules=["bloodcell"],  # the pipeline's artifact types, imported by name on Kubeflow
+    packages=find_packages(
+        include=["contracts", "training", "bloodcell", "components", "components.*", "pipelines", "serving", "cli"]
+    ),
     package_data={"pipelines": ["schema/*.pbtxt"], "serving": ["static/*.html"]},
     # Exact versions come from requirements.lock; these are the direct needs.
     install_requires=[
@@ -26,5 +27,5 @@ setup(
         "python-multipart",
         "croniter",
     ],
-    entry_points={"console_scripts": ["bloodcell=pipelines.cli:main"]},
+    entry_points={"console_scripts": ["bloodcell=cli.main:main"]},
 )

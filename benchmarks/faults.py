@@ -1,4 +1,4 @@
-"""Fault and hostile-input benchmark: every ingestion fault of the catalogue (tests/faults.py) against the
+"""Fault and hostile-input benchmark: every ingestion fault of the catalogue (tests/helpers/faults.py) against the
 real ingestion, every hostile request against a running `bloodcell serve` and `bloodcell web`, then a mixed
 load: good requests at concurrency 64 through the web endpoint while hostile ones (oversized batches, 40 Mpx
 images, truncated files, slow clients) run beside them. Prints one table and the mixed-load figures.
@@ -30,10 +30,17 @@ from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from benchmarks.load_test import start_serving, stop
-from components.training.export import SERVING_INPUT
-from pipelines.cli_options import CONFIG_OPTION, load_config_or_exit
+from cli.options import CONFIG_OPTION, load_config_or_exit
+from contracts.signatures import SERVING_INPUT, SERVING_SIGNATURE
 from serving.client import MB, string_tensor
-from tests.faults import build_faulty_root, endless_upload, good_files, ingest_in_subprocess, restore_permissions, solid_png
+from tests.helpers.faults import (
+    build_faulty_root,
+    endless_upload,
+    good_files,
+    ingest_in_subprocess,
+    restore_permissions,
+    solid_png,
+)
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
 
@@ -85,7 +92,7 @@ def ingestion_rows() -> list[Row]:
     return rows
 
 
-def _grpc(target: str, images: list[bytes], timeout: float = 60, tensor=None, signature: str = "serving_default") -> str:
+def _grpc(target: str, images: list[bytes], timeout: float = 60, tensor=None, signature: str = SERVING_SIGNATURE) -> str:
     request = predict_pb2.PredictRequest()
     request.model_spec.name, request.model_spec.signature_name = "bloodcell", signature
     request.inputs[SERVING_INPUT].CopyFrom(tensor if tensor is not None else string_tensor(images))

@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import typer
 
-from pipelines.cli_options import CONFIG_OPTION, load_config_or_exit
+from cli.options import CONFIG_OPTION, load_config_or_exit
 from serving.client import ServingClient, ServingError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)

@@ -19,12 +19,12 @@ from typing import List, Optional
 
 import typer
 
-from components.audit.audit_component import AUDIT_FILE, audit_examples
-from components.image_example_gen import example_files
+from cli.options import CONFIG_OPTION, load_config_or_exit
+from components.audit.audit_component import audit_examples
 from components.summary_text import audit_lines
-from components.training.trainer_module import train
-from pipelines.cli_options import CONFIG_OPTION, load_config_or_exit
+from contracts.artifacts import AUDIT_FILE, example_files
 from pipelines.configs import trainer_config
+from training.trainer_module import train
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
 

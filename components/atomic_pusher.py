@@ -24,7 +24,7 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 from tfx.v1.components import Pusher
 
-from serving.model_versions import served_versions
+from contracts.artifacts import served_versions
 
 STAGING_PREFIX = ".staging-"
 

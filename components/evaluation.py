@@ -9,8 +9,8 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 
-from components import features
-from components.training.export import EXAMPLES_SIGNATURE, PREDICTED_ONE_HOT, PROBABILITIES
+from contracts import features
+from contracts.signatures import EXAMPLES_SIGNATURE, PREDICTED_ONE_HOT, PROBABILITIES
 
 ACCURACY = "accuracy"
 CRITICAL_RECALL = "critical_recall"

@@ -11,6 +11,8 @@ import logging
 import os
 from typing import Any
 
+from contracts.run_summary import RunSummary
+
 REGISTRY_ALIAS = "serving"  # the registered model version TF Serving serves
 # An unreachable tracking server must cost seconds, not MLflow's default minutes of retries (env overrides).
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
@@ -33,35 +35,35 @@ def flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
+def run_metrics(summary: RunSummary) -> dict[str, float]:
     """The run's final figures as MLflow metrics (test split, per site, held-out root or site, gate, audit)."""
-    critical = summary["critical_class"]
+    critical = summary.critical_class
     metrics = {
-        "test_accuracy": summary["test_accuracy"],
-        f"test_{critical}_recall": summary["critical_recall"],
-        "blessed": float(summary["blessed"]),
-        "pushed": float(summary["pushed"]),
-        "epochs_trained": float(summary["epochs_trained"]),
+        "test_accuracy": summary.test_accuracy,
+        f"test_{critical}_recall": summary.critical_recall,
+        "blessed": float(summary.blessed),
+        "pushed": float(summary.pushed),
+        "epochs_trained": float(summary.epochs_trained),
     }
-    for name, figures in summary["per_class"].items():
+    for name, figures in summary.per_class.items():
         for key in ("precision", "recall", "f1"):
             metrics[f"test_{name}_{key}"] = figures[key]
-    for site, figures in (summary.get("sites") or {}).items():
+    for site, figures in (summary.sites or {}).items():
         metrics[f"site_{site}_accuracy"] = figures["accuracy"]
         metrics[f"site_{site}_{critical}_recall"] = figures["critical_recall"]
         metrics.update({f"site_{site}_{name}_recall": r for name, r in figures["recall"].items()})
-    hold_out = summary.get("hold_out")
+    hold_out = summary.hold_out
     if hold_out:
         metrics["holdout_accuracy"] = hold_out["pooled"]["accuracy"]
         metrics.update({f"holdout_{name}_recall": r for name, r in hold_out["recall"].items()})
         metrics.update({f"holdout_{name}_called_{critical}": n for name, n in hold_out["called_critical"].items()})
-    audit = summary.get("audit")
+    audit = summary.audit
     if audit:
         metrics["audit_colour_baseline_accuracy"] = audit["colour_baseline"]["accuracy"]
         for name, variant in audit["stress"].items():
             metrics[f"stress_{name}_accuracy"] = variant["accuracy"]
             metrics[f"stress_{name}_drop"] = variant["drop"]
-    operating_point = summary.get("operating_point")
+    operating_point = summary.operating_point
     if operating_point:
         metrics["alert_threshold"] = operating_point["threshold"]
         metrics["alert_precision_eval"] = operating_point["precision"]
@@ -83,7 +85,7 @@ def log_run(
     model_name: str,
     pipeline_run_id: str,
     settings: dict[str, Any],
-    summary: dict[str, Any],
+    summary: RunSummary,
     history: list[dict[str, float]],
     artifact_dirs: dict[str, str],
 ) -> dict[str, Any]:
@@ -101,10 +103,10 @@ def log_run(
         if tracking_uri.startswith("sqlite:///"):  # local store: artifacts beside the database, not in the cwd
             artifact_root = "file://" + os.path.join(os.path.dirname(tracking_uri[len("sqlite:///") :]), "mlflow-artifacts")
         experiment_id = _experiment_id(mlflow, experiment, artifact_root or None)
-        tags = {"tfx.pipeline_run_id": pipeline_run_id, "blessed": str(summary["blessed"]).lower()}
-        tags["gate_failures"] = "; ".join(summary["gate_failures"]) or "none"
-        if summary.get("hold_out"):
-            tags["hold_out"] = summary["hold_out"]["name"]
+        tags = {"tfx.pipeline_run_id": pipeline_run_id, "blessed": str(summary.blessed).lower()}
+        tags["gate_failures"] = "; ".join(summary.gate_failures) or "none"
+        if summary.hold_out:
+            tags["hold_out"] = summary.hold_out["name"]
         with mlflow.start_run(experiment_id=experiment_id, run_name=pipeline_run_id or None, tags=tags) as run:
             mlflow.log_params(flatten(settings))
             for row in history:
@@ -114,8 +116,8 @@ def log_run(
             for path, folder in artifact_dirs.items():
                 mlflow.log_artifacts(folder, artifact_path=path or None)
             registered = ""
-            if summary["pushed"]:
-                registered = _register(MlflowClient(), model_name, summary["pushed_destination"], run.info.run_id)
+            if summary.pushed:
+                registered = _register(MlflowClient(), model_name, summary.pushed_destination, run.info.run_id)
         logging.info("MLflow: run %s logged to %s", run.info.run_id, tracking_uri)
         return {"uri": tracking_uri, "run_id": run.info.run_id, "registered_version": registered}
     except Exception as err:  # noqa: BLE001 - tracking must not fail the pipeline run

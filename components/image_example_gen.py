@@ -21,34 +21,13 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts
 
 from bloodcell import IngestionReport
-from components import data_roots, features, file_listing, image_verification, splitting
-from components.data_roots import roots_from_json
-from components.image_verification import (
-    Candidate,
-    ImageRecord,
-    IngestionError,
-    Limits,
-    Rejection,
-    find_candidates,
-    verify_image,
-)
-from components.splitting import SPLITS, Item, SplitPlan, plan_split, split_names
-
-REPORT_FILE = "ingestion_report.json"
-
-
-def split_folder(examples_uri: str, split: str) -> str:
-    """Where ImageExampleGen writes one split's tf.Examples (TFX's `Split-<name>` layout)."""
-    return os.path.join(examples_uri, f"Split-{split}")
-
-
-def example_files(examples_uri: str, split: str) -> list[str]:
-    """The gzipped tf.Example files of one split written by ImageExampleGen."""
-    folder = split_folder(examples_uri, split)
-    files = sorted(tf.io.gfile.glob(os.path.join(folder, "*.gz")))
-    if not files:
-        raise FileNotFoundError(f"no tf.Example files (*.gz) in {folder}: not an ImageExampleGen output")
-    return files
+from components import file_listing, image_verification, site_resolver, splitting
+from components.image_verification import Candidate, ImageRecord, IngestionError, Rejection, find_candidates, verify_image
+from components.splitting import Item, SplitPlan, plan_split, split_names
+from contracts import data_roots, features, image_check
+from contracts.artifacts import INGESTION_REPORT_FILE, SPLITS, example_files, split_folder
+from contracts.data_roots import DataRoot, roots_from_json
+from contracts.image_check import Limits
 
 
 def to_example(record: ImageRecord, classes: list[str]) -> bytes:
@@ -236,7 +215,7 @@ def check_report(report: dict[str, Any], classes: list[str], hold_out: str = "")
     if empty:
         raise IngestionError(
             f"no usable images for class/split {', '.join(empty)}: "
-            f"{report['rejected']} of {report['found']} files were rejected (see {REPORT_FILE})"
+            f"{report['rejected']} of {report['found']} files were rejected (see {INGESTION_REPORT_FILE})"
         )
 
 
@@ -262,7 +241,8 @@ def code_fingerprint() -> str:
     """SHA-256 of the ingestion code. TFX caches custom components by their parameters, not their code:
     the local runner adds this to `input_fingerprint` so that a changed ingestion rule re-ingests."""
     digest = hashlib.sha256()
-    for module in (features, data_roots, file_listing, image_verification, splitting, sys.modules[__name__]):
+    modules = (features, data_roots, image_check, site_resolver, file_listing, image_verification, splitting)
+    for module in (*modules, sys.modules[__name__]):
         with open(module.__file__, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()
@@ -302,7 +282,7 @@ def ImageExampleGen(  # noqa: N802 - TFX component names are classes
     examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
     result = run_ingestion(
         roots, json.loads(classes_json), Limits(**json.loads(limits_json)), split["ratios"], split["seed"], hold_out,
-        examples.uri, os.path.join(report.uri, REPORT_FILE), beam_pipeline, input_fingerprint,
+        examples.uri, os.path.join(report.uri, INGESTION_REPORT_FILE), beam_pipeline, input_fingerprint,
     )  # fmt: skip
     for key in ("found", "ingested", "duplicates", "rejected"):
         report.set_int_custom_property(key, result[key])
@@ -310,7 +290,7 @@ def ImageExampleGen(  # noqa: N802 - TFX component names are classes
 
 
 def run_ingestion(
-    roots: list[data_roots.DataRoot],
+    roots: list[DataRoot],
     classes: list[str],
     limits: Limits,
     ratios: dict[str, float],

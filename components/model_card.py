@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from contracts.run_summary import RunSummary
+
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
@@ -22,12 +24,12 @@ def _site_table(sites: dict[str, dict[str, Any]], critical: str) -> list[str]:
     return lines
 
 
-def render_model_card(summary: dict[str, Any], model_name: str, pipeline_run_id: str) -> str:
+def render_model_card(summary: RunSummary, model_name: str, pipeline_run_id: str) -> str:
     """Intended use, data and its confound, metrics, shortcut audit, operating point, gate, limitations."""
-    critical = summary["critical_class"]
-    splits, ingestion = summary["splits"], summary["ingestion"]
-    audit, point = summary["audit"], summary["operating_point"]
-    version = summary["pushed_destination"].rstrip("/").rsplit("/", 1)[-1] if summary["pushed"] else "not pushed"
+    critical = summary.critical_class
+    splits, ingestion = summary.splits, summary.ingestion
+    audit, point = summary.audit, summary.operating_point
+    version = summary.pushed_destination.rstrip("/").rsplit("/", 1)[-1] if summary.pushed else "not pushed"
     lines = [
         f"# Model card: {model_name} (serving version {version})",
         "",
@@ -51,16 +53,16 @@ def render_model_card(summary: dict[str, Any], model_name: str, pipeline_run_id:
         + ".",
         "",
         "## Metrics (test split)",
-        f"Accuracy {_pct(summary['test_accuracy'])}; {critical} recall {_pct(summary['critical_recall'])}.",
+        f"Accuracy {_pct(summary.test_accuracy)}; {critical} recall {_pct(summary.critical_recall)}.",
         "",
         "| class | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
     ]
-    for name, f in summary["per_class"].items():
+    for name, f in summary.per_class.items():
         lines.append(f"| {name} | {f['precision']:.4f} | {f['recall']:.4f} | {f['f1']:.4f} | {f['support']} |")
     lines += ["", "Per site (the release gate applies its bars to each):", ""]
-    lines += _site_table(summary["sites"], critical)
-    hold_out = summary.get("hold_out")
+    lines += _site_table(summary.sites, critical)
+    hold_out = summary.hold_out
     if hold_out:
         pooled = hold_out["pooled"]
         lines += [
@@ -110,7 +112,7 @@ def render_model_card(summary: dict[str, Any], model_name: str, pipeline_run_id:
         f"probability is under {point['review_confidence']:.2f}.",
         "",
         "## Release gate",
-        "Blessed and pushed." if summary["blessed"] else "Not blessed: " + "; ".join(summary["gate_failures"] or ["see gate"]),
+        "Blessed and pushed." if summary.blessed else "Not blessed: " + "; ".join(summary.gate_failures or ["see gate"]),
         "",
         "## Limitations",
         "- Trained and tested on images from the sites above only; the test figures do not show performance on "

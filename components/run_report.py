@@ -1,6 +1,7 @@
 """RunReport: the run's figures in one place (summary JSON, classification report, plots)."""
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -11,8 +12,8 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
-from bloodcell import IngestionReport, RunSummary, ShortcutAuditReport
-from components.audit.audit_component import AUDIT_FILE
+from bloodcell import IngestionReport, ShortcutAuditReport
+from bloodcell import RunSummary as RunSummaryArtifact
 from components.evaluation import (
     ACCURACY,
     CRITICAL_RECALL,
@@ -22,19 +23,26 @@ from components.evaluation import (
     read_site_figures,
 )
 from components.experiment_tracking import log_run
-from components.image_example_gen import REPORT_FILE
 from components.model_card import render_model_card
 from components.plots import confusion_matrix_png, training_curves_png
 from components.serving_gate import read_gate
-from components.splitting import HOLDOUT
 from components.summary_text import format_classification_report
-from components.training.trainer_module import HISTORY_FILE, OPERATING_POINT_FILE
+from contracts.artifacts import (
+    AUDIT_FILE,
+    HISTORY_FILE,
+    HOLDOUT,
+    INGESTION_REPORT_FILE,
+    MODEL_CARD_FILE,
+    SUMMARY_FILE,
+    TRAINED_OPERATING_POINT_FILE,
+    read_json,
+    write_json,
+)
+from contracts.run_summary import RunSummary
 
-SUMMARY_FILE = "summary.json"
 CLASSIFICATION_REPORT_FILE = "classification_report.txt"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 TRAINING_CURVES_FILE = "training_curves.png"
-MODEL_CARD_FILE = "model_card.md"
 TRIALS_FILE = "tuner_trials.csv"
 
 
@@ -52,38 +60,35 @@ def build_summary(
     operating_point: dict[str, float],
     sites: dict[str, dict[str, Any]],
     hold_out: dict[str, Any] | None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """The run's figures: test split overall, per class and per site; gate; push; audit; hold-out."""
     per_class = {name: {**metrics["per_class"][name], "support": sum(matrix[k])} for k, name in enumerate(classes)}
-    return {
-        "splits": ingestion["split_totals"],
-        "ingestion": {k: ingestion[k] for k in ("found", "ingested", "duplicates", "rejected")},
-        "epochs_trained": len(history),
-        "test_accuracy": metrics[ACCURACY],
-        "critical_class": critical_class,
-        "critical_recall": metrics[CRITICAL_RECALL],
-        "per_class": per_class,
-        "confusion_matrix": matrix,
-        "sites": sites,
-        "hold_out": hold_out,
-        "blessed": gate["blessed"],
-        "gate_failures": gate["failures"],
-        "identical_to_served": gate["identical_to_served"],
-        "served_model": gate["served"],
-        "broken_served_versions": gate.get("broken_served_versions", []),
-        "pushed": pushed,
-        "pushed_destination": pushed_destination if pushed else "",
-        "pushed_version": os.path.basename(os.path.normpath(pushed_destination)) if pushed else "",
-        "operating_point": operating_point,
-        "audit": {
-            k: audit[k]
-            for k in (
-                "clean", "colour_baseline", "morphology_gain", "groups", "sites", "train_sites_per_class", "single_site_classes",
-                "stress", "bars",
-                "passes",
-            )
-        },  # fmt: skip
-    }
+    audit_keys = (
+        "clean", "colour_baseline", "morphology_gain", "groups", "sites", "train_sites_per_class", "single_site_classes",
+        "stress", "bars", "passes",
+    )  # fmt: skip
+    return RunSummary(
+        splits=ingestion["split_totals"],
+        ingestion={k: ingestion[k] for k in ("found", "ingested", "duplicates", "rejected")},
+        epochs_trained=len(history),
+        test_accuracy=metrics[ACCURACY],
+        critical_class=critical_class,
+        critical_recall=metrics[CRITICAL_RECALL],
+        per_class=per_class,
+        confusion_matrix=matrix,
+        sites=sites,
+        hold_out=hold_out,
+        blessed=gate["blessed"],
+        gate_failures=gate["failures"],
+        identical_to_served=gate["identical_to_served"],
+        served_model=gate["served"],
+        broken_served_versions=gate.get("broken_served_versions", []),
+        pushed=pushed,
+        pushed_destination=pushed_destination if pushed else "",
+        pushed_version=os.path.basename(os.path.normpath(pushed_destination)) if pushed else "",
+        operating_point=operating_point,
+        audit={k: audit[k] for k in audit_keys},
+    )
 
 
 def hold_out_figures(
@@ -109,17 +114,12 @@ def hold_out_figures(
 
 def trials_csv(tuner_results_uri: str) -> str:
     """The Tuner's trials (tuner_results.json: one record per completed trial, best first) as CSV."""
-    records = _read_json(tuner_results_uri, "tuner_results.json")
+    records = read_json(tuner_results_uri, "tuner_results.json")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in records for k in r)))
     writer.writeheader()
     writer.writerows(records)
     return buffer.getvalue()
-
-
-def _read_json(folder: str, name: str) -> Any:
-    with tf.io.gfile.GFile(os.path.join(folder, name)) as f:
-        return json.load(f)
 
 
 def _write(folder: str, name: str, text: str) -> None:
@@ -144,7 +144,7 @@ def RunReport(  # noqa: N802 - TFX component names are classes
     tracking_uri: Parameter[str],
     experiment: Parameter[str],
     pipeline_run_id: Parameter[str],
-    report: OutputArtifact[RunSummary],
+    report: OutputArtifact[RunSummaryArtifact],
     tuner_results: InputArtifact[standard_artifacts.TunerResults] = None,
     hold_out_evaluation: InputArtifact[standard_artifacts.ModelEvaluation] = None,
 ):
@@ -153,8 +153,8 @@ def RunReport(  # noqa: N802 - TFX component names are classes
 
     `pipeline_run_id` is the orchestrator's run id (ML Metadata's pipeline_run context) when known."""
     classes = json.loads(classes_json)
-    ingestion = _read_json(ingestion_report.uri, REPORT_FILE)
-    history = _read_json(model_run.uri, HISTORY_FILE)
+    ingestion = read_json(ingestion_report.uri, INGESTION_REPORT_FILE)
+    history = read_json(model_run.uri, HISTORY_FILE)
     matrix = read_confusion_matrix(evaluation.uri, len(classes))
     summary = build_summary(
         ingestion,
@@ -166,18 +166,18 @@ def RunReport(  # noqa: N802 - TFX component names are classes
         pushed_model.get_string_custom_property("pushed_destination"),
         classes,
         critical_class,
-        _read_json(audit.uri, AUDIT_FILE),
-        _read_json(model_run.uri, OPERATING_POINT_FILE),
+        read_json(audit.uri, AUDIT_FILE),
+        read_json(model_run.uri, TRAINED_OPERATING_POINT_FILE),
         read_site_figures(evaluation.uri, classes, critical_class),
         None
         if hold_out_evaluation is None
         else hold_out_figures(hold_out_evaluation.uri, hold_out, ingestion, classes, critical_class),
     )
-    _write(report.uri, CLASSIFICATION_REPORT_FILE, format_classification_report(summary["per_class"], summary["test_accuracy"]))
+    _write(report.uri, CLASSIFICATION_REPORT_FILE, format_classification_report(summary.per_class, summary.test_accuracy))
     card = render_model_card(summary, model_name, pipeline_run_id)
     _write(report.uri, MODEL_CARD_FILE, card)
-    if summary["pushed"]:
-        _write(os.path.join(summary["pushed_destination"], "assets.extra"), MODEL_CARD_FILE, card)
+    if summary.pushed:
+        _write(os.path.join(summary.pushed_destination, "assets.extra"), MODEL_CARD_FILE, card)
     if tuner_results is not None:
         _write(report.uri, TRIALS_FILE, trials_csv(tuner_results.uri))
     tf.io.gfile.copy(os.path.join(audit.uri, AUDIT_FILE), os.path.join(report.uri, AUDIT_FILE), overwrite=True)
@@ -185,11 +185,11 @@ def RunReport(  # noqa: N802 - TFX component names are classes
         matrix,
         classes,
         os.path.join(report.uri, CONFUSION_MATRIX_FILE),
-        f"test split, accuracy {summary['test_accuracy']:.4f}",
+        f"test split, accuracy {summary.test_accuracy:.4f}",
     )
     training_curves_png(history, os.path.join(report.uri, TRAINING_CURVES_FILE))
-    _write(report.uri, SUMMARY_FILE, json.dumps(summary, indent=1))
-    summary["tracking"] = log_run(
+    write_json(report.uri, SUMMARY_FILE, summary)
+    tracking = log_run(
         tracking_uri,
         experiment,
         model_name,
@@ -199,4 +199,4 @@ def RunReport(  # noqa: N802 - TFX component names are classes
         history,
         {"": report.uri, "ingestion": ingestion_report.uri},
     )
-    _write(report.uri, SUMMARY_FILE, json.dumps(summary, indent=1))
+    write_json(report.uri, SUMMARY_FILE, dataclasses.replace(summary, tracking=tracking))

@@ -16,13 +16,9 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 from components.evaluation import ACCURACY, CRITICAL_RECALL, read_metrics, read_site_figures
-from components.image_example_gen import example_files
-from components.training.export import EXAMPLES_INPUT, EXAMPLES_SIGNATURE
-from components.training.preprocessing import parse_example
-from serving.model_versions import served_versions
-
-GATE_FILE = "gate.json"
-SERVING_FORMAT = "Format-Serving"
+from contracts.artifacts import GATE_FILE, SERVING_FORMAT, example_files, served_versions
+from contracts.signatures import EXAMPLES_INPUT, EXAMPLES_SIGNATURE
+from training.preprocessing import parse_example
 
 
 def serving_state(serving_dir: str) -> str:

@@ -16,8 +16,8 @@ from typing import Iterable
 
 import numpy as np
 
-SPLITS = ("train", "eval", "test")
-HOLDOUT = "holdout"  # every image of a held-out root or site: scored, never trained on
+from contracts.artifacts import HOLDOUT, SPLITS
+
 # Perceptual hash distance (bits of 256) up to which two images are one near-duplicate group. Measured on
 # the three default roots: resized (0.5x-1.3x) and JPEG re-encoded (quality 30-90) copies differ by at most
 # 6 bits, and no two distinct images of the 7,881 by fewer than 64.

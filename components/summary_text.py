@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from contracts.run_summary import RunSummary
+
 
 def format_classification_report(per_class: dict[str, dict[str, float]], accuracy: float) -> str:
     """Per-class precision, recall, F1 and support, then overall accuracy (NaN where undefined)."""
@@ -15,59 +17,59 @@ def format_classification_report(per_class: dict[str, dict[str, float]], accurac
     return "\n".join(lines) + "\n"
 
 
-def render_summary(summary: dict[str, Any], report_dir: str) -> str:
+def render_summary(summary: RunSummary, report_dir: str) -> str:
     """The end-of-run figures as readable text."""
-    splits = summary["splits"]
-    ingestion = summary["ingestion"]
+    splits = summary.splits
+    ingestion = summary.ingestion
     lines = [
         "",
         "=== bloodcell run summary ===",
         f"images: found {ingestion['found']}, ingested {ingestion['ingested']}, "
         f"duplicates removed {ingestion['duplicates']}, rejected {ingestion['rejected']}",
         f"splits: train {splits['train']} / eval {splits['eval']} / test {splits['test']}",
-        f"epochs trained: {summary['epochs_trained']}",
-        f"test accuracy: {summary['test_accuracy']:.4f}",
-        format_classification_report(summary["per_class"], summary["test_accuracy"]),
+        f"epochs trained: {summary.epochs_trained}",
+        f"test accuracy: {summary.test_accuracy:.4f}",
+        format_classification_report(summary.per_class, summary.test_accuracy),
     ]
-    critical = summary["critical_class"]
-    lines.append(f"{critical} recall: {summary['critical_recall']:.4f}")
-    lines += site_lines(summary["sites"], critical, "per site (test split)")
-    if summary["hold_out"]:
-        lines += hold_out_lines(summary["hold_out"], critical)
-    point = summary["operating_point"]
+    critical = summary.critical_class
+    lines.append(f"{critical} recall: {summary.critical_recall:.4f}")
+    lines += site_lines(summary.sites, critical, "per site (test split)")
+    if summary.hold_out:
+        lines += hold_out_lines(summary.hold_out, critical)
+    point = summary.operating_point
     lines.append(
         f"{critical} alert: calibrated p >= {point['threshold']:.4f} (eval recall {point['recall']:.4f}, "
         f"precision {point['precision']:.4f}); ECE {point['ece_before']:.4f} -> {point['ece_after']:.4f} "
         f"(temperature {point['temperature']:.3f})"
     )
-    lines += audit_lines(summary["audit"], critical)
-    served = summary["served_model"]
+    lines += audit_lines(summary.audit, critical)
+    served = summary.served_model
     if served:
         lines.append(
             f"served model (version {served['version']}) on this test split: accuracy {served['accuracy']:.4f}, "
-            f"{summary['critical_class']} recall {served['critical_recall']:.4f}"
+            f"{summary.critical_class} recall {served['critical_recall']:.4f}"
         )
     lines += [
         f"served version {b['version']} does not load and was skipped (TF Serving keeps the last version that "
         f"loads): {b['error']}"
-        for b in summary.get("broken_served_versions", [])
+        for b in summary.broken_served_versions
     ]
     # "Already served" only explains a refusal when every bar was met; a failed bar is always shown as one.
-    unchanged = summary["identical_to_served"] and not summary["gate_failures"]
-    if summary["blessed"]:
+    unchanged = summary.identical_to_served and not summary.gate_failures
+    if summary.blessed:
         lines.append("gate: BLESSED")
     elif unchanged:
         lines.append(f"gate: passed, but this model is the one already served (version {served['version']})")
     else:
         lines.append("gate: NOT BLESSED")
-        lines += [f"  failed: {failure}" for failure in summary["gate_failures"]]
-        if summary["identical_to_served"]:
+        lines += [f"  failed: {failure}" for failure in summary.gate_failures]
+        if summary.identical_to_served:
             lines.append(f"  (this model is also the one already served, version {served['version']})")
-    if summary["pushed"]:
-        lines.append(f"pushed: {summary['pushed_destination']}")
+    if summary.pushed:
+        lines.append(f"pushed: {summary.pushed_destination}")
     else:
         lines.append("pushed: no (" + ("already served" if unchanged else "model not blessed") + ")")
-    tracking = summary.get("tracking", {})
+    tracking = summary.tracking
     if "error" in tracking:
         lines.append(f"MLflow: NOT logged to {tracking['uri']}: {tracking['error']}")
     elif tracking:

@@ -10,8 +10,8 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
 
-from components import features
-from components.splitting import SPLITS
+from contracts import features
+from contracts.artifacts import SPLITS, split_folder
 
 ANOMALIES_FILE = "SchemaDiff.pb"
 STATISTICS_FILE = "FeatureStats.pb"
@@ -25,7 +25,7 @@ def describe_anomalies(anomalies_uri: str, split_names: list[str]) -> list[str]:
     """One line per anomaly: split, feature and TFDV's description."""
     lines = []
     for split in split_names:
-        path = os.path.join(anomalies_uri, f"Split-{split}", ANOMALIES_FILE)
+        path = os.path.join(split_folder(anomalies_uri, split), ANOMALIES_FILE)
         anomalies = anomalies_pb2.Anomalies()
         anomalies.ParseFromString(tf.io.gfile.GFile(path, "rb").read())
         for feature, info in sorted(anomalies.anomaly_info.items()):
@@ -38,7 +38,7 @@ def describe_anomalies(anomalies_uri: str, split_names: list[str]) -> list[str]:
 
 
 def _classes_present(statistics_uri: str, split: str) -> set[str]:
-    stats = tfdv.load_stats_binary(os.path.join(statistics_uri, f"Split-{split}", STATISTICS_FILE))
+    stats = tfdv.load_stats_binary(os.path.join(split_folder(statistics_uri, split), STATISTICS_FILE))
     return {
         bucket.label
         for dataset in stats.datasets

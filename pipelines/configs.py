@@ -1,318 +1,33 @@
-"""All pipeline settings in one place, loaded from `config.yaml` with command-line overrides."""
+"""The pipeline's view of the config: what the Trainer gets and the per-run settings (values on a local
+run, runtime parameters on Kubeflow)."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
 import os
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from components.data_roots import DataRoot, DataRootError, check_roots, parse_data_root, roots_to_json
 from components.experiment_tracking import default_tracking_uri
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "config.yaml"
-
-
-@dataclasses.dataclass(frozen=True)
-class Paths:
-    data_roots: list[DataRoot]      # each <path>/<class>/**, with the site of images MANIFEST.csv does not name
-    output_root: str
-    serving_root: str
-    schema_dir: str
+from contracts.config import Config
+from contracts.data_roots import roots_to_json
+from training.trainer_config import TrainerConfig
 
 
-@dataclasses.dataclass(frozen=True)
-class Ingestion:
-    split_ratios: dict[str, float]
-    split_seed: int
-    max_pixels: int
-    min_side: int
-    max_file_bytes: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-    image_size: int
-    central_crop: float
-    test_time_views: int            # served probabilities: mean over this many rotations/mirror images (1..8)
-
-
-@dataclasses.dataclass(frozen=True)
-class Augmentation:
-    enabled: bool
-    rotation: float
-    zoom: float
-    shift: float
-    horizontal_flip: bool
-    vertical_flip: bool
-    brightness: float
-    contrast: float
-    saturation: float
-    hue: float
-    grayscale: float
-    stain: float                    # haematoxylin/eosin amounts scaled by 1 +- this (per image and stain)
-    gamma: float                    # per-channel gamma curve exp(+- this): non-linear colour, scanner response
-    blur: float                     # per image: Gaussian blur of random sigma up to this, in input pixels
-    jpeg_quality: list[int]         # per image: JPEG re-encoding at a random quality in [lo, hi]; [] = off
-
-
-@dataclasses.dataclass(frozen=True)
-class Training:
-    filters: list[int]
-    dense_units: int
-    dropout: float
-    learning_rate: float
-    batch_size: int
-    epochs: int
-    early_stopping_patience: int
-    reduce_lr_patience: int
-    reduce_lr_factor: float
-    grayscale_validation: bool      # model selection also scores the eval split's grayscale copy
-    critical_class_weight: float
-    site_weight_power: float        # class x site balanced sampling: within a class, site drawn ~ count ** power
-    mixstyle: float                 # MixStyle probability after the first two blocks (training only; 0 = off)
-    seed: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Tuning:
-    enabled: bool
-    max_trials: int
-    epochs: int                     # per trial
-    search_space: dict[str, list]   # see components/training/tuning.py
-
-
-@dataclasses.dataclass(frozen=True)
-class Evaluation:
-    min_accuracy: float             # overall and at every site
-    min_critical_recall: float      # overall and at every site that has critical-class test images
-    max_regression: float
-    hold_out: str                   # a data root's folder name or a site: scored on, never trained on ("" = none)
-
-
-@dataclasses.dataclass(frozen=True)
-class Screening:
-    alert_recall: float         # critical-class recall the alert threshold is chosen for, on the eval split
-    review_confidence: float    # predictions whose calibrated top probability is lower need human review
-
-
-@dataclasses.dataclass(frozen=True)
-class Audit:
-    max_stress_drop: float              # accuracy drop allowed on each stress variant of the test split
-    min_stress_critical_recall: float   # critical-class recall required on each stress variant
-
-
-@dataclasses.dataclass(frozen=True)
-class Tracking:
-    uri: str            # MLflow tracking URI; "" = SQLite store <output_root>/mlflow.db
-    experiment: str     # MLflow experiment of the pipeline runs
-
-
-@dataclasses.dataclass(frozen=True)
-class Serving:
-    grpc_target: str            # where `bloodcell predict|status|web` find TF Serving
-    batch_size: int             # images per Predict request
-    timeout_s: float            # deadline of one gRPC call
-    retries: int                # retries on UNAVAILABLE
-    max_message_mb: int         # gRPC message size limit, client and local server
-    poll_wait_s: float          # local server: how often the model base path is polled for new versions
-    web_max_files: int          # images per web request
-    web_max_file_bytes: int     # bytes per uploaded image
-    max_request_images: int     # the served model refuses a Predict request with more images
-    max_image_pixels: int       # ... an image with more pixels (read from its header, before decoding)
-    max_request_pixels: int     # ... a request whose images have more pixels together
-    max_concurrent_predictions: int  # local server: requests computing at once
-    max_queued_requests: int    # local server: requests waiting for a slot; more get RESOURCE_EXHAUSTED
-    web_max_connections: int    # web endpoint: connections and requests at once; more get 503
-
-
-@dataclasses.dataclass(frozen=True)
-class Kubeflow:
-    image: str                      # component image (Dockerfile), the project installed at /app
-    pipeline_root: str              # artifacts: gs://, s3:// or a path on the data volume
-    data_roots: list[DataRoot]      # default of the data_roots runtime parameter
-    serving_root: str               # TF Serving's model volume, as mounted in pipeline pods
-    schema_dir: str                 # the curated schema inside the image
-    data_pvc: str                   # PersistentVolumeClaim mounted at data_mount in every pipeline pod
-    data_mount: str
-    models_pvc: str                 # PersistentVolumeClaim shared with TF Serving, mounted at models_mount
-    models_mount: str
-    beam_pipeline_args: list[str]   # Beam on Kubeflow: DirectRunner in the pod, or Dataflow/Flink/Spark
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    pipeline_name: str
-    model_name: str
-    paths: Paths
-    classes: list[str]
-    critical_class: str
-    ingestion: Ingestion
-    preprocessing: Preprocessing
-    augmentation: Augmentation
-    training: Training
-    tuning: Tuning
-    evaluation: Evaluation
-    screening: Screening
-    audit: Audit
-    tracking: Tracking
-    serving: Serving
-    kubeflow: Kubeflow
-    beam_pipeline_args: list[str]
-
-    @property
-    def critical_index(self) -> int:
-        return self.classes.index(self.critical_class)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-class ConfigError(ValueError):
-    """A config file or override that names an unknown field or holds a bad value."""
-
-
-def _apply_override(raw: dict[str, Any], override: str) -> None:
-    key, sep, value = override.partition("=")
-    if not sep:
-        raise ConfigError(f"override {override!r} must look like section.field=value")
-    node = raw
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            raise ConfigError(f"override {key!r}: unknown section {part!r}")
-        node = node[part]
-    if parts[-1] not in node:
-        raise ConfigError(f"override {key!r}: unknown field {parts[-1]!r}")
-    node[parts[-1]] = yaml.safe_load(value)
-
-
-def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    missing = sorted(set(fields) - set(raw))
-    if unknown or missing:
-        raise ConfigError(f"{where or 'config'}: unknown fields {unknown}, missing fields {missing}")
-    values = {}
-    for name, field in fields.items():
-        value = raw[name]
-        if field.type in _SECTIONS:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}{name}: expected a mapping, got {value!r}")
-            value = _build(_SECTIONS[field.type], value, f"{where}{name}.")
-        values[name] = value
-    return cls(**values)
-
-
-_SECTIONS = {
-    c.__name__: c
-    for c in (
-        Paths, Ingestion, Preprocessing, Augmentation, Training, Tuning,
-        Evaluation, Screening, Audit, Tracking, Serving, Kubeflow,
+def trainer_config(config: Config) -> TrainerConfig:
+    """What the trainer module needs from the config (the Trainer's custom_config)."""
+    return TrainerConfig(
+        classes=config.classes,
+        critical_class=config.critical_class,
+        preprocessing=config.preprocessing,
+        augmentation=config.augmentation,
+        training=config.training,
+        screening=config.screening,
+        tuning=config.tuning,
+        min_side=config.ingestion.min_side,
+        max_request_images=config.serving.max_request_images,
+        max_image_pixels=config.serving.max_image_pixels,
+        max_request_pixels=config.serving.max_request_pixels,
     )
-}  # fmt: skip
-
-
-def _resolve(value: str, base: Path) -> str:
-    return value if "://" in value or Path(value).is_absolute() else str((base / value).resolve())
-
-
-def _resolve_paths(paths: dict[str, Any], base: Path) -> None:
-    for key, value in paths.items():
-        if key == "data_roots":
-            roots = [parse_data_root(v) for v in (value if isinstance(value, list) else [value])]
-            paths[key] = [dataclasses.replace(r, path=_resolve(r.path, base)) for r in roots]
-        else:
-            paths[key] = _resolve(value, base)
-
-
-def _parse_roots(section: dict[str, Any]) -> None:
-    values = section.get("data_roots")
-    if isinstance(values, list):
-        section["data_roots"] = [parse_data_root(v) for v in values]
-
-
-def _validate(config: Config) -> None:
-    if len(set(config.classes)) != len(config.classes) or not config.classes:
-        raise ConfigError(f"classes: must be distinct and non-empty, got {config.classes}")
-    if config.critical_class not in config.classes:
-        raise ConfigError(f"critical_class: {config.critical_class!r} is not one of {config.classes}")
-    ratios = config.ingestion.split_ratios
-    if set(ratios) != {"train", "eval", "test"} or abs(sum(ratios.values()) - 1) > 1e-6:
-        raise ConfigError(f"ingestion.split_ratios: need train/eval/test summing to 1, got {ratios}")
-    if config.preprocessing.image_size < 16:
-        raise ConfigError("preprocessing.image_size: must be at least 16")
-    if not 0.1 <= config.preprocessing.central_crop <= 1.0:
-        raise ConfigError("preprocessing.central_crop: must be between 0.1 and 1.0")
-    if not 1 <= config.preprocessing.test_time_views <= 8:
-        raise ConfigError("preprocessing.test_time_views: must be between 1 and 8 (the symmetries of a square)")
-    if not 0.0 <= config.training.mixstyle <= 1.0:
-        raise ConfigError("training.mixstyle: a probability, between 0 and 1")
-    if not 0.0 <= config.training.site_weight_power <= 1.0:
-        raise ConfigError("training.site_weight_power: must be between 0 (sites equally often) and 1 (as found)")
-    quality = config.augmentation.jpeg_quality
-    if quality and not (len(quality) == 2 and 0 <= quality[0] <= quality[1] <= 100):
-        raise ConfigError(f"augmentation.jpeg_quality: need [lo, hi] with 0 <= lo <= hi <= 100, or [], got {quality}")
-    if config.training.epochs < 1 or config.training.batch_size < 1:
-        raise ConfigError("training.epochs and training.batch_size: must be positive")
-    for where, roots in (("paths.data_roots", config.paths.data_roots), ("kubeflow.data_roots", config.kubeflow.data_roots)):
-        try:
-            check_roots(roots)
-        except DataRootError as err:
-            raise ConfigError(f"{where}: {err}") from None
-    if config.serving.batch_size < 1 or config.serving.web_max_files < 1:
-        raise ConfigError("serving.batch_size and serving.web_max_files: must be positive")
-    if max(config.serving.batch_size, config.serving.web_max_files) > config.serving.max_request_images:
-        raise ConfigError("serving.batch_size and serving.web_max_files: must not exceed serving.max_request_images")
-    if not 0 < config.serving.max_image_pixels <= config.serving.max_request_pixels:
-        raise ConfigError("serving.max_image_pixels: must be positive and at most serving.max_request_pixels")
-
-
-def load_config(path: str | Path = DEFAULT_CONFIG, overrides: list[str] | None = None) -> Config:
-    """Reads the YAML config, applies `section.field=value` overrides and resolves relative paths."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: cannot read config: {err}") from err
-    raw = copy.deepcopy(raw)
-    for override in overrides or []:
-        _apply_override(raw, override)
-    if not isinstance(raw.get("paths"), dict):
-        raise ConfigError(f"{path}: 'paths' section missing")
-    try:
-        _resolve_paths(raw["paths"], path.resolve().parent)
-        _parse_roots(raw.get("kubeflow") or {})
-    except DataRootError as err:
-        raise ConfigError(f"{path}: {err}") from None
-    config = _build(Config, raw, "")
-    _validate(config)
-    return config
-
-
-def trainer_config(config: Config) -> dict:
-    """What the trainer module needs from the config (passed as the Trainer's custom_config)."""
-    settings = config.as_dict()
-    return {
-        "classes": config.classes,
-        "critical_class": config.critical_class,
-        "image_size": config.preprocessing.image_size,
-        "central_crop": config.preprocessing.central_crop,
-        "test_time_views": config.preprocessing.test_time_views,
-        "min_side": config.ingestion.min_side,
-        "max_request_images": config.serving.max_request_images,
-        "max_image_pixels": config.serving.max_image_pixels,
-        "max_request_pixels": config.serving.max_request_pixels,
-        "augmentation": settings["augmentation"],
-        "training": settings["training"],
-        "screening": settings["screening"],
-        "tuning": {k: v for k, v in settings["tuning"].items() if k != "enabled"},
-    }
 
 
 def serving_dir(config: Config) -> str:
@@ -325,31 +40,25 @@ def tracking_uri(config: Config) -> str:
     return config.tracking.uri or default_tracking_uri(config.paths.output_root)
 
 
-def run_settings(config: Config) -> dict[str, Any]:
-    """What users change per run: used as is by the local run, as runtime parameters on Kubeflow."""
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """What users change per run: values on a local run; on Kubeflow, runtime parameters with these defaults
+    (the dashboard's run form)."""
+
+    data_roots: Any  # JSON list of {path, site}
+    trainer_config: Any  # dict (local) or its JSON (Kubeflow)
+    min_accuracy: Any
+    min_critical_recall: Any
+    max_regression: Any
+
+
+def run_settings(config: Config) -> RunSettings:
+    """The run's settings from the config, as values."""
     evaluation = config.evaluation
-    return {
-        "data_roots": roots_to_json(config.paths.data_roots),
-        "trainer_config": trainer_config(config),
-        "min_accuracy": float(evaluation.min_accuracy),
-        "min_critical_recall": float(evaluation.min_critical_recall),
-        "max_regression": float(evaluation.max_regression),
-    }
-
-
-def parameter_values(config: Config) -> dict[str, str | float]:
-    """`run_settings` as Kubeflow parameter values (the Trainer's settings as JSON)."""
-    return {k: json.dumps(v) if isinstance(v, dict) else v for k, v in run_settings(config).items()}
-
-
-def kubeflow_config(config: Config) -> Config:
-    """The config as seen from inside the cluster: paths on the mounted volumes, the cluster's Beam args."""
-    kf = config.kubeflow
-    paths = dataclasses.replace(
-        config.paths,
-        data_roots=kf.data_roots,
-        output_root=kf.pipeline_root,
-        serving_root=kf.serving_root,
-        schema_dir=kf.schema_dir,
+    return RunSettings(
+        data_roots=roots_to_json(config.paths.data_roots),
+        trainer_config=trainer_config(config).as_dict(),
+        min_accuracy=float(evaluation.min_accuracy),
+        min_critical_recall=float(evaluation.min_critical_recall),
+        max_regression=float(evaluation.max_regression),
     )
-    return dataclasses.replace(config, paths=paths, beam_pipeline_args=list(kf.beam_pipeline_args))

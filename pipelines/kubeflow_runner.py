@@ -3,6 +3,7 @@ local run, settings from runtime parameters, volumes mounted in every pod, a YAM
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -11,8 +12,38 @@ from typing import Any
 import yaml
 from tfx import v1 as tfx
 
-from pipelines.configs import Config, kubeflow_config, parameter_values
-from pipelines.pipeline import UNCACHEABLE, create_pipeline
+from contracts.config import Config
+from pipelines.configs import RunSettings, run_settings
+from pipelines.pipeline import UNCACHEABLE, TrainerCode, create_pipeline
+
+# In the component image the project is installed: the Trainer and the Tuner import their functions from it.
+TRAINER_CODE = TrainerCode(run_fn="training.trainer_module.run_fn", tuner_fn="training.trainer_module.tuner_fn")
+
+
+def parameter_values(config: Config) -> dict[str, str | float]:
+    """`run_settings` as Kubeflow parameter values by name (the Trainer's settings as JSON)."""
+    values = dataclasses.asdict(run_settings(config))
+    return {k: json.dumps(v) if isinstance(v, dict) else v for k, v in values.items()}
+
+
+def kubeflow_config(config: Config) -> Config:
+    """The config as seen from inside the cluster: paths on the mounted volumes, the cluster's Beam args."""
+    kf = config.kubeflow
+    paths = dataclasses.replace(
+        config.paths,
+        data_roots=kf.data_roots,
+        output_root=kf.pipeline_root,
+        serving_root=kf.serving_root,
+        schema_dir=kf.schema_dir,
+    )
+    return dataclasses.replace(config, paths=paths, beam_pipeline_args=list(kf.beam_pipeline_args))
+
+
+def runtime_parameters(config: Config) -> RunSettings:
+    """The run's settings as Kubeflow runtime parameters, the config's values as defaults."""
+    parameter = tfx.dsl.experimental.RuntimeParameter
+    values = parameter_values(config)
+    return RunSettings(**{name: parameter(name=name, ptype=type(value), default=value) for name, value in values.items()})
 
 
 def _pipeline_spec(pipeline_job: dict[str, Any], cluster: Config) -> dict[str, Any]:
@@ -43,7 +74,10 @@ def _platform_spec(spec: dict[str, Any], config: Config) -> dict[str, Any]:
 def compile_pipeline(config: Config, output: str | Path, image: str | None = None) -> dict[str, Any]:
     """Writes the pipeline YAML for Kubeflow Pipelines and returns its PipelineSpec."""
     cluster = kubeflow_config(config)
-    pipeline = create_pipeline(cluster, pipeline_root=cluster.paths.output_root, kubeflow=True)
+    # KFP v2 cannot compile placeholders in parameters: the report finds a Kubeflow run by its artifact paths.
+    pipeline = create_pipeline(
+        cluster, pipeline_root=cluster.paths.output_root, settings=runtime_parameters(cluster), trainer_code=TRAINER_CODE
+    )
     runner_config = tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
         default_image=image or config.kubeflow.image, use_pipeline_spec_2_1=True
     )

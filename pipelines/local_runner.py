@@ -5,21 +5,26 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
-import json
 import logging
 import os
-from typing import IO, Any, Iterator
+from typing import IO, Iterator
 
 from ml_metadata.metadata_store import metadata_store
 from tfx import v1 as tfx
+from tfx.dsl.placeholder import placeholder as ph
 
-from bloodcell import RunSummary
+from bloodcell import RunSummary as RunSummaryArtifact
 from components.image_example_gen import code_fingerprint
 from components.image_verification import fingerprint
-from components.run_report import SUMMARY_FILE
 from components.serving_gate import serving_state
-from pipelines.configs import Config, serving_dir
-from pipelines.pipeline import create_pipeline
+from contracts.artifacts import SUMMARY_FILE, read_json
+from contracts.config import Config
+from contracts.run_summary import RunSummary
+from pipelines.configs import run_settings, serving_dir
+from pipelines.pipeline import TrainerCode, create_pipeline
+
+# TFX packages the module file with its folder (the whole training layer) for the Trainer and the Tuner.
+TRAINER_MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training", "trainer_module.py")
 
 
 def metadata_path(config: Config) -> str:
@@ -30,17 +35,16 @@ def pipeline_root(config: Config) -> str:
     return os.path.join(config.paths.output_root, "pipelines", config.pipeline_name)
 
 
-def latest_summary(config: Config) -> tuple[dict[str, Any], str]:
+def latest_summary(config: Config) -> tuple[RunSummary, str]:
     """The newest RunSummary artifact in ML Metadata: its summary.json and its folder."""
     store = metadata_store.MetadataStore(
         tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path(config))
     )
-    artifacts = sorted(store.get_artifacts_by_type(RunSummary.TYPE_NAME), key=lambda a: a.id)
+    artifacts = sorted(store.get_artifacts_by_type(RunSummaryArtifact.TYPE_NAME), key=lambda a: a.id)
     if not artifacts:
         raise RuntimeError(f"no run report in {metadata_path(config)}: the pipeline did not finish")
     uri = artifacts[-1].uri
-    with open(os.path.join(uri, SUMMARY_FILE)) as f:
-        return json.load(f), uri
+    return RunSummary.from_dict(read_json(uri, SUMMARY_FILE)), uri
 
 
 class RunLockedError(RuntimeError):
@@ -89,19 +93,22 @@ def run_lock(config: Config) -> Iterator[None]:
         yield
 
 
-def run_local(config: Config, enable_cache: bool = True) -> tuple[dict[str, Any], str]:
+def run_local(config: Config, enable_cache: bool = True) -> tuple[RunSummary, str]:
     """Runs the whole pipeline, holding the run lock, and returns the run's summary and report folder."""
     with run_lock(config):
         return _run(config, enable_cache)
 
 
-def _run(config: Config, enable_cache: bool) -> tuple[dict[str, Any], str]:
+def _run(config: Config, enable_cache: bool) -> tuple[RunSummary, str]:
     roots = config.paths.data_roots
     input_fingerprint = f"{fingerprint(roots)}:{code_fingerprint()}"
     logging.info("data roots %s, fingerprint %s", ", ".join(r.path for r in roots), input_fingerprint[:16])
     pipeline = create_pipeline(
         config,
         pipeline_root=pipeline_root(config),
+        settings=run_settings(config),
+        trainer_code=TrainerCode(module_file=TRAINER_MODULE),
+        pipeline_run_id=ph.execution_invocation().pipeline_run_id,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path(config)),
         input_fingerprint=input_fingerprint,
         serving_state=serving_state(serving_dir(config)),

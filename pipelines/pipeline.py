@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from typing import Any
 
 from tfx import v1 as tfx
 from tfx.dsl.placeholder import placeholder as ph
@@ -15,47 +15,48 @@ from components.evaluation import build_eval_config
 from components.image_example_gen import ImageExampleGen
 from components.run_report import RunReport
 from components.serving_gate import ServingGate
-from components.splitting import HOLDOUT
 from components.validation_gate import AnomaliesGate
-from pipelines.configs import Config, parameter_values, run_settings, serving_dir, tracking_uri, trainer_config
+from contracts.artifacts import HOLDOUT
+from contracts.config import Config
+from pipelines.configs import RunSettings, serving_dir, tracking_uri, trainer_config
 
-TRAINER_MODULE = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "components", "training", "trainer_module.py"
-)
-# On Kubeflow the project is installed in the component image: the Trainer imports its run_fn from there.
-TRAINER_RUN_FN = "components.training.trainer_module.run_fn"
-TUNER_FN = "components.training.trainer_module.tuner_fn"
 # Steps that look at state outside the pipeline's artifacts (files under the data root, the served model):
 # orchestrators that cache by inputs alone must not cache them.
 UNCACHEABLE = ("ImageExampleGen", "ServingGate")
 
 
-def runtime_parameters(config: Config) -> dict[str, Any]:
-    """`run_settings` as Kubeflow runtime parameters, the config's values as defaults (shown in the dashboard)."""
-    parameter = tfx.dsl.experimental.RuntimeParameter
-    return {name: parameter(name=name, ptype=type(value), default=value) for name, value in parameter_values(config).items()}
+@dataclasses.dataclass(frozen=True)
+class TrainerCode:
+    """Where the Trainer and the Tuner find their functions: a module file that TFX packages (local runs), or
+    functions of the package installed in the component image (Kubeflow)."""
+
+    module_file: str | None = None
+    run_fn: str | None = None
+    tuner_fn: str | None = None
 
 
 def create_pipeline(
     config: Config,
     pipeline_root: str,
+    settings: RunSettings,
+    trainer_code: TrainerCode,
+    pipeline_run_id: str | ph.Placeholder = "",
     metadata_connection_config=None,
     input_fingerprint: str = "",
     serving_state: str = "",
     enable_cache: bool = True,
-    kubeflow: bool = False,
 ) -> tfx.dsl.Pipeline:
     """Ingestion -> validation -> [tuning] -> training -> evaluation (per site) + [held-out evaluation] +
     shortcut audit -> serving gate -> push -> run report (model card, MLflow).
 
-    `input_fingerprint` and `serving_state` describe the data root and the served model for the local
-    runner's cache. `kubeflow` reads settings from runtime parameters and the Trainer's code from the image.
+    The runners choose what differs between orchestrators: `settings` (values, or Kubeflow runtime
+    parameters), `trainer_code`, the `pipeline_run_id` the report records, and for the local runner's cache
+    `input_fingerprint` and `serving_state` (the data roots and the served model).
     """
-    settings = runtime_parameters(config) if kubeflow else run_settings(config)
     classes_json = json.dumps(config.classes)
     hold_out = config.evaluation.hold_out
     example_gen = ImageExampleGen(
-        data_roots_json=settings["data_roots"],
+        data_roots_json=settings.data_roots,
         classes_json=classes_json,
         split_json=json.dumps({"ratios": config.ingestion.split_ratios, "seed": config.ingestion.split_seed}),
         limits_json=json.dumps(
@@ -79,26 +80,25 @@ def create_pipeline(
         classes_json=classes_json,
         hold_out=hold_out,
     )
-    code = {"module_file": None if kubeflow else TRAINER_MODULE}
     splits = {"train_args": tfx.proto.TrainArgs(splits=["train"]), "eval_args": tfx.proto.EvalArgs(splits=["eval"])}
     tuner = None
     if config.tuning.enabled:
         tuner = tfx.components.Tuner(
-            tuner_fn=TUNER_FN if kubeflow else None,
+            module_file=trainer_code.module_file,
+            tuner_fn=trainer_code.tuner_fn,
             examples=example_gen.outputs["examples"],
             # The KFP v2 compiler wires runtime parameters into the Trainer's custom_config but not the
             # Tuner's: the search runs with the compiled config, the Trainer with the run's parameters.
-            custom_config=trainer_config(config),
-            **code,
+            custom_config=trainer_config(config).as_dict(),
             **splits,
         )
         tuner.add_upstream_node(anomalies_gate)
     trainer = tfx.components.Trainer(
-        run_fn=TRAINER_RUN_FN if kubeflow else None,
+        module_file=trainer_code.module_file,
+        run_fn=trainer_code.run_fn,
         examples=example_gen.outputs["examples"],
         hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
-        custom_config=settings["trainer_config"],
-        **code,
+        custom_config=settings.trainer_config,
         **splits,
     )
     trainer.add_upstream_node(anomalies_gate)
@@ -135,9 +135,9 @@ def create_pipeline(
         serving_dir=serving_dir(config),
         classes_json=classes_json,
         critical_class=config.critical_class,
-        min_accuracy=settings["min_accuracy"],
-        min_critical_recall=settings["min_critical_recall"],
-        max_regression=settings["max_regression"],
+        min_accuracy=settings.min_accuracy,
+        min_critical_recall=settings.min_critical_recall,
+        max_regression=settings.max_regression,
         hold_out=hold_out,
         serving_state=serving_state,
     )
@@ -164,8 +164,7 @@ def create_pipeline(
         settings_json=json.dumps(config.as_dict()),
         tracking_uri=tracking_uri(config),
         experiment=config.tracking.experiment,
-        # KFP v2 cannot compile placeholders in parameters: on Kubeflow the run is found by its artifact paths.
-        pipeline_run_id="" if kubeflow else ph.execution_invocation().pipeline_run_id,
+        pipeline_run_id=pipeline_run_id,
     )
     components = [
         example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate, *([tuner] if tuner else []),

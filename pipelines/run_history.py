@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 from typing import Any
 
 from ml_metadata.metadata_store import metadata_store
 from tfx import v1 as tfx
 
-from bloodcell import RunSummary
-from components.run_report import SUMMARY_FILE
+from bloodcell import RunSummary as RunSummaryArtifact
+from contracts.artifacts import SUMMARY_FILE, read_json
+from contracts.run_summary import RunSummary
 
 PIPELINE_RUN = "pipeline_run"
 INGESTION = "components.image_example_gen.ImageExampleGen"
@@ -30,7 +30,7 @@ class RunRecord:
     blessed: bool
     pushed_version: str  # "" when nothing was pushed
     report_dir: str
-    summary: dict[str, Any]
+    summary: RunSummary
 
     def row(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "summary"}
@@ -47,7 +47,7 @@ def list_runs(metadata_path: str) -> list[RunRecord]:
     store = _store(metadata_path)
     run_type = store.get_context_type(PIPELINE_RUN)
     records = []
-    for artifact in store.get_artifacts_by_type(RunSummary.TYPE_NAME):
+    for artifact in store.get_artifacts_by_type(RunSummaryArtifact.TYPE_NAME):
         run = next(c for c in store.get_contexts_by_artifact(artifact.id) if c.type_id == run_type.id)
         ingestion = [
             e
@@ -55,20 +55,19 @@ def list_runs(metadata_path: str) -> list[RunRecord]:
             if store.get_execution_types_by_id([e.type_id])[0].name == INGESTION
         ]
         fingerprint = ingestion[0].custom_properties["input_fingerprint"].string_value if ingestion else ""
-        with open(os.path.join(artifact.uri, SUMMARY_FILE)) as f:
-            summary = json.load(f)
+        summary = RunSummary.from_dict(read_json(artifact.uri, SUMMARY_FILE))
         started = datetime.datetime.fromtimestamp(run.create_time_since_epoch / 1000, datetime.timezone.utc)
         records.append(
             RunRecord(
                 run_id=run.name,
                 started=started.isoformat(timespec="seconds"),
                 data_fingerprint=fingerprint.split(":")[0][:12],
-                test_accuracy=summary["test_accuracy"],
-                critical_recall=summary["critical_recall"],
-                weakest_site=_weakest_site(summary.get("sites") or {}),
-                hold_out=(summary.get("hold_out") or {}).get("name", ""),
-                blessed=summary["blessed"],
-                pushed_version=os.path.basename(summary["pushed_destination"]) if summary["pushed"] else "",
+                test_accuracy=summary.test_accuracy,
+                critical_recall=summary.critical_recall,
+                weakest_site=_weakest_site(summary.sites),
+                hold_out=(summary.hold_out or {}).get("name", ""),
+                blessed=summary.blessed,
+                pushed_version=os.path.basename(summary.pushed_destination) if summary.pushed else "",
                 report_dir=artifact.uri,
                 summary=summary,
             )
@@ -96,12 +95,12 @@ def compare(a: RunRecord, b: RunRecord) -> list[dict[str, Any]]:
     """Metric by metric: value in run A, in run B, and B - A."""
     pairs = {
         "test_accuracy": (a.test_accuracy, b.test_accuracy),
-        f"{a.summary['critical_class']}_recall": (a.critical_recall, b.critical_recall),
+        f"{a.summary.critical_class}_recall": (a.critical_recall, b.critical_recall),
     }
-    for name, figures in a.summary["per_class"].items():
+    for name, figures in a.summary.per_class.items():
         for metric in ("precision", "recall", "f1"):
-            pairs[f"{name}.{metric}"] = (figures[metric], b.summary["per_class"][name][metric])
-    sites_a, sites_b = a.summary.get("sites") or {}, b.summary.get("sites") or {}
+            pairs[f"{name}.{metric}"] = (figures[metric], b.summary.per_class[name][metric])
+    sites_a, sites_b = a.summary.sites or {}, b.summary.sites or {}
     for site in sorted(set(sites_a) & set(sites_b)):
         pairs[f"site {site}.accuracy"] = (sites_a[site]["accuracy"], sites_b[site]["accuracy"])
     return [{"metric": k, "a": va, "b": vb, "delta": vb - va} for k, (va, vb) in pairs.items()]

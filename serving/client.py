@@ -18,10 +18,12 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from components.training.export import (
+from contracts.signatures import (
+    CLASS_NAMES,
     EXPLAIN_SIGNATURE,
     HEATMAP,
     NEEDS_REVIEW,
+    PREDICTED_CLASS,
     PROBABILITIES,
     SERVING_INPUT,
     SERVING_SIGNATURE,
@@ -157,9 +159,9 @@ class ServingClient:
         self._spec(request.model_spec)
         request.inputs[SERVING_INPUT].CopyFrom(string_tensor(images))
         response = self._call(self.predictions.Predict, request)
-        names = _rows(response.outputs["class_names"])
+        names = _rows(response.outputs[CLASS_NAMES])
         probabilities = _rows(response.outputs[PROBABILITIES])
-        predicted = [v.decode() for v in response.outputs["predicted_class"].string_val]
+        predicted = [v.decode() for v in response.outputs[PREDICTED_CLASS].string_val]
         flags = {k: list(t.bool_val) for k, t in response.outputs.items() if t.dtype == types_pb2.DT_BOOL}
         version = response.model_spec.version.value
         return [
@@ -181,7 +183,7 @@ class ServingClient:
         heatmap = response.outputs[HEATMAP]
         dims = [d.size for d in heatmap.tensor_shape.dim]
         values = np.frombuffer(heatmap.tensor_content, "<f4") if heatmap.tensor_content else np.array(heatmap.float_val)
-        return response.outputs["predicted_class"].string_val[0].decode(), values.reshape(dims[1:])
+        return response.outputs[PREDICTED_CLASS].string_val[0].decode(), values.reshape(dims[1:])
 
     def status(self) -> list[VersionStatus]:
         """ModelService.GetModelStatus: every version TF Serving knows of, with its state."""

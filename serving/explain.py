@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from components.training.export import EXPLAIN_SIGNATURE, HEATMAP, SERVING_INPUT
+from contracts.signatures import EXPLAIN_SIGNATURE, HEATMAP, PREDICTED_CLASS, SERVING_INPUT
 
 ALPHA = 0.45  # weight of the heat map over the image
 MAX_OVERLAY_SIDE = 1024  # longest side of the drawn overlay, pixels: larger images are drawn scaled down
@@ -20,7 +20,7 @@ def explain_with_saved_model(model_dir: Path, image: bytes) -> tuple[str, np.nda
     import tensorflow as tf
 
     outputs = tf.saved_model.load(str(model_dir)).signatures[EXPLAIN_SIGNATURE](**{SERVING_INPUT: tf.constant([image])})
-    return outputs["predicted_class"].numpy()[0].decode(), outputs[HEATMAP].numpy()[0]
+    return outputs[PREDICTED_CLASS].numpy()[0].decode(), outputs[HEATMAP].numpy()[0]
 
 
 def overlay_png(image: bytes | Image.Image, heatmap: np.ndarray, central_crop: float = 1.0) -> bytes:

@@ -27,7 +27,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.model_versions import served_versions
+from contracts.artifacts import served_versions
+from contracts.signatures import SERVING_SIGNATURE
 
 log = logging.getLogger(__name__)
 MB = 1024 * 1024
@@ -175,7 +176,7 @@ def _op_error_message(err: tf.errors.OpError) -> str:
 
 
 def _run_signature(loaded: LoadedVersion, request: predict_pb2.PredictRequest) -> dict[str, tf.Tensor]:
-    name = request.model_spec.signature_name or "serving_default"
+    name = request.model_spec.signature_name or SERVING_SIGNATURE
     if name not in loaded.signature_defs:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f'Serving signature key "{name}" not found.')
     signature_def = loaded.signature_defs[name]
@@ -250,7 +251,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response = predict_pb2.PredictResponse()
         response.model_spec.name = self.manager.model_name
         response.model_spec.version.value = loaded.version
-        response.model_spec.signature_name = request.model_spec.signature_name or "serving_default"
+        response.model_spec.signature_name = request.model_spec.signature_name or SERVING_SIGNATURE
         for key, value in outputs.items():
             response.outputs[key].CopyFrom(tf.make_tensor_proto(value.numpy()))
         return response

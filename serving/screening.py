@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import grpc
 
-from components.image_verification import ImageRejectedError, Limits, check_image
+from contracts.image_check import ImageRejectedError, Limits, check_image
 from serving.client import MB, Prediction, ServingClient, ServingError
 
 ENVELOPE_BYTES = MB  # room left in a gRPC message for everything but the image bytes

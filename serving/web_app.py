@@ -11,8 +11,8 @@ import grpc
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from components.image_verification import ImageRejectedError, Limits, check_image
-from pipelines.configs import Config
+from contracts.config import Config
+from contracts.image_check import ImageRejectedError, Limits, check_image
 from serving.client import ServingClient, ServingError
 from serving.explain import overlay_png
 from serving.screening import RequestCaps, screen_images

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from components.audit import acquisition
-from tests.test_stress import smear
+from tests.helpers import smear
 
 
 def field(size: int, diameter: int, background=(235, 215, 220)) -> np.ndarray:

@@ -7,7 +7,7 @@ import threading
 
 from components.atomic_pusher import STAGING_PREFIX, publish
 from components.serving_gate import model_digest
-from serving.model_versions import served_versions
+from contracts.artifacts import served_versions
 
 
 def test_two_pushes_in_one_second_get_two_whole_versions(tmp_path, model_exports):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from components.training.augmentation import ColourJitter, site_look, stain_jitter
+from training.augmentation import ColourJitter, site_look, stain_jitter
 
 RNG = np.random.default_rng(0)
 IMAGES = tf.constant(RNG.uniform(0.05, 1.0, (4, 16, 16, 3)).astype(np.float32))

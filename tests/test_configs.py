@@ -9,8 +9,9 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from components.data_roots import DataRoot
-from pipelines.configs import DEFAULT_CONFIG, REPO_ROOT, ConfigError, load_config, run_settings
+from contracts.config import DEFAULT_CONFIG, REPO_ROOT, ConfigError, load_config
+from contracts.data_roots import DataRoot
+from pipelines.configs import run_settings
 
 
 def test_default_config_points_at_the_three_shared_sites():
@@ -38,7 +39,7 @@ def test_data_roots_take_a_site_relative_paths_resolve_against_the_config_file(t
     )
     assert config.paths.data_roots == [DataRoot(str(tmp_path / "a")), DataRoot("/b", "lyon"), DataRoot("gs://bucket/c", "tokyo")]
     assert [r.name for r in config.paths.data_roots] == ["a", "b", "c"]
-    assert json.loads(run_settings(config)["data_roots"])[1] == {"path": "/b", "site": "lyon"}
+    assert json.loads(run_settings(config).data_roots)[1] == {"path": "/b", "site": "lyon"}
 
 
 @pytest.mark.parametrize(

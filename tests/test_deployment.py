@@ -13,8 +13,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from pipelines.configs import REPO_ROOT
-from tests.conftest import CONFIG
+from contracts.config import REPO_ROOT
+from tests.helpers import CONFIG
 
 KUBERNETES_VERSION = "1.30.0"
 OVERLAYS = ["local", "gcp"]

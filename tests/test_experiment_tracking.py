@@ -10,29 +10,32 @@ from mlflow import MlflowClient
 
 from components import experiment_tracking
 from components.experiment_tracking import default_tracking_uri, flatten, log_run
+from contracts.run_summary import RunSummary
+from tests.helpers.summaries import summary as figures
 
 
-def summary(pushed_destination: str = "") -> dict:
-    return {
-        "critical_class": "myeloblast",
-        "test_accuracy": 0.9812,
-        "critical_recall": 1.0,
-        "blessed": bool(pushed_destination),
-        "pushed": bool(pushed_destination),
-        "pushed_destination": pushed_destination,
-        "epochs_trained": 2,
-        "gate_failures": [] if pushed_destination else ["accuracy = 0.9812, required >= 0.99"],
-        "per_class": {"myeloblast": {"precision": 0.97, "recall": 1.0, "f1": 0.985}},
-        "sites": {
+def summary(pushed_destination: str = "", hold_out: dict | None = None) -> RunSummary:
+    """A small run's figures (tests/helpers/summaries.py) with the ones MLflow logs set here."""
+    pushed = bool(pushed_destination)
+    return figures(
+        pushed,
+        hold_out=hold_out,
+        test_accuracy=0.9812,
+        critical_recall=1.0,
+        pushed_destination=pushed_destination,
+        epochs_trained=2,
+        gate_failures=[] if pushed else ["accuracy = 0.9812, required >= 0.99"],
+        per_class={"myeloblast": {"precision": 0.97, "recall": 1.0, "f1": 0.985}},
+        sites={
             "barcelona": {"accuracy": 0.975, "critical_recall": None, "recall": {"monocyte": 0.96}},
             "munich": {"accuracy": 0.99, "critical_recall": 1.0, "recall": {"myeloblast": 1.0}},
         },
-    }
+    )
 
 
 def test_per_site_and_held_out_figures_are_metrics():
     held = {"name": "munich-extra", "pooled": {"accuracy": 0.8}, "recall": {"monocyte": 0.7}, "called_critical": {"monocyte": 2}}
-    metrics = experiment_tracking.run_metrics(summary() | {"hold_out": held})
+    metrics = experiment_tracking.run_metrics(summary(hold_out=held))
     assert metrics["site_barcelona_accuracy"] == 0.975 and "site_barcelona_myeloblast_recall" not in metrics
     assert metrics["site_munich_myeloblast_recall"] == 1.0 and metrics["site_barcelona_monocyte_recall"] == 0.96
     assert metrics["holdout_accuracy"] == 0.8 and metrics["holdout_monocyte_recall"] == 0.7

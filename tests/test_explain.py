@@ -12,13 +12,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from components.training.export import SERVING_INPUT
-from pipelines.cli import app
+from cli.main import app
+from contracts.artifacts import served_versions
+from contracts.signatures import SERVING_INPUT
 from serving.client import ServingClient
 from serving.explain import explain_with_saved_model, overlay_png
-from serving.model_versions import served_versions
 from serving.web_app import create_app, upload_limits
-from tests.conftest import CONFIG, image_bytes, real_files
+from tests.helpers import CONFIG, image_bytes, real_files
 
 runner = CliRunner()
 

@@ -16,13 +16,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from components.training.export import SERVING_INPUT
+from contracts.signatures import SERVING_INPUT
 from serving.client import MB, ServingClient, string_tensor
 from serving.model_server import start_server
 from serving.screening import RequestCaps, batches
 from serving.web_app import create_app, upload_limits
-from tests.conftest import CONFIG, image_bytes, real_files
-from tests.faults import endless_upload, solid_png
+from tests.helpers import CONFIG, image_bytes, real_files
+from tests.helpers.faults import endless_upload, solid_png
 
 CAPS = CONFIG.serving
 

@@ -8,20 +8,13 @@ import apache_beam as beam
 import pytest
 import tensorflow as tf
 
-from components import features
-from components.data_roots import DataRoot
-from components.image_example_gen import (
-    REPORT_FILE,
-    _write_examples,
-    check_hold_out,
-    check_report,
-    check_written,
-    example_files,
-    summarise,
-)
-from components.image_verification import IngestionError, Limits, find_candidates
-from components.splitting import HOLDOUT, SPLITS
-from tests.conftest import CLASSES, image_bytes, make_site_subsets, real_files
+from components.image_example_gen import _write_examples, check_hold_out, check_report, check_written, summarise
+from components.image_verification import IngestionError, find_candidates
+from contracts import features
+from contracts.artifacts import HOLDOUT, INGESTION_REPORT_FILE, SPLITS, example_files
+from contracts.data_roots import DataRoot
+from contracts.image_check import Limits
+from tests.helpers import CLASSES, image_bytes, make_site_subsets, real_files
 
 LIMITS = Limits(max_pixels=4_000_000, min_side=32, max_file_bytes=5_000_000)
 RATIOS = {"train": 0.7, "eval": 0.15, "test": 0.15}
@@ -32,9 +25,9 @@ def ingest(roots, out, hold_out=""):
     candidates, loose = find_candidates(roots, CLASSES)
     with beam.Pipeline() as pipeline:
         _write_examples(
-            pipeline, candidates, LIMITS, RATIOS, 42, hold_out, CLASSES, str(out), str(out / REPORT_FILE), loose
+            pipeline, candidates, LIMITS, RATIOS, 42, hold_out, CLASSES, str(out), str(out / INGESTION_REPORT_FILE), loose
         )
-    with open(out / REPORT_FILE) as f:
+    with open(out / INGESTION_REPORT_FILE) as f:
         return json.load(f)
 
 

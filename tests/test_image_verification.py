@@ -9,18 +9,18 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.data_roots import DataRoot
 from components.image_verification import (
     Candidate,
     ImageRecord,
     IngestionError,
-    Limits,
     Rejection,
     find_candidates,
     fingerprint,
     verify_image,
 )
-from tests.conftest import CLASSES, REAL_DATA, image_bytes, png_header, real_files
+from contracts.data_roots import DataRoot
+from contracts.image_check import Limits
+from tests.helpers import CLASSES, REAL_DATA, image_bytes, png_header, real_files
 
 LIMITS = Limits(max_pixels=4_000_000, min_side=32, max_file_bytes=5_000_000)
 

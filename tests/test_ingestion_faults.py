@@ -10,12 +10,13 @@ import os
 import pytest
 from PIL import ImageFile
 
-from components.data_roots import DataRoot
 from components.image_example_gen import check_accounting
-from components.image_verification import IngestionError, Limits, find_candidates, verify_image
-from components.splitting import SPLITS
-from tests.conftest import image_bytes
-from tests.faults import ROOT_NAME, build_faulty_root, good_files, ingest_in_subprocess, restore_permissions
+from components.image_verification import IngestionError, find_candidates, verify_image
+from contracts.artifacts import SPLITS
+from contracts.data_roots import DataRoot
+from contracts.image_check import Limits
+from tests.helpers import image_bytes
+from tests.helpers.faults import ROOT_NAME, build_faulty_root, good_files, ingest_in_subprocess, restore_permissions
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from components.image_example_gen import REPORT_FILE
-from components.run_report import SUMMARY_FILE
-from components.serving_gate import GATE_FILE
-from components.training.trainer_module import HISTORY_FILE
-from pipelines.cli import app
+from cli.main import app
+from contracts.artifacts import GATE_FILE, HISTORY_FILE, INGESTION_REPORT_FILE, SUMMARY_FILE, read_json
+from contracts.run_summary import RunSummary
 from pipelines.configs import trainer_config
 from pipelines.kfp_launcher import (
     IMAGE_WORKDIR,
@@ -32,25 +30,20 @@ from pipelines.kfp_launcher import (
 )
 from pipelines.kubeflow_runner import compile_pipeline
 from serving.model_server import start_server
-from tests.conftest import CLASSES, CONFIG, make_site_subsets, real_files
+from tests.helpers import CLASSES, CONFIG, make_site_subsets, real_files
 
 PER_CLASS = {"blood-cells-5class": 20, "barcelona-extra": 6, "munich-extra": 4}
 runner = CliRunner()
 
 
 def trainer_parameter(epochs: int) -> str:
-    settings = trainer_config(CONFIG)
+    settings = trainer_config(CONFIG).as_dict()
     settings["training"]["epochs"] = epochs
     return json.dumps(settings)
 
 
 def image_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file() and p.name != "MANIFEST.csv"]
-
-
-def read_json(folder: str, name: str):
-    with open(os.path.join(folder, name)) as f:
-        return json.load(f)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +102,7 @@ def test_artifacts_go_under_the_spec_pipeline_root_on_the_data_volume(default_ru
 
 
 def test_ingestion_read_the_default_data_roots_parameter(default_run, volumes):
-    report = read_json(default_run.uri("ImageExampleGen", "report"), REPORT_FILE)
+    report = read_json(default_run.uri("ImageExampleGen", "report"), INGESTION_REPORT_FILE)
     data = Path(volumes[CONFIG.kubeflow.data_pvc])
     assert report["found"] == sum(len(image_files(data / root.name)) for root in CONFIG.paths.data_roots)
     assert set(report["counts_by_site"]) == {"barcelona", "munich"}
@@ -122,11 +115,11 @@ def test_the_trainer_ran_the_epochs_of_its_runtime_parameter(default_run):
 
 
 def test_the_pushed_version_loads_in_serve_and_answers_predict(default_run, volumes):
-    summary = read_json(default_run.uri("RunReport", "report"), SUMMARY_FILE)
-    assert summary["pushed"] is True
+    summary = RunSummary.from_dict(read_json(default_run.uri("RunReport", "report"), SUMMARY_FILE))
+    assert summary.pushed is True
     base = Path(volumes[CONFIG.kubeflow.models_pvc]) / CONFIG.model_name
     versions = sorted(p.name for p in base.iterdir() if p.name.isdigit())
-    assert len(versions) == 1 and summary["pushed_destination"] == str(base / versions[0])
+    assert len(versions) == 1 and summary.pushed_destination == str(base / versions[0])
     running = start_server(CONFIG.model_name, base, port=0, host="127.0.0.1")
     try:
         files = [str(real_files(c, 1)[0]) for c in CLASSES]
@@ -144,8 +137,8 @@ def test_a_min_accuracy_above_one_pushes_nothing_and_says_why(refused_run, volum
     gate = read_json(str(run_dir / "ServingGate" / "blessing"), GATE_FILE)
     assert gate["blessed"] is False
     assert any("required >= 1.01" in reason for reason in gate["failures"])
-    summary = read_json(str(run_dir / "RunReport" / "report"), SUMMARY_FILE)
-    assert summary["pushed"] is False
+    summary = RunSummary.from_dict(read_json(str(run_dir / "RunReport" / "report"), SUMMARY_FILE))
+    assert summary.pushed is False
     base = Path(volumes[CONFIG.kubeflow.models_pvc]) / CONFIG.model_name
     assert len([p for p in base.iterdir() if p.name.isdigit()]) == 1  # still the default run's version only
 
@@ -157,7 +150,7 @@ def test_the_trainer_config_parameter_changes_what_the_trainer_does(refused_run)
 
 def test_the_data_roots_parameter_changes_what_is_ingested(refused_run, volumes):
     _, run_dir = refused_run
-    report = read_json(str(run_dir / "ImageExampleGen" / "report"), REPORT_FILE)
+    report = read_json(str(run_dir / "ImageExampleGen" / "report"), INGESTION_REPORT_FILE)
     data = Path(volumes[CONFIG.kubeflow.data_pvc])
     assert report["found"] == len(image_files(data / "blood-cells-5class")) + len(image_files(data / "barcelona-extra"))
     assert sum(report["counts_by_site"]["munich"]["basophil"].values()) == 0  # munich basophils: munich-extra only
@@ -205,7 +198,7 @@ def test_every_module_the_spec_names_imports_from_the_install_alone(compiled, tm
 def test_every_top_level_module_the_spec_names_is_copied_into_the_image(compiled):
     pipeline = CompiledPipeline.load(compiled)
     text = compiled.read_text()
-    named = set(re.findall(r"\b(components|pipelines|serving|bloodcell)\.[A-Za-z_.]+", text))
+    named = set(re.findall(r"\b(contracts|training|components|pipelines|serving|bloodcell)\.[A-Za-z_.]+", text))
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     sources = [src for line in re.findall(r"^COPY (.+)$", dockerfile, re.M) for src in line.split()[:-1]]
     copied = {Path(src).with_suffix("").name for src in sources}
@@ -215,7 +208,7 @@ def test_every_top_level_module_the_spec_names_is_copied_into_the_image(compiled
 
 
 def test_an_artifact_type_that_names_no_module_fails_at_its_task_with_the_log(compiled, volumes, tmp_path):
-    """The failure of the first dashboard run before `bloodcell.py`: a schema title the image cannot import."""
+    """The failure of the first dashboard run before the `bloodcell` package: a schema title the image cannot import."""
     broken = tmp_path / "broken.yaml"
     broken.write_text(compiled.read_text().replace("title: bloodcell.IngestionReport", "title: nowhere.IngestionReport"))
     result = launch(broken, volumes, pipeline_root=str(tmp_path / "root"))

@@ -10,13 +10,13 @@ import yaml
 from kfp import components
 from typer.testing import CliRunner
 
-from components.data_roots import DataRoot, roots_from_json, roots_to_json
-from pipelines.cli import app
+from cli.main import app
+from contracts.data_roots import DataRoot, roots_from_json, roots_to_json
 from pipelines.configs import trainer_config
 from pipelines.kfp_client import KfpError, validate_cron
 from pipelines.kfp_launcher import task_order
-from tests.conftest import CONFIG, free_port
-from tests.kfp_test_double import API, FakeKfp, serve
+from tests.helpers import CONFIG, free_port
+from tests.helpers.kfp_double import API, FakeKfp, serve
 
 runner = CliRunner()
 STEPS = [
@@ -60,7 +60,7 @@ def test_images_parameters_caching_and_volumes(compiled):
         "min_critical_recall": CONFIG.evaluation.min_critical_recall,
         "max_regression": CONFIG.evaluation.max_regression,
     }
-    assert json.loads(parameters["trainer_config"]["defaultValue"]) == trainer_config(CONFIG)
+    assert json.loads(parameters["trainer_config"]["defaultValue"]) == trainer_config(CONFIG).as_dict()
     tasks = spec["root"]["dag"]["tasks"]
     wired = {
         ("ImageExampleGen", "data_roots_json"): "data_roots",
@@ -71,7 +71,7 @@ def test_images_parameters_caching_and_volumes(compiled):
     for (task, name), parameter in wired.items():
         assert tasks[task]["inputs"]["parameters"][name] == {"componentInputParameter": parameter}
     run_fn = tasks["Trainer"]["inputs"]["parameters"]["run_fn"]["runtimeValue"]["constant"]
-    assert run_fn == "components.training.trainer_module.run_fn"  # the image has the project installed
+    assert run_fn == "training.trainer_module.run_fn"  # the image has the project installed
     serving_dir = tasks["ServingGate"]["inputs"]["parameters"]["serving_dir"]["runtimeValue"]["constant"]
     assert serving_dir == f"{CONFIG.kubeflow.serving_root}/{CONFIG.model_name}"
     assert {n for n, t in tasks.items() if not t["cachingOptions"].get("enableCache")} == {"ImageExampleGen", "ServingGate"}
@@ -91,7 +91,7 @@ def test_tuning_adds_a_tuner_that_feeds_the_trainer(tmp_path):
     tasks = spec["root"]["dag"]["tasks"]
     assert set(tasks) == {*STEPS, "Tuner"}
     tuner_fn = tasks["Tuner"]["inputs"]["parameters"]["tuner_fn"]["runtimeValue"]["constant"]
-    assert tuner_fn == "components.training.trainer_module.tuner_fn"
+    assert tuner_fn == "training.trainer_module.tuner_fn"
     tuner_settings = json.loads(tasks["Tuner"]["inputs"]["parameters"]["custom_config"]["runtimeValue"]["constant"])
     assert tuner_settings["tuning"]["max_trials"] == 4 and tuner_settings["tuning"]["search_space"] == CONFIG.tuning.search_space
     hyperparameters = tasks["Trainer"]["inputs"]["artifacts"]["hyperparameters"]["taskOutputArtifact"]

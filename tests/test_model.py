@@ -7,8 +7,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from components.audit.stress import grayscale
-from components.training.model import ChannelStandardisation, build_model
-from tests.conftest import CLASSES, real_files
+from tests.helpers import CLASSES, real_files
+from training.model import ChannelStandardisation, build_model
 
 SIZE = 64
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from components.model_card import render_model_card
-from tests.test_run_report import hold_out, summary
+from tests.helpers.summaries import hold_out, summary
 
 
 def test_model_card_carries_the_runs_figures():
@@ -30,7 +30,7 @@ def test_model_card_carries_the_runs_figures():
 
 
 def test_model_card_of_a_hold_out_run_gives_the_unseen_sites_figures():
-    card = render_model_card(summary(blessed=False) | {"hold_out": hold_out()}, "bloodcell", "")
+    card = render_model_card(summary(blessed=False, hold_out=hold_out()), "bloodcell", "")
     assert "## Held out: `munich-extra` (never trained on)" in card
     assert "37 images, accuracy 81.08%" in card and "monocyte 72.73%" in card
     assert "Other cells called myeloblast: basophil 0 of 10, erythroblast 0 of 10, monocyte 3 of 11." in card

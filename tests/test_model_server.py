@@ -12,9 +12,9 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from components.training.export import SERVING_INPUT
+from contracts.signatures import SERVING_INPUT
 from serving.client import ServingClient, ServingError, string_tensor
-from tests.conftest import CLASSES, CONFIG, bomb_png, png_header, real_files
+from tests.helpers import CLASSES, CONFIG, bomb_png, png_header, real_files
 
 
 def raw_predict(target: str, images: list[bytes], input_key: str = SERVING_INPUT):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.training import operating_point as op
+from training import operating_point as op
 
 
 def overconfident(n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -3,10 +3,13 @@ TFMA's figures agree with a recomputation from raw predictions, and an unchanged
 
 from __future__ import annotations
 
+import collections
 import csv
+import dataclasses
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -21,22 +24,36 @@ from mlflow import MlflowClient
 from tfx import v1 as tfx
 from typer.testing import CliRunner
 
+from cli.main import app
+from components.experiment_tracking import REGISTRY_ALIAS
 from components.serving_gate import score_model
-from components.training.export import SERVING_INPUT
-from pipelines.cli import app
-from pipelines.configs import DEFAULT_CONFIG, load_config, tracking_uri
+from contracts import features
+from contracts.artifacts import AUDIT_FILE, GATE_FILE, MODEL_CARD_FILE, SERVING_FORMAT, SUMMARY_FILE, example_files
+from contracts.config import DEFAULT_CONFIG, Config, load_config
+from contracts.run_summary import RunSummary
+from contracts.signatures import (
+    EXAMPLES_INPUT,
+    EXAMPLES_SIGNATURE,
+    PREDICTED_INDEX,
+    PROBABILITIES,
+    SERVING_INPUT,
+    SERVING_SIGNATURE,
+    alert_output,
+)
+from pipelines.configs import tracking_uri
 from pipelines.local_runner import latest_summary, metadata_path, run_local
 from pipelines.run_history import list_runs
 from serving.client import ServingClient
 from serving.explain import explain_with_saved_model
 from serving.model_server import start_server
-from tests.conftest import CLASSES, make_real_subset, make_site_subsets, real_files
+from tests.helpers import CLASSES, make_real_subset, make_site_subsets, real_files
 
 pytestmark = pytest.mark.slow
 
 
 # Real images of the three configured sites: the five-class folder, Barcelona's extra classes and Munich's.
 PER_CLASS = {"blood-cells-5class": 40, "barcelona-extra": 12, "munich-extra": 10}
+BLOODCELL = os.path.join(os.path.dirname(sys.executable), "bloodcell")
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +84,8 @@ def run_cli_in_subprocess(config) -> subprocess.CompletedProcess:
         f"paths.output_root={config.paths.output_root}",
         f"paths.serving_root={config.paths.serving_root}",
     ]
-    command = [os.path.join(os.path.dirname(sys.executable), "bloodcell"), "run"]
-    return subprocess.run([*command, *(a for s in sets for a in ("--set", s))], capture_output=True, text=True, timeout=600)
+    command = [BLOODCELL, "run", *(a for s in sets for a in ("--set", s))]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
 def store_of(config):
@@ -80,176 +97,233 @@ def last_execution_state(store, type_name):
     return executions[-1].last_known_state
 
 
-def test_gate_blocks_then_cache_then_gate_passes_and_pushes(workspace, monkeypatch):
-    # TFX executors parse sys.argv with absl flags, which would read pytest's own options (-v).
-    monkeypatch.setattr(sys, "argv", ["bloodcell"])
-    # 1. A bar no model can pass: the run completes, nothing is pushed.
-    blocked = config_for(workspace, "evaluation.min_accuracy=1.01")
-    # A second `bloodcell run` on the same output root while this one runs: refused at once, nothing mixed.
-    second: dict = {}
-    concurrent = threading.Thread(target=lambda: second.update(done=run_cli_in_subprocess(blocked)))
-    concurrent.start()
-    summary, report_dir = run_local(blocked)
-    concurrent.join()
-    assert second["done"].returncode == 1, second["done"].stderr[-2000:]
-    assert f"is in use by another run (pid {os.getpid()}, started " in " ".join(second["done"].stderr.split())
-    data, _ = workspace
-    found = sum(1 for root in data for _ in root.glob("*/*"))
-    assert sum(summary["splits"].values()) == found and min(summary["splits"].values()) > 0
-    assert summary["ingestion"] == {"found": found, "ingested": found, "duplicates": 0, "rejected": 0}
-    assert not summary["blessed"] and not summary["pushed"]
-    assert any(f.startswith("accuracy = ") and "required >= 1.01" in f for f in summary["gate_failures"])
-    assert not os.path.exists(os.path.join(blocked.paths.serving_root, blocked.model_name))
-    for name in ("summary.json", "classification_report.txt", "confusion_matrix.png", "training_curves.png"):
-        assert os.path.getsize(os.path.join(report_dir, name)) > 0
-    assert sum(map(sum, summary["confusion_matrix"])) == summary["splits"]["test"]
-    assert summary["epochs_trained"] == 2
-    # Per site (TFMA's site slice), in the summary and in gate.json: every site's test images, counted once.
-    assert set(summary["sites"]) == {"barcelona", "munich"}
-    assert sum(f["count"] for f in summary["sites"].values()) == summary["splits"]["test"]
-    assert summary["sites"]["barcelona"]["critical_recall"] is None  # no myeloblast at this site
-    gate_file = glob.glob(os.path.join(blocked.paths.output_root, "pipelines", "*", "ServingGate", "*", "*", "gate.json"))
-    gate = json.loads(Path(gate_file[0]).read_text())
-    keys = ("count", "accuracy", "critical_recall")
-    assert gate["sites"] == {site: {k: f[k] for k in keys} for site, f in summary["sites"].items()}
-    assert any(f.startswith("site barcelona: accuracy = ") for f in summary["gate_failures"])
+@pytest.fixture(scope="module")
+def no_pytest_argv():
+    """TFX executors parse sys.argv with absl flags, which would read pytest's own options (-v)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["bloodcell"])
+        yield
 
-    # 2. Thresholds any model passes: ingestion and training come from the cache, the model is pushed.
-    passing = config_for(
+
+@pytest.fixture(scope="module")
+def blocked(workspace, no_pytest_argv):
+    """Phase 1: a bar no model can pass, while a second `bloodcell run` on the same output root is tried."""
+    config = config_for(workspace, "evaluation.min_accuracy=1.01")
+    second: dict = {}
+    concurrent = threading.Thread(target=lambda: second.update(done=run_cli_in_subprocess(config)))
+    concurrent.start()
+    summary, report_dir = run_local(config)
+    concurrent.join()
+    return Phase(config, summary, report_dir, second["done"])
+
+
+@pytest.fixture(scope="module")
+def pushed(blocked, workspace):
+    """Phase 2: thresholds any model passes, on the same data: the model is pushed."""
+    config = config_for(
         workspace, "evaluation.min_accuracy=0.0", "evaluation.min_critical_recall=0.0", "evaluation.max_regression=1.0"
     )
-    summary2, report_dir2 = run_local(passing)
-    store = store_of(passing)
+    return Phase(config, *run_local(config))
+
+
+@pytest.fixture(scope="module")
+def unchanged(pushed):
+    """Phase 3: the same run again: nothing changed."""
+    return Phase(pushed.config, *run_local(pushed.config))
+
+
+@dataclasses.dataclass
+class Phase:
+    config: Config
+    summary: RunSummary
+    report_dir: str
+    concurrent: subprocess.CompletedProcess | None = None
+
+    def versions(self) -> list[str]:
+        return glob.glob(os.path.join(self.config.paths.serving_root, self.config.model_name, "*", "saved_model.pb"))
+
+
+def test_a_second_run_on_the_same_output_root_is_refused_at_once(blocked):
+    assert blocked.concurrent.returncode == 1, blocked.concurrent.stderr[-2000:]
+    assert f"is in use by another run (pid {os.getpid()}, started " in " ".join(blocked.concurrent.stderr.split())
+
+
+def test_a_bar_no_model_passes_blocks_the_push_and_says_why(blocked, workspace):
+    summary, config = blocked.summary, blocked.config
+    data, _ = workspace
+    found = sum(1 for root in data for _ in root.glob("*/*"))
+    assert sum(summary.splits.values()) == found and min(summary.splits.values()) > 0
+    assert summary.ingestion == {"found": found, "ingested": found, "duplicates": 0, "rejected": 0}
+    assert not summary.blessed and not summary.pushed
+    bar = f"required >= {config.evaluation.min_accuracy}"
+    assert any(f.startswith("accuracy = ") and bar in f for f in summary.gate_failures)
+    assert not os.path.exists(os.path.join(config.paths.serving_root, config.model_name))
+    for name in (SUMMARY_FILE, "classification_report.txt", "confusion_matrix.png", "training_curves.png"):
+        assert os.path.getsize(os.path.join(blocked.report_dir, name)) > 0
+    assert sum(map(sum, summary.confusion_matrix)) == summary.splits["test"]
+    assert summary.epochs_trained == config.training.epochs
+
+
+def test_every_site_is_scored_in_the_summary_and_in_gate_json(blocked):
+    """TFMA's site slice: every site's test images, counted once, and the gate judges each site."""
+    summary = blocked.summary
+    assert set(summary.sites) == {"barcelona", "munich"}
+    assert sum(f["count"] for f in summary.sites.values()) == summary.splits["test"]
+    assert summary.sites["barcelona"]["critical_recall"] is None  # no myeloblast at this site
+    gate_file = glob.glob(os.path.join(blocked.config.paths.output_root, "pipelines", "*", "ServingGate", "*", "*", GATE_FILE))
+    gate = json.loads(Path(gate_file[0]).read_text())
+    keys = ("count", "accuracy", "critical_recall")
+    assert gate["sites"] == {site: {k: f[k] for k in keys} for site, f in summary.sites.items()}
+    assert any(f.startswith("site barcelona: accuracy = ") for f in summary.gate_failures)
+
+
+def test_passing_bars_reuse_ingestion_and_training_and_push_the_model(blocked, pushed):
+    store = store_of(pushed.config)
     cached = metadata_store_pb2.Execution.CACHED
     assert last_execution_state(store, "tfx.components.trainer.component.Trainer") == cached
     assert last_execution_state(store, "components.image_example_gen.ImageExampleGen") == cached
-    assert summary2["blessed"] and summary2["pushed"]
-    assert summary2["test_accuracy"] == summary["test_accuracy"]
-    versions = glob.glob(os.path.join(passing.paths.serving_root, passing.model_name, "*", "saved_model.pb"))
-    assert len(versions) == 1 and summary2["pushed_destination"] == os.path.dirname(versions[0])
+    assert pushed.summary.blessed and pushed.summary.pushed
+    assert pushed.summary.test_accuracy == blocked.summary.test_accuracy
+    versions = pushed.versions()
+    assert len(versions) == 1 and pushed.summary.pushed_destination == os.path.dirname(versions[0])
 
-    # The pushed model answers TF Serving's signature on real image bytes.
-    served = tf.saved_model.load(os.path.dirname(versions[0])).signatures["serving_default"]
+
+def test_the_pushed_model_answers_in_process_and_over_grpc_alike(pushed):
+    destination, model_name = pushed.summary.pushed_destination, pushed.config.model_name
+    served = tf.saved_model.load(destination).signatures[SERVING_SIGNATURE]
     files = [real_files(c, 1)[0] for c in CLASSES]
     outputs = served(**{SERVING_INPUT: tf.constant([f.read_bytes() for f in files])})
-    np.testing.assert_allclose(outputs["probabilities"].numpy().sum(axis=1), 1.0, atol=1e-5)
-
-    # ... and `bloodcell serve` serves the pushed version over gRPC with the same answers.
-    base = os.path.join(passing.paths.serving_root, passing.model_name)
-    running = start_server(passing.model_name, base, port=0, host="127.0.0.1")
+    np.testing.assert_allclose(outputs[PROBABILITIES].numpy().sum(axis=1), 1.0, atol=1e-5)
+    running = start_server(model_name, os.path.dirname(destination), port=0, host="127.0.0.1")
     try:
-        with ServingClient(f"127.0.0.1:{running.port}", passing.model_name) as client:
+        with ServingClient(f"127.0.0.1:{running.port}", model_name) as client:
             predictions = client.predict([f.read_bytes() for f in files])
     finally:
         running.stop()
-    assert {p.model_version for p in predictions} == {int(os.path.basename(summary2["pushed_destination"]))}
+    assert {p.model_version for p in predictions} == {int(pushed.summary.pushed_version)}
     np.testing.assert_allclose(
-        [[p.probabilities[c] for c in CLASSES] for p in predictions], outputs["probabilities"].numpy(), atol=1e-5
+        [[p.probabilities[c] for c in CLASSES] for p in predictions], outputs[PROBABILITIES].numpy(), atol=1e-5
     )
+    # The served alert is the operating point the run calibrated.
+    point = pushed.summary.operating_point
+    critical = pushed.config.critical_index
+    probabilities = outputs[PROBABILITIES].numpy()
+    expected = (probabilities[:, critical] >= point["threshold"]) | (probabilities.argmax(axis=1) == critical)
+    np.testing.assert_array_equal(outputs[alert_output(pushed.config.critical_class)].numpy(), expected)
 
-    # The shortcut audit ran on the same test split with the same model; the served model carries the
-    # operating point (alert, calibration) and the model card sits beside it.
-    audit = summary2["audit"]
-    assert audit["clean"]["accuracy"] == pytest.approx(summary2["test_accuracy"])
-    assert sum(g["count"] for g in audit["groups"].values()) == summary2["splits"]["test"]
-    assert audit["sites"].keys() == summary2["sites"].keys()
-    assert audit["single_site_classes"] == {"myeloblast": "munich"}
+
+def test_the_audit_operating_point_model_card_and_explanation_come_with_the_push(pushed):
+    summary, config = pushed.summary, pushed.config
+    audit = summary.audit
+    assert audit["clean"]["accuracy"] == pytest.approx(summary.test_accuracy)
+    assert sum(g["count"] for g in audit["groups"].values()) == summary.splits["test"]
+    assert audit["sites"].keys() == summary.sites.keys()
+    assert audit["single_site_classes"] == {config.critical_class: "munich"}
     assert set(audit["stress"]) == {"grayscale", "stain_normalised", "geometry_swapped"}
-    point = summary2["operating_point"]
-    assert point["recall"] == 1.0 and 0.0 < point["threshold"] <= 0.5
-    critical_p = outputs["probabilities"].numpy()[:, CLASSES.index("myeloblast")]
-    argmax_is_critical = outputs["probabilities"].numpy().argmax(axis=1) == CLASSES.index("myeloblast")
-    np.testing.assert_array_equal(outputs["myeloblast_alert"].numpy(), (critical_p >= point["threshold"]) | argmax_is_critical)
-    card = open(os.path.join(report_dir2, "model_card.md")).read()
-    assert open(os.path.join(summary2["pushed_destination"], "assets.extra", "model_card.md")).read() == card
-    assert f"Accuracy {100 * summary2['test_accuracy']:.2f}%" in card and f"{point['threshold']:.4f}" in card
-    # The pushed model explains itself: a Grad-CAM map per image, at the CNN's input size.
-    _, heatmap = explain_with_saved_model(summary2["pushed_destination"], files[0].read_bytes())
-    assert heatmap.shape == (passing.preprocessing.image_size,) * 2 and 0.0 <= heatmap.min() <= heatmap.max() <= 1.0 + 1e-6
+    point = summary.operating_point
+    assert point["recall"] >= config.screening.alert_recall and 0.0 < point["threshold"] <= 0.5
+    card = open(os.path.join(pushed.report_dir, MODEL_CARD_FILE)).read()
+    assert open(os.path.join(summary.pushed_destination, "assets.extra", MODEL_CARD_FILE)).read() == card
+    assert f"Accuracy {100 * summary.test_accuracy:.2f}%" in card and f"{point['threshold']:.4f}" in card
+    _, heatmap = explain_with_saved_model(summary.pushed_destination, real_files(CLASSES[0], 1)[0].read_bytes())
+    size = config.preprocessing.image_size
+    assert heatmap.shape == (size, size) and 0.0 <= heatmap.min() <= heatmap.max() <= 1.0 + 1e-6
 
-    # 3. TFMA cross-check: recompute accuracy and myeloblast recall from raw predictions on the test split.
+
+def test_tfma_figures_and_the_gate_agree_with_a_recomputation_from_raw_predictions(pushed):
+    summary, store = pushed.summary, store_of(pushed.config)
     model_uri = sorted(store.get_artifacts_by_type("Model"), key=lambda a: a.id)[-1].uri
     examples_uri = sorted(store.get_artifacts_by_type("Examples"), key=lambda a: a.id)[-1].uri
-    model = tf.saved_model.load(os.path.join(model_uri, "Format-Serving")).signatures["serving_examples"]
-    serialized = list(
-        tf.data.TFRecordDataset(glob.glob(os.path.join(examples_uri, "Split-test", "*.gz")), compression_type="GZIP")
-    )
-    spec = {"label": tf.io.FixedLenFeature([], tf.int64), "site": tf.io.FixedLenFeature([], tf.string)}
+    model = tf.saved_model.load(os.path.join(model_uri, SERVING_FORMAT)).signatures[EXAMPLES_SIGNATURE]
+    test_files = example_files(examples_uri, "test")
+    serialized = list(tf.data.TFRecordDataset(test_files, compression_type="GZIP"))
+    spec = {features.LABEL: tf.io.FixedLenFeature([], tf.int64), features.SITE: tf.io.FixedLenFeature([], tf.string)}
     parsed = [tf.io.parse_single_example(s, spec) for s in serialized]
-    labels = np.array([int(p["label"]) for p in parsed])
-    sites = np.array([p["site"].numpy().decode() for p in parsed])
-    predicted = model(examples=tf.stack(serialized))["predicted_index"].numpy()
-    critical = CLASSES.index("myeloblast")
-    assert summary2["test_accuracy"] == pytest.approx(float(np.mean(predicted == labels)), abs=1e-6)
-    for site, figures in summary2["sites"].items():
+    labels = np.array([int(p[features.LABEL]) for p in parsed])
+    sites = np.array([p[features.SITE].numpy().decode() for p in parsed])
+    predicted = model(**{EXAMPLES_INPUT: tf.stack(serialized)})[PREDICTED_INDEX].numpy()
+    critical = pushed.config.critical_index
+    assert summary.test_accuracy == pytest.approx(float(np.mean(predicted == labels)), abs=1e-6)
+    for site, figures in summary.sites.items():
         assert figures["accuracy"] == pytest.approx(float(np.mean(predicted[sites == site] == labels[sites == site])))
     recall = float(np.mean(predicted[labels == critical] == critical))
-    assert summary2["critical_recall"] == pytest.approx(recall, abs=1e-6)
+    assert summary.critical_recall == pytest.approx(recall, abs=1e-6)
     for k, name in enumerate(CLASSES):
-        assert summary2["per_class"][name]["support"] == int(np.sum(labels == k))
+        assert summary.per_class[name]["support"] == int(np.sum(labels == k))
     # The ServingGate scores the served model the same way TFMA scores the candidate.
-    test_files = sorted(glob.glob(os.path.join(examples_uri, "Split-test", "*.gz")))
-    scored = score_model(os.path.dirname(versions[0]), test_files, critical)
-    assert scored == pytest.approx({"accuracy": summary2["test_accuracy"], "critical_recall": summary2["critical_recall"]})
+    scored = score_model(summary.pushed_destination, test_files, critical)
+    assert scored == pytest.approx({"accuracy": summary.test_accuracy, "critical_recall": summary.critical_recall})
 
-    # 4. Nothing changed: the gate finds the candidate is the served model, nothing is pushed again.
-    summary3, _ = run_local(passing)
-    assert summary3["identical_to_served"] and not summary3["blessed"] and not summary3["pushed"]
-    assert summary3["served_model"]["version"] == int(os.path.basename(summary2["pushed_destination"]))
-    assert glob.glob(os.path.join(passing.paths.serving_root, passing.model_name, "*", "saved_model.pb")) == versions
 
-    # 5. Run history from ML Metadata: three runs on the same data, one pushed.
-    records = list_runs(metadata_path(passing))
+def test_an_unchanged_model_is_not_pushed_again(pushed, unchanged):
+    summary = unchanged.summary
+    assert summary.identical_to_served and not summary.blessed and not summary.pushed
+    assert summary.served_model["version"] == int(pushed.summary.pushed_version)
+    assert unchanged.versions() == pushed.versions()
+
+
+def test_run_history_lists_and_compares_the_three_runs(blocked, pushed, unchanged):
+    output_root = str(pushed.config.paths.output_root)
+    records = list_runs(metadata_path(pushed.config))
     assert [(r.blessed, bool(r.pushed_version)) for r in records] == [(False, False), (True, True), (False, False)]
-    assert records[1].pushed_version == os.path.basename(summary2["pushed_destination"])
-    assert len({r.data_fingerprint for r in records}) == 1 and records[0].test_accuracy == summary["test_accuracy"]
-    listed = CliRunner().invoke(app, ["runs", "--output-root", str(passing.paths.output_root), "--json"])
+    assert records[1].pushed_version == pushed.summary.pushed_version
+    assert len({r.data_fingerprint for r in records}) == 1 and records[0].test_accuracy == blocked.summary.test_accuracy
+    listed = CliRunner().invoke(app, ["runs", "--output-root", output_root, "--json"])
     assert [r["run_id"] for r in json.loads(listed.output)] == [r.run_id for r in records]
-    compared = CliRunner().invoke(
-        app, ["compare", records[0].run_id, records[2].run_id, "--output-root", str(passing.paths.output_root), "--json"]
-    )
+    table = CliRunner().invoke(app, ["runs", "--output-root", output_root], env={"COLUMNS": "100"})
+    assert all(r.run_id in table.output for r in records), table.output  # whole ids in a normal-width terminal
+    compared = CliRunner().invoke(app, ["compare", records[0].run_id, records[2].run_id, "--output-root", output_root, "--json"])
     deltas = {m["metric"]: m["delta"] for m in json.loads(compared.output)["metrics"]}
-    assert deltas["test_accuracy"] == pytest.approx(summary3["test_accuracy"] - summary["test_accuracy"])
+    assert deltas["test_accuracy"] == pytest.approx(unchanged.summary.test_accuracy - blocked.summary.test_accuracy)
 
-    # 6. MLflow: every run logged, tagged with its ML Metadata run id; the pushed model is registered.
-    client = MlflowClient(tracking_uri(passing))
-    experiment = client.get_experiment_by_name(passing.tracking.experiment)
+
+def test_mlflow_logged_every_run_and_registered_the_pushed_model(blocked, pushed, unchanged):
+    config, summary = pushed.config, pushed.summary
+    records = list_runs(metadata_path(config))
+    client = MlflowClient(tracking_uri(config))
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
     runs = {r.data.tags["tfx.pipeline_run_id"]: r for r in client.search_runs([experiment.experiment_id])}
     assert set(runs) == {r.run_id for r in records}
     pushed_run = runs[records[1].run_id]
-    assert pushed_run.info.run_id == summary2["tracking"]["run_id"]
-    assert pushed_run.data.metrics["test_accuracy"] == pytest.approx(summary2["test_accuracy"])
+    assert pushed_run.info.run_id == summary.tracking["run_id"]
+    assert pushed_run.data.metrics["test_accuracy"] == pytest.approx(summary.test_accuracy)
     assert pushed_run.data.metrics["blessed"] == 1.0 and runs[records[0].run_id].data.metrics["blessed"] == 0.0
     assert "accuracy = " in runs[records[0].run_id].data.tags["gate_failures"]
-    assert pushed_run.data.params["evaluation.min_accuracy"] == "0.0"
-    assert len(client.get_metric_history(pushed_run.info.run_id, "val_loss")) == summary2["epochs_trained"]
+    assert pushed_run.data.params["evaluation.min_accuracy"] == str(config.evaluation.min_accuracy)
+    assert len(client.get_metric_history(pushed_run.info.run_id, "val_loss")) == summary.epochs_trained
     logged = {a.path for a in client.list_artifacts(pushed_run.info.run_id)}
-    assert {"model_card.md", "audit.json", "confusion_matrix.png", "training_curves.png", "ingestion"} <= logged
-    version = client.get_model_version_by_alias(passing.model_name, "serving")
-    assert version.source == summary2["pushed_destination"] and version.run_id == pushed_run.info.run_id
+    assert {MODEL_CARD_FILE, AUDIT_FILE, "confusion_matrix.png", "training_curves.png", "ingestion"} <= logged
+    version = client.get_model_version_by_alias(config.model_name, REGISTRY_ALIAS)
+    assert version.source == summary.pushed_destination and version.run_id == pushed_run.info.run_id
 
 
-def test_a_held_out_site_is_scored_per_class_and_never_pushed(workspace, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["bloodcell"])
+def test_a_held_out_site_is_scored_per_class_and_never_pushed_with_a_clean_log(workspace):
+    """`bloodcell run --hold-out-site` as a user types it; its log says each thing once."""
     data, out = workspace
-    result = CliRunner().invoke(
-        app,
-        ["run", *[a for d in data for a in ("--data-root", str(d))], "--hold-out-site", "munich-extra",
-         "--output-root", str(out / "holdout"), "--epochs", "1",
-         "--set", "evaluation.min_accuracy=0", "--set", "evaluation.min_critical_recall=0"],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output[-3000:]
+    command = [
+        BLOODCELL, "run", *[a for d in data for a in ("--data-root", str(d))], "--hold-out-site", "munich-extra",
+        "--output-root", str(out / "holdout"), "--epochs", "1",
+        "--set", "evaluation.min_accuracy=0", "--set", "evaluation.min_critical_recall=0",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = [line.split(" ", 2)[-1] for line in result.stderr.splitlines()]  # without the timestamp
+    repeated = {line: n for line, n in collections.Counter(log).items() if n > 3}
+    assert repeated == {}
+    for component in ("ImageExampleGen", "Trainer", "HoldOutEvaluator", "ServingGate", "RunReport"):
+        assert f"INFO {component} started" in log
+        assert any(re.fullmatch(rf"INFO {component} finished in \d+ s", line) for line in log), component
     config = config_for(workspace, f"paths.output_root={out / 'holdout'}")
     summary, report_dir = latest_summary(config)
-    held = summary["hold_out"]
+    held = summary.hold_out
     assert held["name"] == "munich-extra" and held["pooled"]["count"] == sum(1 for _ in data[2].glob("*/*"))
     assert set(held["recall"]) == set(CLASSES)  # training still had every class (from the other roots)
     assert held["called_critical"]["monocyte"] == held["pooled"]["confusion_matrix"][2][CLASSES.index("myeloblast")]
     assert set(held["sites"]) == {"munich"}
-    assert summary["splits"]["test"] == sum(f["count"] for f in summary["sites"].values())
-    assert not summary["blessed"] and not summary["pushed"]
-    assert summary["gate_failures"] == ["hold-out run: trained without 'munich-extra', for measurement only, not for serving"]
-    assert "held out 'munich-extra' (never trained on)" in result.output
+    assert summary.splits["test"] == sum(f["count"] for f in summary.sites.values())
+    assert not summary.blessed and not summary.pushed
+    assert summary.gate_failures == ["hold-out run: trained without 'munich-extra', for measurement only, not for serving"]
+    assert "held out 'munich-extra' (never trained on)" in result.stdout
     assert "## Held out: `munich-extra`" in open(os.path.join(report_dir, "model_card.md")).read()
 
 
@@ -280,7 +354,7 @@ def test_two_trial_search_on_a_tiny_real_subset(tmp_path, monkeypatch):
     heatmap = explain(**{SERVING_INPUT: tf.constant([real_files("basophil", 1)[0].read_bytes()])})["heatmap"]
     assert heatmap.shape[1] == int(trials[0]["image_size"])  # the CNN's input side
     client = MlflowClient(tracking_uri(config))
-    assert "tuner_trials.csv" in {a.path for a in client.list_artifacts(summary["tracking"]["run_id"])}
+    assert "tuner_trials.csv" in {a.path for a in client.list_artifacts(summary.tracking["run_id"])}
 
     # The ablation script of docs/robustness.md trains and audits with the pipeline's code on this split.
     examples_uri = store_of(config).get_artifacts_by_type("Examples")[-1].uri

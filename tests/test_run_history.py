@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from pipelines.run_history import RunRecord, _weakest_site, compare, find_run
-from tests.conftest import CLASSES
+from tests.helpers import CLASSES
+from tests.helpers.summaries import summary as figures
 
 
 def record(run_id: str, accuracy: float, recall: float) -> RunRecord:
     per_class = {c: {"precision": accuracy, "recall": accuracy, "f1": accuracy} for c in CLASSES}
     sites = {"barcelona": {"accuracy": accuracy + 0.01}, "munich": {"accuracy": accuracy - 0.02}}
-    summary = {"critical_class": "myeloblast", "per_class": per_class, "sites": sites}
+    summary = figures(True, per_class=per_class, sites=sites)
     return RunRecord(run_id, run_id, "abc", accuracy, recall, f"munich {accuracy - 0.02:.4f}", "", True, "", "/r", summary)
 
 

@@ -7,81 +7,12 @@ import re
 import pytest
 from PIL import Image
 
-from components.evaluation import matrix_figures
 from components.plots import confusion_matrix_png, training_curves_png
 from components.run_report import build_summary
 from components.serving_gate import gate_result
 from components.summary_text import format_classification_report, render_summary
-from tests.conftest import CLASSES
-
-MATRIX = [[10, 0, 0, 0, 0], [0, 9, 1, 0, 0], [0, 0, 10, 0, 0], [0, 0, 0, 10, 0], [0, 0, 0, 2, 8]]
-# The same test split by site: barcelona has no myeloblasts, munich has all of them.
-SITE_MATRICES = {
-    "barcelona": [[10, 0, 0, 0, 0], [0, 9, 1, 0, 0], [0, 0, 10, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 1, 4]],
-    "munich": [[0] * 5, [0] * 5, [0] * 5, [0, 0, 0, 10, 0], [0, 0, 0, 1, 4]],
-}
-HELD_OUT = [[6, 0, 4, 0, 0], [0, 10, 0, 0, 0], [0, 0, 8, 3, 0], [0, 0, 0, 6, 0], [0] * 5]
-
-
-def hold_out() -> dict:
-    pooled = matrix_figures(HELD_OUT, CLASSES, "myeloblast")
-    return {
-        "name": "munich-extra", "trained_classes": CLASSES, "untrained_classes": [], "recall": pooled["recall"],
-        "called_critical": {"basophil": 0, "erythroblast": 0, "monocyte": 3}, "pooled": pooled,
-        "sites": {"munich": pooled},
-    }  # fmt: skip
-
-
-def summary(blessed: bool) -> dict:
-    return {
-        "splits": {"train": 35, "eval": 10, "test": 50},
-        "ingestion": {"found": 96, "ingested": 95, "duplicates": 1, "rejected": 0},
-        "epochs_trained": 4,
-        "test_accuracy": 0.94,
-        "critical_class": "myeloblast",
-        "critical_recall": 1.0,
-        "per_class": {
-            name: {"precision": 1.0, "recall": row[k] / 10, "f1": 0.9, "support": sum(row)}
-            for k, (name, row) in enumerate(zip(CLASSES, MATRIX, strict=False))
-        },
-        "confusion_matrix": MATRIX,
-        "sites": {site: matrix_figures(m, CLASSES, "myeloblast") for site, m in SITE_MATRICES.items()},
-        "hold_out": None,
-        "blessed": blessed,
-        "gate_failures": [] if blessed else ["accuracy = 0.9400, required >= 0.95"],
-        "identical_to_served": False,
-        "served_model": None,
-        "pushed": blessed,
-        "pushed_destination": "/srv/bloodcell/1795700000" if blessed else "",
-        "pushed_version": "1795700000" if blessed else "",
-        "operating_point": {
-            "temperature": 1.7321, "threshold": 0.0412, "review_confidence": 0.9, "recall": 1.0,
-            "precision": 0.8333, "ece_before": 0.0543, "ece_after": 0.0121,
-        },
-        "audit": {
-            "clean": {"count": 50, "accuracy": 0.94},
-            "colour_baseline": {"count": 50, "accuracy": 0.7123},
-            "morphology_gain": 0.2277,
-            "groups": {
-                "360x363 warm": {"count": 30, "accuracy": 0.9667, "recall": {"basophil": 1.0, "monocyte": 0.9}},
-                "400x400 neutral": {"count": 20, "accuracy": 0.9, "recall": {"myeloblast": 1.0, "seg_neutrophil": 0.8}},
-            },
-            "train_sites_per_class": {
-                "basophil": ["barcelona"], "erythroblast": ["barcelona"], "monocyte": ["barcelona"],
-                "myeloblast": ["munich"], "seg_neutrophil": ["barcelona", "munich"],
-            },
-            "single_site_classes": {
-                "basophil": "barcelona", "erythroblast": "barcelona", "monocyte": "barcelona", "myeloblast": "munich",
-            },
-            "stress": {
-                "grayscale": {"accuracy": 0.8811, "drop": 0.0589, "critical_recall": 0.95, "passes": False},
-                "stain_normalised": {"accuracy": 0.9322, "drop": 0.0078, "critical_recall": 1.0, "passes": True},
-                "geometry_swapped": {"accuracy": 0.9254, "drop": 0.0146, "critical_recall": 1.0, "passes": True},
-            },
-            "bars": {"max_stress_drop": 0.03, "min_stress_critical_recall": 0.97},
-            "passes": False,
-        },
-    }  # fmt: skip
+from tests.helpers import CLASSES
+from tests.helpers.summaries import MATRIX, hold_out, summary
 
 
 def test_report_text_names_the_failed_threshold_and_no_push():
@@ -102,7 +33,7 @@ def test_report_text_has_a_row_per_site():
 
 
 def test_report_text_shows_the_held_out_site():
-    text = render_summary(summary(blessed=False) | {"hold_out": hold_out()}, "/runs/9")
+    text = render_summary(summary(blessed=False, hold_out=hold_out()), "/runs/9")
     assert "held out 'munich-extra' (never trained on): 37 images, accuracy 0.8108" in text
     assert "basophil 0.6000 (6/10)" in text and "monocyte 0.7273 (8/11)" in text
     assert "other cells called myeloblast: basophil 0/10, erythroblast 0/10, monocyte 3/11" in text
@@ -114,7 +45,7 @@ def test_report_text_shows_the_pushed_version():
 
 
 def test_report_text_shows_operating_point_audit_and_tracking():
-    figures = summary(blessed=True) | {"tracking": {"uri": "sqlite:///x.db", "run_id": "abc", "registered_version": "3"}}
+    figures = summary(blessed=True, tracking={"uri": "sqlite:///x.db", "run_id": "abc", "registered_version": "3"})
     text = render_summary(figures, "/runs/7")
     assert "myeloblast alert: calibrated p >= 0.0412 (eval recall 1.0000, precision 0.8333)" in text
     assert "ECE 0.0543 -> 0.0121 (temperature 1.732)" in text
@@ -122,16 +53,17 @@ def test_report_text_shows_operating_point_audit_and_tracking():
     assert "group 400x400 neutral: 20 images, accuracy 0.9000" in text
     assert "stress grayscale: accuracy 0.8811 (drop +0.0589), myeloblast recall 0.9500  FAILS the bar" in text
     assert "MLflow: run abc in sqlite:///x.db, registered version 3" in text
-    failed = summary(blessed=True) | {"tracking": {"uri": "http://mlflow:5000", "error": "MlflowException: down"}}
+    failed = summary(blessed=True, tracking={"uri": "http://mlflow:5000", "error": "MlflowException: down"})
     assert "MLflow: NOT logged to http://mlflow:5000: MlflowException: down" in render_summary(failed, "/runs/7")
 
 
 def test_report_text_shows_the_served_model_and_an_unchanged_model():
-    figures = summary(blessed=False) | {
-        "gate_failures": [],
-        "identical_to_served": True,
-        "served_model": {"version": 1795700000, "accuracy": 0.94, "critical_recall": 1.0},
-    }
+    figures = summary(
+        blessed=False,
+        gate_failures=[],
+        identical_to_served=True,
+        served_model={"version": 1795700000, "accuracy": 0.94, "critical_recall": 1.0},
+    )
     text = render_summary(figures, "/runs/8")
     assert "served model (version 1795700000) on this test split: accuracy 0.9400, myeloblast recall 1.0000" in text
     assert "gate: passed, but this model is the one already served (version 1795700000)" in text
@@ -140,11 +72,12 @@ def test_report_text_shows_the_served_model_and_an_unchanged_model():
 
 def test_a_refusal_of_the_served_model_reads_as_a_refusal():
     """`--set evaluation.min_accuracy=0.999` on an unchanged model: the bar failed, whatever else is true."""
-    figures = summary(blessed=False) | {
-        "gate_failures": ["accuracy = 0.9400, required >= 0.999"],
-        "identical_to_served": True,
-        "served_model": {"version": 1795700000, "accuracy": 0.94, "critical_recall": 1.0},
-    }
+    figures = summary(
+        blessed=False,
+        gate_failures=["accuracy = 0.9400, required >= 0.999"],
+        identical_to_served=True,
+        served_model={"version": 1795700000, "accuracy": 0.94, "critical_recall": 1.0},
+    )
     text = render_summary(figures, "/runs/9")
     assert "gate: NOT BLESSED\n  failed: accuracy = 0.9400, required >= 0.999" in text
     assert "passed" not in text
@@ -153,7 +86,7 @@ def test_a_refusal_of_the_served_model_reads_as_a_refusal():
 
 
 def test_classification_report_rows():
-    table = format_classification_report(summary(True)["per_class"], 0.94)
+    table = format_classification_report(summary(True).per_class, 0.94)
     lines = table.splitlines()
     assert lines[0].split() == ["class", "precision", "recall", "f1", "support"]
     assert lines[2].split() == ["erythroblast", "1.0000", "0.9000", "0.9000", "10"]
@@ -208,11 +141,11 @@ def test_every_message_of_the_summary_agrees_with_gate_json(outcome):
     figures = summary(blessed=gate["blessed"])
     pushed = gate["blessed"]  # the Pusher pushes exactly the blessed model
     built = build_summary(
-        {"split_totals": figures["splits"], **figures["ingestion"]},
+        {"split_totals": figures.splits, **figures.ingestion},
         {"accuracy": candidate["accuracy"], "critical_recall": candidate["critical_recall"],
-         "per_class": {c: {k: v for k, v in f.items() if k != "support"} for c, f in figures["per_class"].items()}},
+         "per_class": {c: {k: v for k, v in f.items() if k != "support"} for c, f in figures.per_class.items()}},
         MATRIX, gate, [{"epoch": 1}], pushed, "/srv/bloodcell/1795700000" if pushed else "", CLASSES, "myeloblast",
-        {**figures["audit"], "sites": {}}, figures["operating_point"], figures["sites"], None,
+        {**figures.audit, "sites": {}}, figures.operating_point, figures.sites, None,
     )  # fmt: skip
     text = render_summary(built, "/runs/1")
     assert ("gate: BLESSED" in text) == gate["blessed"]

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from components.training.sampling import balanced_dataset, group_weights
+from training.sampling import balanced_dataset, group_weights
 
 # Class 0 from two sites (90 and 10 images), class 1 from one site (30 images).
 LABELS = np.array([0] * 90 + [0] * 10 + [1] * 30)

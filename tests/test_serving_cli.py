@@ -6,11 +6,11 @@ import json
 
 from typer.testing import CliRunner
 
-from components.image_verification import Limits
-from pipelines.cli import app
+from cli.main import app
+from contracts.image_check import Limits
 from serving.client import ServingClient
 from serving.screening import RequestCaps, screen_images
-from tests.conftest import CONFIG, free_port, image_bytes, real_files
+from tests.helpers import CONFIG, free_port, image_bytes, real_files
 
 runner = CliRunner()
 

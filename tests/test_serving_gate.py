@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 
 from components.serving_gate import decide, model_digest, newest_loadable, serving_state
-from serving.model_versions import served_versions
-from tests.conftest import CLASSES, real_files, write_examples
+from contracts.artifacts import served_versions
+from tests.helpers import CLASSES, real_files, write_examples
 
 BARS = {"min_accuracy": 0.95, "min_critical_recall": 0.99, "max_regression": 0.01, "critical_class": "myeloblast"}
 

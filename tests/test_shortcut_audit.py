@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from components.audit import shortcut_audit
-from tests.test_stress import smear
+from tests.helpers import smear
 
 CLASSES = ["a", "b"]
 PEACH, BLUE = (244, 217, 194), (229, 219, 223)

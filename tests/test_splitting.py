@@ -8,15 +8,8 @@ import random
 
 import numpy as np
 
-from components.splitting import (
-    HOLDOUT,
-    NEAR_DUPLICATE_BITS,
-    SPLITS,
-    Item,
-    near_duplicate_pairs,
-    plan_split,
-    split_names,
-)
+from components.splitting import NEAR_DUPLICATE_BITS, Item, near_duplicate_pairs, plan_split, split_names
+from contracts.artifacts import HOLDOUT, SPLITS
 
 RATIOS = {"train": 0.7, "eval": 0.15, "test": 0.15}
 

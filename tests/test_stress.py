@@ -6,16 +6,7 @@ import numpy as np
 import pytest
 
 from components.audit import stress
-
-
-def smear(size=(120, 100), background=(240, 210, 190), cell=(120, 60, 160), radius=20) -> np.ndarray:
-    """A synthetic smear: a dark purple disc (the cell) centred on a coloured background."""
-    h, w = size
-    yy, xx = np.mgrid[:h, :w]
-    image = np.empty((h, w, 3), np.uint8)
-    image[:] = background
-    image[(yy - h / 2) ** 2 + (xx - w / 2) ** 2 <= radius**2] = cell
-    return image
+from tests.helpers import smear
 
 
 def test_grayscale_has_equal_channels_and_keeps_luminance():

@@ -3,6 +3,7 @@ slide was turned."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -10,12 +11,20 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.training.export import SERVING_INPUT, export_serving_model
-from components.training.model import build_model
-from components.training.test_time_views import averaged_probabilities, dihedral_views
-from tests.conftest import CLASSES, CONFIG, TRAINER_CONFIG, real_files
+from contracts.signatures import SERVING_INPUT
+from tests.helpers import CLASSES, CONFIG, TRAINER_CONFIG, real_files
+from training.export import export_serving_model
+from training.model import build_model
+from training.test_time_views import averaged_probabilities, dihedral_views
+from training.trainer_config import TrainerConfig
 
 SIZE = CONFIG.preprocessing.image_size
+
+
+def with_views(views: int) -> TrainerConfig:
+    return dataclasses.replace(
+        TRAINER_CONFIG, preprocessing=dataclasses.replace(TRAINER_CONFIG.preprocessing, test_time_views=views)
+    )
 
 
 def small_model():
@@ -49,7 +58,7 @@ def test_averaged_probabilities_are_the_mean_over_the_views():
 
 
 def test_served_prediction_is_the_same_for_a_turned_or_mirrored_slide(tmp_path):
-    export_serving_model(small_model(), {**TRAINER_CONFIG, "test_time_views": 8}, str(tmp_path / "model"))
+    export_serving_model(small_model(), with_views(8), str(tmp_path / "model"))
     served = tf.saved_model.load(str(tmp_path / "model")).signatures["serving_default"]
     cell = Image.open(real_files("myeloblast", 1)[0]).convert("RGB")  # 400 x 400
     moves = (Image.Transpose.ROTATE_90, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.TRANSPOSE)

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from components.training.augmentation import to_grayscale
-from components.training.trainer_module import fit, make_train_dataset
-from tests.conftest import CLASSES, DATA_ROOTS, TRAINER_CONFIG, real_files, write_examples
+from tests.helpers import CLASSES, DATA_ROOTS, TRAINER_CONFIG, real_files, write_examples
+from training.augmentation import to_grayscale
+from training.trainer_config import TrainerConfig
+from training.trainer_module import fit, make_train_dataset
 
 
-def small_config(grayscale_validation: bool) -> dict:
-    config = copy.deepcopy(TRAINER_CONFIG)
-    config["training"].update(
-        filters=[8, 16], dense_units=8, batch_size=8, learning_rate=0.01, grayscale_validation=grayscale_validation
-    )
-    return config
+def small_config(grayscale_validation: bool) -> TrainerConfig:
+    training = dataclasses.replace(
+        TRAINER_CONFIG.training,
+        filters=[8, 16], dense_units=8, batch_size=8, learning_rate=0.01, grayscale_validation=grayscale_validation,
+    )  # fmt: skip
+    return dataclasses.replace(TRAINER_CONFIG, training=training)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_grayscale_copy_has_three_equal_channels_of_luminance():
 
 def test_training_batches_are_drawn_class_by_class_and_site_by_site(split_files):
     config = small_config(False)
-    augmentation = {**config["augmentation"], "enabled": False}
+    augmentation = dataclasses.replace(config.augmentation, enabled=False)
     dataset, steps = make_train_dataset(split_files[0], 32, 0.8, 9, augmentation, site_power=0.0, seed=1)
     assert steps == (3 * len(CLASSES) + 3) // 9  # one pass's worth of the 18 training images
     labels = np.concatenate([y.numpy() for _, y in dataset.take(200)])

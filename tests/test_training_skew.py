@@ -10,14 +10,15 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.training.augmentation import build_augmenter
-from components.training.export import EXAMPLES_SIGNATURE, SERVING_INPUT, export_serving_model
-from components.training.model import build_model
-from components.training.operating_point import OperatingPoint, alerts, scale
-from components.training.preprocessing import preprocess_image
-from components.training.test_time_views import averaged_probabilities
-from components.training.trainer_module import make_dataset
-from tests.conftest import CLASSES, CONFIG, TRAINER_CONFIG, png_header, real_files, write_examples
+from contracts.signatures import EXAMPLES_SIGNATURE, SERVING_INPUT
+from tests.helpers import CLASSES, CONFIG, TRAINER_CONFIG, png_header, real_files, write_examples
+from training.augmentation import build_augmenter
+from training.export import export_serving_model
+from training.model import build_model
+from training.operating_point import OperatingPoint, alerts, scale
+from training.preprocessing import preprocess_image
+from training.test_time_views import averaged_probabilities
+from training.trainer_module import make_dataset
 
 SIZE = CONFIG.preprocessing.image_size
 CROP = CONFIG.preprocessing.central_crop
@@ -34,7 +35,7 @@ def test_served_model_and_training_path_see_the_same_tensor(tmp_path):
     export_serving_model(model, TRAINER_CONFIG, str(tmp_path / "model"))
     served = tf.saved_model.load(str(tmp_path / "model"))
     outputs = served.signatures["serving_default"](**{SERVING_INPUT: tf.constant([f.read_bytes() for f in files])})
-    expected = averaged_probabilities(model, images, TRAINER_CONFIG["test_time_views"]).numpy()
+    expected = averaged_probabilities(model, images, TRAINER_CONFIG.preprocessing.test_time_views).numpy()
     np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-5)
     assert outputs["probabilities"].shape == (4, 5)
     assert [c.decode() for c in outputs["predicted_class"].numpy()] == [
@@ -61,8 +62,7 @@ def test_png_and_jpeg_of_the_same_pixels_are_served_alike(tmp_path):
 
 
 def test_augmentation_only_in_training():
-    settings = CONFIG.as_dict()["augmentation"]
-    augmenter = build_augmenter(settings, seed=1)
+    augmenter = build_augmenter(CONFIG.augmentation, seed=1)
     images = tf.random.stateless_uniform([8, SIZE, SIZE, 3], seed=[1, 2])
     augmented = augmenter(images, training=True)
     assert augmented.shape == images.shape
@@ -113,7 +113,7 @@ def test_served_model_applies_the_operating_point(tmp_path):
     outputs = tf.saved_model.load(str(tmp_path / "model")).signatures["serving_default"](
         **{SERVING_INPUT: tf.constant([f.read_bytes() for f in files])}
     )
-    expected = scale(averaged_probabilities(model, images, TRAINER_CONFIG["test_time_views"]).numpy(), 2.5)
+    expected = scale(averaged_probabilities(model, images, TRAINER_CONFIG.preprocessing.test_time_views).numpy(), 2.5)
     np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-5)
     critical = CLASSES.index("myeloblast")
     np.testing.assert_array_equal(outputs["myeloblast_alert"].numpy(), alerts(expected, critical, 0.2))

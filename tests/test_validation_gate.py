@@ -18,7 +18,7 @@ from components.validation_gate import (
     describe_anomalies,
     describe_missing_classes,
 )
-from tests.conftest import CLASSES, CONFIG, image_bytes
+from tests.helpers import CLASSES, CONFIG, image_bytes
 
 SCHEMA = tfdv.load_schema_text(os.path.join(CONFIG.paths.schema_dir, "schema.pbtxt"))
 

@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from serving.client import ServingClient
 from serving.web_app import create_app, upload_limits
-from tests.conftest import CONFIG, bomb_png, free_port, image_bytes, png_header, real_files
+from tests.helpers import CONFIG, bomb_png, free_port, image_bytes, png_header, real_files
 
 
 def web_client(target: str, model: str = CONFIG.model_name, retries: int = 3) -> TestClient:

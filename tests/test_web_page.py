@@ -13,7 +13,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from serving.client import ServingClient
 from serving.web_app import create_app, upload_limits
-from tests.conftest import CONFIG, free_port, real_files
+from tests.helpers import CONFIG, free_port, real_files
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

@@ -13,12 +13,9 @@ from tfx.types import standard_artifacts
 
 from bloodcell import ShortcutAuditReport
 from components.audit.shortcut_audit import Predict, run_audit
-from components.image_example_gen import example_files
-from components.serving_gate import SERVING_FORMAT
-from components.training.export import SERVING_INPUT, SERVING_SIGNATURE
-from components.training.preprocessing import parse_example, parse_site
-
-AUDIT_FILE = "audit.json"
+from contracts.artifacts import AUDIT_FILE, SERVING_FORMAT, example_files
+from contracts.signatures import SERVING_INPUT, SERVING_SIGNATURE
+from training.preprocessing import parse_example, parse_site
 
 
 def load_split(examples_uri: str, split: str) -> tuple[list[bytes], list[int], list[str]]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from typing import Any
 
 import keras_tuner
+
+from training.trainer_config import TrainerConfig
 
 # Augmentation settings scaled by `augmentation_strength` (probabilities are capped at 1).
 SCALED_AUGMENTATION = ("rotation", "zoom", "shift", "brightness", "contrast", "saturation", "hue", "grayscale")
@@ -23,21 +25,19 @@ def search_space(space: dict[str, Any]) -> keras_tuner.HyperParameters:
     return hp
 
 
-def with_hyperparameters(config: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the trainer config with the given hyperparameter values applied."""
-    config = copy.deepcopy(config)
-    training = config["training"]
+def with_hyperparameters(config: TrainerConfig, values: dict[str, Any]) -> TrainerConfig:
+    """The trainer config with the given hyperparameter values applied."""
+    training, augmentation, preprocessing = config.training, config.augmentation, config.preprocessing
     if "filters" in values:
-        training["filters"] = [int(f) for f in str(values["filters"]).split(",")]
+        training = dataclasses.replace(training, filters=[int(f) for f in str(values["filters"]).split(",")])
     for key in ("dropout", "learning_rate"):
         if key in values:
-            training[key] = float(values[key])
+            training = dataclasses.replace(training, **{key: float(values[key])})
     if "image_size" in values:
-        config["image_size"] = int(values["image_size"])
+        preprocessing = dataclasses.replace(preprocessing, image_size=int(values["image_size"]))
     if "augmentation_strength" in values:
         strength = float(values["augmentation_strength"])
-        augmentation = config["augmentation"]
-        for key in SCALED_AUGMENTATION:
-            augmentation[key] = augmentation[key] * strength
-        augmentation["grayscale"] = min(1.0, augmentation["grayscale"])
-    return config
+        scaled = {key: getattr(augmentation, key) * strength for key in SCALED_AUGMENTATION}
+        scaled["grayscale"] = min(1.0, scaled["grayscale"])
+        augmentation = dataclasses.replace(augmentation, **scaled)
+    return dataclasses.replace(config, training=training, augmentation=augmentation, preprocessing=preprocessing)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from typing import Any
 
@@ -15,17 +13,17 @@ import tf_keras as keras
 from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx.components.tuner.component import TunerFnResult
 
-from components.training.augmentation import build_augmenter, site_look, to_grayscale
-from components.training.export import export_serving_model
-from components.training.model import build_model
-from components.training.operating_point import OperatingPoint, fit_operating_point
-from components.training.preprocessing import parse_example, parse_site, preprocess_image
-from components.training.sampling import balanced_dataset
-from components.training.test_time_views import averaged_probabilities
-from components.training.tuning import search_space, with_hyperparameters
-
-HISTORY_FILE = "history.json"
-OPERATING_POINT_FILE = "operating_point.json"
+from contracts.artifacts import HISTORY_FILE, TRAINED_OPERATING_POINT_FILE, write_json
+from contracts.config import Augmentation
+from training.augmentation import build_augmenter, site_look, to_grayscale
+from training.export import export_serving_model
+from training.model import build_model
+from training.operating_point import OperatingPoint, fit_operating_point
+from training.preprocessing import parse_example, parse_site, preprocess_image
+from training.sampling import balanced_dataset
+from training.test_time_views import averaged_probabilities
+from training.trainer_config import TrainerConfig
+from training.tuning import search_space, with_hyperparameters
 
 
 def _matching_files(file_patterns: list[str]) -> list[str]:
@@ -69,18 +67,18 @@ def make_train_dataset(
     image_size: int,
     central_crop: float,
     batch_size: int,
-    augmentation: dict[str, Any],
+    augmentation: Augmentation,
     site_power: float,
     seed: int,
 ) -> tuple[tf.data.Dataset, int]:
     """Endless training batches drawn class x site balanced (`sampling.group_weights`), augmented when
-    `augmentation["enabled"]` (site look per image, then the batch augmenter), and the number of steps that
+    `augmentation.enabled` (site look per image, then the batch augmenter), and the number of steps that
     make one epoch (one pass's worth of images)."""
     images, labels, sites = load_preprocessed(file_patterns, image_size, central_crop)
     dataset = balanced_dataset(images, labels, sites, site_power, seed)
-    augmenter = build_augmenter(augmentation, seed=seed) if augmentation["enabled"] else None
+    augmenter = build_augmenter(augmentation, seed=seed) if augmentation.enabled else None
     if augmenter is not None:
-        look = {"max_blur": augmentation["blur"], "jpeg_quality": tuple(augmentation["jpeg_quality"])}
+        look = {"max_blur": augmentation.blur, "jpeg_quality": tuple(augmentation.jpeg_quality)}
         dataset = dataset.map(lambda x, y: (site_look(x, **look), y), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size)
     if augmenter is not None:
@@ -134,48 +132,49 @@ class GrayscaleValidation(keras.callbacks.Callback):
 
 
 def fit(
-    train_files: list[str], eval_files: list[str], config: dict[str, Any], epochs: int
+    train_files: list[str], eval_files: list[str], config: TrainerConfig, epochs: int
 ) -> tuple[keras.Model, list[dict[str, float]], tf.data.Dataset]:
     """Trains the CNN with early stopping and learning-rate reduction: (model, per-epoch history, eval data)."""
-    training, classes, size, crop = config["training"], config["classes"], config["image_size"], config["central_crop"]
-    keras.utils.set_random_seed(training["seed"])
+    training, classes = config.training, config.classes
+    size, crop = config.preprocessing.image_size, config.preprocessing.central_crop
+    keras.utils.set_random_seed(training.seed)
     train_ds, steps = make_train_dataset(
         train_files,
         size,
         crop,
-        training["batch_size"],
-        config["augmentation"],
-        training["site_weight_power"],
-        training["seed"],
+        training.batch_size,
+        config.augmentation,
+        training.site_weight_power,
+        training.seed,
     )
-    eval_ds = make_dataset(eval_files, size, crop, training["batch_size"])
+    eval_ds = make_dataset(eval_files, size, crop, training.batch_size)
     model = build_model(
         len(classes),
         size,
-        training["filters"],
-        training["dense_units"],
-        training["dropout"],
-        training["learning_rate"],
-        training["mixstyle"],
+        training.filters,
+        training.dense_units,
+        training.dropout,
+        training.learning_rate,
+        training.mixstyle,
     )
     epoch_log = EpochLog(epochs)
-    selection = [GrayscaleValidation(eval_ds)] if training["grayscale_validation"] else []
+    selection = [GrayscaleValidation(eval_ds)] if training.grayscale_validation else []
     monitor = "val_selection_loss" if selection else "val_loss"
     callbacks = [
         *selection,
         keras.callbacks.EarlyStopping(
-            monitor=monitor, patience=training["early_stopping_patience"], restore_best_weights=True
+            monitor=monitor, patience=training.early_stopping_patience, restore_best_weights=True
         ),
         keras.callbacks.ReduceLROnPlateau(
             monitor=monitor,
-            factor=training["reduce_lr_factor"],
-            patience=training["reduce_lr_patience"],
+            factor=training.reduce_lr_factor,
+            patience=training.reduce_lr_patience,
             min_lr=1e-6,
         ),
         epoch_log,
     ]
     class_weight = {k: 1.0 for k in range(len(classes))}
-    class_weight[classes.index(config["critical_class"])] = training["critical_class_weight"]
+    class_weight[config.critical_index] = training.critical_class_weight
     model.fit(
         train_ds,
         steps_per_epoch=steps,
@@ -189,37 +188,31 @@ def fit(
 
 
 def train(
-    train_files: list[str], eval_files: list[str], config: dict[str, Any], serving_model_dir: str, run_dir: str
+    train_files: list[str], eval_files: list[str], config: TrainerConfig, serving_model_dir: str, run_dir: str
 ) -> list[dict[str, float]]:
     """Trains, fits the operating point on the eval split, exports the model and writes the history."""
-    model, history, eval_ds = fit(train_files, eval_files, config, config["training"]["epochs"])
+    model, history, eval_ds = fit(train_files, eval_files, config, config.training.epochs)
     operating_point = choose_operating_point(model, eval_ds, config)
     export_serving_model(model, config, serving_model_dir, operating_point)
-    tf.io.gfile.makedirs(run_dir)
-    with tf.io.gfile.GFile(os.path.join(run_dir, HISTORY_FILE), "w") as f:
-        json.dump(history, f, indent=1)
-    with tf.io.gfile.GFile(os.path.join(run_dir, OPERATING_POINT_FILE), "w") as f:
-        json.dump(operating_point.as_dict(), f, indent=1)
+    write_json(run_dir, HISTORY_FILE, history)
+    write_json(run_dir, TRAINED_OPERATING_POINT_FILE, operating_point.as_dict())
     logging.info("Trainer: %d epochs, model exported to %s", len(history), serving_model_dir)
     return history
 
 
-def choose_operating_point(model: keras.Model, eval_ds: tf.data.Dataset, config: dict[str, Any]) -> OperatingPoint:
+def choose_operating_point(model: keras.Model, eval_ds: tf.data.Dataset, config: TrainerConfig) -> OperatingPoint:
     """Calibration and the critical-class alert threshold, fitted on the eval split's served probabilities
     (averaged over the test-time views)."""
-    batches = [(averaged_probabilities(model, x, config["test_time_views"]).numpy(), y.numpy()) for x, y in eval_ds]
+    views = config.preprocessing.test_time_views
+    batches = [(averaged_probabilities(model, x, views).numpy(), y.numpy()) for x, y in eval_ds]
     probabilities, labels = (np.concatenate(parts) for parts in zip(*batches, strict=True))
-    screening = config["screening"]
+    screening = config.screening
     point = fit_operating_point(
-        probabilities,
-        labels,
-        config["classes"].index(config["critical_class"]),
-        screening["alert_recall"],
-        screening["review_confidence"],
+        probabilities, labels, config.critical_index, screening.alert_recall, screening.review_confidence
     )
     logging.info(
         "operating point: temperature %.3f, ECE %.4f -> %.4f; %s alert at p >= %.4f: eval recall %.4f, precision %.4f",
-        point.temperature, point.ece_before, point.ece_after, config["critical_class"], point.threshold,
+        point.temperature, point.ece_before, point.ece_after, config.critical_class, point.threshold,
         point.recall, point.precision,
     )  # fmt: skip
     return point
@@ -227,7 +220,7 @@ def choose_operating_point(model: keras.Model, eval_ds: tf.data.Dataset, config:
 
 def run_fn(fn_args: FnArgs) -> None:
     """TFX Trainer entry point; applies the Tuner's best hyperparameters when the Tuner ran."""
-    config = fn_args.custom_config
+    config = TrainerConfig.from_dict(fn_args.custom_config)
     if fn_args.hyperparameters:
         values = keras_tuner.HyperParameters.from_config(fn_args.hyperparameters).values
         logging.info("Trainer: best hyperparameters from the Tuner: %s", values)
@@ -238,25 +231,25 @@ def run_fn(fn_args: FnArgs) -> None:
 class PipelineTuner(keras_tuner.RandomSearch):
     """Random search where each trial trains with the pipeline's own `fit` (datasets follow image_size)."""
 
-    def __init__(self, files: tuple[list[str], list[str]], config: dict[str, Any], **kwargs: Any):
+    def __init__(self, files: tuple[list[str], list[str]], config: TrainerConfig, **kwargs: Any):
         super().__init__(hypermodel=None, objective=keras_tuner.Objective("val_accuracy", "max"), **kwargs)
         self.files, self.config = files, config
 
     def run_trial(self, trial: keras_tuner.engine.trial.Trial, *args: Any, **kwargs: Any) -> dict[str, float]:
         config = with_hyperparameters(self.config, trial.hyperparameters.values)
-        _, history, _ = fit(*self.files, config, self.config["tuning"]["epochs"])
+        _, history, _ = fit(*self.files, config, self.config.tuning.epochs)
         return {"val_accuracy": max(row["val_accuracy"] for row in history)}
 
 
 def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
     """TFX Tuner entry point: random search over the config's `tuning.search_space`."""
-    config = fn_args.custom_config
+    config = TrainerConfig.from_dict(fn_args.custom_config)
     tuner = PipelineTuner(
         (fn_args.train_files, fn_args.eval_files),
         config,
-        hyperparameters=search_space(config["tuning"]["search_space"]),
-        max_trials=config["tuning"]["max_trials"],
-        seed=config["training"]["seed"],
+        hyperparameters=search_space(config.tuning.search_space),
+        max_trials=config.tuning.max_trials,
+        seed=config.training.seed,
         directory=fn_args.working_dir,
         project_name="bloodcell_tuning",
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from components import features
+from contracts import features
 
 
 def preprocess_image(image_bytes: tf.Tensor, image_size: int, central_crop: float = 1.0) -> tf.Tensor:

@@ -1,8 +1,8 @@
 """The pipeline's own TFX artifact types.
 
-The module is named after their namespace on purpose: a compiled Kubeflow pipeline names a custom artifact type
+The package is named after their namespace on purpose: a compiled Kubeflow pipeline names a custom artifact type
 by its schema title (`bloodcell.IngestionReport`), and TFX's Kubeflow v2 entrypoint imports that title as a class
-path inside the component image. Each TYPE_NAME is therefore `<this module>.<class>`.
+path inside the component image. Each TYPE_NAME is therefore `<this package>.<class>`.
 """
 
 from tfx.types import artifact

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from pipelines.configs import DEFAULT_CONFIG, Config, ConfigError, load_config
+from contracts.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 
 CONFIG_OPTION = typer.Option(DEFAULT_CONFIG, "--config", help="YAML config file.")
 OVERRIDES_OPTION = typer.Option(None, "--set", help="Override a setting: section.field=value.")

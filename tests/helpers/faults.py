@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.conftest import CLASSES, REAL_DATA, bomb_png, image_bytes, real_files
+from tests.helpers import CLASSES, REAL_DATA, bomb_png, image_bytes, real_files
 
 MAX_FILE_BYTES = 2_000_000  # the catalogue's limit: the "file too large" fault is just over it
 ROOT_NAME = "faulty"
@@ -140,7 +140,7 @@ def ingest_in_subprocess(root: Path, out: Path) -> subprocess.CompletedProcess:
     """Runs the real ingestion (`run_ingestion`, Beam) on `root` in a fresh process, without the root
     privilege of reading any file when the tests run as root."""
     code = (
-        "import sys; from components.data_roots import DataRoot; from components.image_verification import Limits;"
+        "import sys; from contracts.data_roots import DataRoot; from contracts.image_check import Limits;"
         "from components.image_example_gen import run_ingestion;"
         f"run_ingestion([DataRoot(sys.argv[1], 'lab')], {CLASSES!r}, Limits(40_000_000, 32, {MAX_FILE_BYTES}),"
         "{'train': 0.7, 'eval': 0.15, 'test': 0.15}, 42, '', sys.argv[2], sys.argv[2] + '/report.json')"

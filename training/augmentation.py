@@ -8,6 +8,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from contracts.config import Augmentation
+
 
 def to_grayscale(images: tf.Tensor) -> tf.Tensor:
     """ITU-R 601 luminance in all three channels: what a grayscale scanner or camera delivers."""
@@ -106,12 +108,12 @@ def site_look(image: tf.Tensor, max_blur: float, jpeg_quality: tuple[int, int]) 
     return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), image.shape)
 
 
-def build_augmenter(settings: dict[str, Any], seed: int | None = None) -> keras.Sequential:
+def build_augmenter(settings: Augmentation, seed: int | None = None) -> keras.Sequential:
     """The augmentation stage named in config; apply it with training=True to image batches."""
     flips = (
         "horizontal_and_vertical"
-        if settings["horizontal_flip"] and settings["vertical_flip"]
-        else ("horizontal" if settings["horizontal_flip"] else "vertical" if settings["vertical_flip"] else None)
+        if settings.horizontal_flip and settings.vertical_flip
+        else ("horizontal" if settings.horizontal_flip else "vertical" if settings.vertical_flip else None)
     )
     layers: list[keras.layers.Layer] = []
     if flips:
@@ -120,21 +122,21 @@ def build_augmenter(settings: dict[str, Any], seed: int | None = None) -> keras.
     # clean eval and served images never are, and batch-norm statistics then disagree between the two
     # (eval accuracy swung between 0.6 and 0.97 with bilinear; it settles at about 0.99 with nearest).
     geometry = {"fill_mode": "reflect", "interpolation": "nearest", "seed": seed}
-    if settings["rotation"]:
-        layers.append(keras.layers.RandomRotation(settings["rotation"], **geometry))
-    if settings["zoom"]:
-        layers.append(keras.layers.RandomZoom(settings["zoom"], **geometry))
-    if settings["shift"]:
-        layers.append(keras.layers.RandomTranslation(settings["shift"], settings["shift"], **geometry))
+    if settings.rotation:
+        layers.append(keras.layers.RandomRotation(settings.rotation, **geometry))
+    if settings.zoom:
+        layers.append(keras.layers.RandomZoom(settings.zoom, **geometry))
+    if settings.shift:
+        layers.append(keras.layers.RandomTranslation(settings.shift, settings.shift, **geometry))
     layers.append(
         ColourJitter(
-            settings["brightness"],
-            settings["contrast"],
-            settings["saturation"],
-            settings["hue"],
-            settings["grayscale"],
-            settings["stain"],
-            settings["gamma"],
+            settings.brightness,
+            settings.contrast,
+            settings.saturation,
+            settings.hue,
+            settings.grayscale,
+            settings.stain,
+            settings.gamma,
         )
     )
     return keras.Sequential(layers, name="augmentation")

@@ -1,21 +1,23 @@
-"""The `bloodcell` command line."""
+"""The `bloodcell` command line. Commands import the pipeline or serving code they need when they run, so
+the web image (serving only, see requirements-serving.lock) runs `bloodcell web` without TFX."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from components.summary_text import render_summary
-from pipelines.cli_options import CONFIG_OPTION, OVERRIDES_OPTION, load_config_or_exit
-from pipelines.kfp_cli import app as kfp_app
-from serving.cli import app as serving_app
+from cli.kfp import app as kfp_app
+from cli.options import CONFIG_OPTION, OVERRIDES_OPTION, load_config_or_exit
+from cli.serving import app as serving_app
 
 app = typer.Typer(
     help="Leukemia screening of blood-cell images: a TFX pipeline for local runs and Kubeflow.",
@@ -66,7 +68,8 @@ def run(
     if output_root is not None and not any(o.startswith("paths.serving_root=") for o in overrides or []):
         extra.append(f"paths.serving_root={os.path.join(output_root, 'serving')}")
     config = load_config_or_exit(config_path, list(overrides or []) + extra)
-    from pipelines.local_runner import RunLockedError, run_local  # heavy imports only when running
+    from components.summary_text import render_summary  # the pipeline's imports only when running
+    from pipelines.local_runner import RunLockedError, run_local
 
     try:
         summary, report_dir = run_local(config, enable_cache=not no_cache)
@@ -91,13 +94,16 @@ def runs(
         typer.echo(json.dumps([r.row() for r in records], indent=1))
         return
     table = Table(title=f"Runs in {where}")
-    columns = ("run id", "started (UTC)", "data", "accuracy", f"{config.critical_class} recall", "weakest site", "held out")
-    for column in (*columns, "blessed", "pushed"):
-        table.add_column(column)
+    # Whole run ids and versions in a normal-width terminal; the start time is in the id (and in --json).
+    table.add_column("run id", no_wrap=True)
+    table.add_column("data", no_wrap=True)
+    for column in ("accuracy", f"{config.critical_class} recall", "weakest site", "held out", "blessed"):
+        table.add_column(column, overflow="fold", min_width=min(len(column), 8))
+    table.add_column("pushed", no_wrap=True)
     for r in records:
         table.add_row(
-            r.run_id, r.started, r.data_fingerprint, f"{r.test_accuracy:.4f}", f"{r.critical_recall:.4f}",
-            r.weakest_site or "-", r.hold_out or "-", "yes" if r.blessed else "no", r.pushed_version or "-",
+            r.run_id, r.data_fingerprint[:8], f"{r.test_accuracy:.4f}", f"{r.critical_recall:.4f}", r.weakest_site or "-",
+            r.hold_out or "-", "yes" if r.blessed else "no", r.pushed_version or "-",
         )  # fmt: skip
     Console().print(table)
 
@@ -150,16 +156,37 @@ def _history(config_path: Path, output_root: Optional[str]):
         raise typer.Exit(1) from None
 
 
-class _ProgressFilter(logging.Filter):
-    """Keeps this project's messages, TFX's component start/finish lines and all warnings; drops the
-    protos and Beam worker chatter that TFX and Beam log at INFO (see them with BLOODCELL_VERBOSE=1)."""
+class RunLog(logging.Filter):
+    """A run's log, each thing said once: the project's messages, one line when each component starts and
+    one when it finishes (with its duration), and each distinct warning once. Drops the protos and Beam
+    worker chatter TFX and Beam log at INFO (see everything with BLOODCELL_VERBOSE=1)."""
+
+    COMPONENT = re.compile(r"Component (\S+) is (running|finished)\.$")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: dict[str, float] = {}
+        self.warned: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING and "Worker: " not in record.getMessage()[:20]:
-            return True
         message = record.getMessage()
-        return record.name.startswith(("components", "pipelines")) or message.startswith(
-            ("Component ", "ImageExampleGen", "Trainer", "epoch ", "data root")
+        component = self.COMPONENT.match(message)
+        if component:
+            name, state = component.groups()
+            if state == "running":
+                self.started[name] = time.monotonic()
+                record.msg, record.args = "%s started", (name,)
+            else:
+                now = time.monotonic()
+                record.msg, record.args = "%s finished in %.0f s", (name, now - self.started.pop(name, now))
+            return True
+        if record.levelno >= logging.WARNING:
+            if message in self.warned or message.startswith("Worker: "):
+                return False
+            self.warned.add(message)
+            return True
+        return record.name.startswith(("components", "pipelines", "training")) or message.startswith(
+            ("ImageExampleGen", "Trainer", "epoch ", "data root", "operating point")
         )
 
 
@@ -171,7 +198,7 @@ def main() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     if not os.environ.get("BLOODCELL_VERBOSE"):
-        handler.addFilter(_ProgressFilter())
+        handler.addFilter(RunLog())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     app()
 

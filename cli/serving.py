@@ -12,8 +12,8 @@ from typing import List, Optional
 
 import typer
 
-from pipelines.cli_options import CONFIG_OPTION, OVERRIDES_OPTION, load_config_or_exit
-from pipelines.configs import Config
+from cli.options import CONFIG_OPTION, OVERRIDES_OPTION, load_config_or_exit
+from contracts.config import Config
 
 app = typer.Typer()
 
@@ -45,7 +45,7 @@ def _client(
 
 
 def _limits(config: Config):
-    from components.image_verification import Limits
+    from contracts.image_check import Limits
 
     return Limits(config.serving.max_image_pixels, config.ingestion.min_side, config.ingestion.max_file_bytes)
 
@@ -180,10 +180,10 @@ def explain(
     config_path: Path = CONFIG_OPTION,
 ) -> None:
     """Write a Grad-CAM heat-map overlay showing what drove the model's prediction for IMAGE."""
-    from components.image_verification import ImageRejectedError, check_image
+    from contracts.artifacts import served_versions
+    from contracts.image_check import ImageRejectedError, check_image
     from serving.client import ServingError
     from serving.explain import explain_with_saved_model, overlay_png
-    from serving.model_versions import served_versions
 
     config = load_config_or_exit(config_path)
     if not image.is_file():

@@ -10,9 +10,9 @@ from typing import List, Optional
 
 import typer
 
-from components.data_roots import parse_data_root, roots_to_json
-from pipelines.cli_options import CONFIG_OPTION, OVERRIDES_OPTION, load_config_or_exit
-from pipelines.configs import Config, kubeflow_config, parameter_values
+from cli.options import CONFIG_OPTION, OVERRIDES_OPTION, load_config_or_exit
+from contracts.config import Config
+from contracts.data_roots import parse_data_root, roots_to_json
 
 app = typer.Typer()
 kfp_app = typer.Typer(help="Drive Kubeflow Pipelines: upload, run, schedule retraining.", no_args_is_help=True)
@@ -64,6 +64,8 @@ DATA_ROOTS_OPTION = typer.Option(
 
 def _run_parameters(config: Config, data_roots: Optional[List[str]]) -> dict:
     """Runtime parameter values from the config (with --set overrides), as seen in the cluster."""
+    from pipelines.kubeflow_runner import kubeflow_config, parameter_values
+
     values = parameter_values(kubeflow_config(config))
     if data_roots:
         values["data_roots"] = roots_to_json([parse_data_root(r) for r in data_roots])

@@ -2,50 +2,46 @@
 
 from __future__ import annotations
 
-import json
-import os
-from typing import Any
-
 import tensorflow as tf
 import tf_keras as keras
 
-from components.training.operating_point import OperatingPoint
-from components.training.preprocessing import check_encoded_image, parse_image_batch, preprocess_batch
-from components.training.test_time_views import averaged_probabilities
+from contracts.artifacts import EXPORTED_OPERATING_POINT_FILE, write_json
+from contracts.signatures import (
+    CLASS_NAMES,
+    EXAMPLES_INPUT,
+    EXAMPLES_SIGNATURE,
+    EXPLAIN_SIGNATURE,
+    HEATMAP,
+    NEEDS_REVIEW,
+    PREDICTED_CLASS,
+    PREDICTED_INDEX,
+    PREDICTED_ONE_HOT,
+    PROBABILITIES,
+    SERVING_INPUT,
+    SERVING_SIGNATURE,
+    alert_output,
+)
+from training.operating_point import OperatingPoint
+from training.preprocessing import check_encoded_image, parse_image_batch, preprocess_batch
+from training.test_time_views import averaged_probabilities
+from training.trainer_config import TrainerConfig
 
-SERVING_INPUT = "image_bytes"
-EXAMPLES_INPUT = "examples"
-SERVING_SIGNATURE = "serving_default"
-EXAMPLES_SIGNATURE = "serving_examples"
-EXPLAIN_SIGNATURE = "explain"
-HEATMAP = "heatmap"
-PROBABILITIES = "probabilities"
-PREDICTED_ONE_HOT = "predicted_one_hot"
-NEEDS_REVIEW = "needs_review"
-OPERATING_POINT_FILE = "assets.extra/operating_point.json"
 # Neutral operating point of a model that was not calibrated (tests): probabilities as the network gives
 # them, alert exactly when the critical class is the argmax.
 UNCALIBRATED = OperatingPoint(temperature=1.0, threshold=0.5, review_confidence=0.0)
 
 
-def alert_output(critical_class: str) -> str:
-    """Name of the served boolean alert output, e.g. `myeloblast_alert`."""
-    return f"{critical_class}_alert"
-
-
 class ServingModule(tf.Module):
     """Holds the Keras model and the signatures built around the shared preprocessing function."""
 
-    def __init__(self, model: keras.Model, config: dict[str, Any], operating_point: OperatingPoint):
+    def __init__(self, model: keras.Model, config: TrainerConfig, operating_point: OperatingPoint):
         super().__init__()
         self.model = model
-        keys = ("image_size", "central_crop", "test_time_views", "min_side", "max_request_images", "max_image_pixels",
-                "max_request_pixels")  # fmt: skip
-        self.config = {k: config[k] for k in keys}
-        self.classes = list(config["classes"])
+        self.config = config
+        self.classes = list(config.classes)
         self.class_names = tf.constant(self.classes)
-        self.critical_class = config["critical_class"]
-        self.critical_index = self.classes.index(self.critical_class)
+        self.critical_class = config.critical_class
+        self.critical_index = config.critical_index
         self.operating_point = operating_point
         last_conv = [layer for layer in model.layers if isinstance(layer, keras.layers.ReLU)][-1]
         self.features_and_scores = keras.Model(model.inputs, [last_conv.output, model.output])
@@ -54,45 +50,45 @@ class ServingModule(tf.Module):
         """Checks every image's header (format, size) before decoding any, then preprocesses them. With
         `request_caps` (the signatures clients call) a request over the image-count or total-pixel cap
         fails whole with InvalidArgument before anything is decoded; TFMA's batches of examples are not capped."""
-        c = self.config
+        c, views = self.config, self.config.preprocessing
         checks = []
         if request_caps:
             count = tf.size(image_bytes, out_type=tf.int64)
             checks.append(
                 tf.debugging.assert_less_equal(
-                    count, tf.constant(c["max_request_images"], tf.int64),
-                    message=f"request over max_request_images={c['max_request_images']}: send fewer images per request",
+                    count, tf.constant(c.max_request_images, tf.int64),
+                    message=f"request over max_request_images={c.max_request_images}: send fewer images per request",
                 )
             )  # fmt: skip
         with tf.control_dependencies(checks):
             shapes = tf.map_fn(
                 # Examples were size-checked at ingestion (ingestion.max_pixels); requests are checked here.
-                lambda b: check_encoded_image(b, c["max_image_pixels"] if request_caps else 2**62, c["min_side"]),
+                lambda b: check_encoded_image(b, c.max_image_pixels if request_caps else 2**62, c.min_side),
                 image_bytes,
                 fn_output_signature=tf.TensorSpec([2], tf.int64),
             )
         if request_caps:
             checks.append(
                 tf.debugging.assert_less_equal(
-                    tf.reduce_sum(shapes[:, 0] * shapes[:, 1]), tf.constant(c["max_request_pixels"], tf.int64),
-                    message=f"request over max_request_pixels={c['max_request_pixels']}: send fewer or smaller images",
+                    tf.reduce_sum(shapes[:, 0] * shapes[:, 1]), tf.constant(c.max_request_pixels, tf.int64),
+                    message=f"request over max_request_pixels={c.max_request_pixels}: send fewer or smaller images",
                 )
             )  # fmt: skip
         with tf.control_dependencies([shapes, *checks]):
-            return preprocess_batch(tf.identity(image_bytes), c["image_size"], c["central_crop"])
+            return preprocess_batch(tf.identity(image_bytes), views.image_size, views.central_crop)
 
     def _outputs(self, image_bytes: tf.Tensor, request_caps: bool = True) -> dict[str, tf.Tensor]:
         images = self._images(image_bytes, request_caps)
         point = self.operating_point
-        raw = averaged_probabilities(self.model, images, self.config["test_time_views"])
+        raw = averaged_probabilities(self.model, images, self.config.preprocessing.test_time_views)
         probabilities = tf.nn.softmax(tf.math.log(tf.maximum(raw, 1e-12)) / point.temperature, axis=-1)
         index = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         n = tf.shape(image_bytes)[0]
         return {
             PROBABILITIES: probabilities,
-            "predicted_index": index,
-            "predicted_class": tf.gather(self.class_names, index),
-            "class_names": tf.tile(self.class_names[tf.newaxis], [n, 1]),
+            PREDICTED_INDEX: index,
+            PREDICTED_CLASS: tf.gather(self.class_names, index),
+            CLASS_NAMES: tf.tile(self.class_names[tf.newaxis], [n, 1]),
             alert_output(self.critical_class): tf.logical_or(
                 probabilities[:, self.critical_index] >= point.threshold, tf.equal(index, self.critical_index)
             ),
@@ -109,7 +105,7 @@ class ServingModule(tf.Module):
         as a [N, image_size, image_size] map in [0, 1] over the preprocessed image (the crop fed to the CNN).
         The class is the served prediction (all test-time views); the map is drawn on the image as it is."""
         images = self._images(image_bytes)
-        averaged = averaged_probabilities(self.model, images, self.config["test_time_views"])
+        averaged = averaged_probabilities(self.model, images, self.config.preprocessing.test_time_views)
         index = tf.argmax(averaged, axis=-1, output_type=tf.int32)
         with tf.GradientTape() as tape:
             features, probabilities = self.features_and_scores(images, training=False)
@@ -118,28 +114,25 @@ class ServingModule(tf.Module):
         weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1, keepdims=True))
         cam = cam / (tf.reduce_max(cam, axis=[1, 2, 3], keepdims=True) + 1e-12)
-        size = self.config["image_size"]
+        size = self.config.preprocessing.image_size
         return {
             HEATMAP: tf.image.resize(cam, [size, size], method="bilinear")[..., 0],
-            "predicted_class": tf.gather(self.class_names, index),
+            PREDICTED_CLASS: tf.gather(self.class_names, index),
         }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
     def serve_examples(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
         """For TFMA: adds the argmax decision as a one-hot vector, so per-class metrics are argmax-based."""
         outputs = self._outputs(parse_image_batch(examples), request_caps=False)
-        outputs[PREDICTED_ONE_HOT] = tf.one_hot(outputs["predicted_index"], len(self.classes))
+        outputs[PREDICTED_ONE_HOT] = tf.one_hot(outputs[PREDICTED_INDEX], len(self.classes))
         return outputs
 
 
 def export_serving_model(
-    model: keras.Model, config: dict[str, Any], export_dir: str, operating_point: OperatingPoint = UNCALIBRATED
+    model: keras.Model, config: TrainerConfig, export_dir: str, operating_point: OperatingPoint = UNCALIBRATED
 ) -> None:
     """Writes a SavedModel with `serving_default` (encoded images) and `serving_examples` signatures, and
-    the operating point beside it (assets.extra/operating_point.json).
-
-    `config` is the trainer config: classes, critical_class, image_size, central_crop, test_time_views,
-    min_side and the request caps (max_request_images, max_image_pixels, max_request_pixels)."""
+    the operating point beside it (assets.extra/operating_point.json)."""
     module = ServingModule(model, config, operating_point)
     tf.saved_model.save(
         module,
@@ -150,6 +143,4 @@ def export_serving_model(
             EXPLAIN_SIGNATURE: module.explain_images,
         },
     )
-    tf.io.gfile.makedirs(os.path.join(export_dir, os.path.dirname(OPERATING_POINT_FILE)))
-    with tf.io.gfile.GFile(os.path.join(export_dir, OPERATING_POINT_FILE), "w") as f:
-        json.dump(operating_point.as_dict(), f, indent=1)
+    write_json(export_dir, EXPORTED_OPERATING_POINT_FILE, operating_point.as_dict())
