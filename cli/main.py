@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from absl import logging as absl_logging
 
 from cli.kfp import app as kfp_app
 from cli.options import CONFIG_OPTION, OVERRIDES_OPTION, load_config_or_exit
@@ -191,10 +192,16 @@ class RunLog(logging.Filter):
 
 
 def main() -> None:
-    # TensorFlow's C++ banner and Google client deprecation notices, also in Beam worker processes.
+    # TensorFlow's C++ banner, Google client deprecation notices and setuptools' notice about the way TFX
+    # packages the Trainer's module, also in Beam workers and TFX's packaging subprocess.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    os.environ.setdefault("PIP_QUIET", "1")  # the Trainer pip-installs its packaged module: no pip chatter
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore:setup.py install is deprecated")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # TensorFlow restores absl's verbosity to absl's default (WARNING) whenever it saves a model, which
+    # silenced TFX's component lines after the Trainer; with INFO set here it restores INFO.
+    absl_logging.set_verbosity(absl_logging.INFO)
+    logging.captureWarnings(True)  # warnings go through the run log too: each said once
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     if not os.environ.get("BLOODCELL_VERBOSE"):

@@ -7,6 +7,8 @@ import datetime
 import fcntl
 import logging
 import os
+import sys
+import tempfile
 from typing import IO, Iterator
 
 from ml_metadata.metadata_store import metadata_store
@@ -114,5 +116,29 @@ def _run(config: Config, enable_cache: bool) -> tuple[RunSummary, str]:
         serving_state=serving_state(serving_dir(config)),
         enable_cache=enable_cache,
     )
+    package_module_files(pipeline)
     tfx.orchestration.LocalDagRunner().run(pipeline)
     return latest_summary(config)
+
+
+def package_module_files(pipeline: tfx.dsl.Pipeline) -> None:
+    """Builds the wheels of the Trainer's (and Tuner's) module file before the run, as the runner would,
+    with the output of TFX's `setup.py bdist_wheel` subprocess held back (about 40 lines; shown if the
+    build fails). The runner then finds them built."""
+    with tempfile.TemporaryFile() as captured:
+        saved = [os.dup(1), os.dup(2)]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(captured.fileno(), 1)
+        os.dup2(captured.fileno(), 2)
+        try:
+            for component in pipeline.components:
+                component._resolve_pip_dependencies(pipeline.pipeline_info.pipeline_root)  # noqa: SLF001 - as TFX's runners do
+        except Exception:
+            captured.seek(0)
+            os.write(saved[1], captured.read())
+            raise
+        finally:
+            for fd, copy in zip((1, 2), saved, strict=True):
+                os.dup2(copy, fd)
+                os.close(copy)

@@ -182,7 +182,7 @@ def fit(
         epochs=epochs,
         callbacks=callbacks,
         class_weight=class_weight,
-        verbose=2,
+        verbose=0,  # EpochLog logs each epoch once
     )
     return model, epoch_log.rows, eval_ds
 
