@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from cli.main import RunLog
+from cli.run_log import RunLog
 
 
 def record(message: str, level: int = logging.INFO, name: str = "absl", *args) -> logging.LogRecord:
@@ -13,7 +13,7 @@ def record(message: str, level: int = logging.INFO, name: str = "absl", *args) -
 
 def test_component_lines_carry_the_duration(monkeypatch):
     clock = iter([100.0, 112.4])
-    monkeypatch.setattr("cli.main.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("cli.run_log.time.monotonic", lambda: next(clock))
     log = RunLog()
     started, finished = record("Component %s is running.", logging.INFO, "absl", "Trainer"), record(
         "Component %s is finished.", logging.INFO, "absl", "Trainer"

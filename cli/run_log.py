@@ -1,0 +1,65 @@
+"""The run log: what a `bloodcell` process prints on stderr while the pipeline runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+import warnings
+
+from absl import logging as absl_logging
+
+
+class RunLog(logging.Filter):
+    """A run's log, each thing said once: the project's messages, one line when each component starts and
+    one when it finishes (with its duration), and each distinct warning once. Drops the protos and Beam
+    worker chatter TFX and Beam log at INFO (see everything with BLOODCELL_VERBOSE=1)."""
+
+    COMPONENT = re.compile(r"Component (\S+) is (running|finished)\.$")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: dict[str, float] = {}
+        self.warned: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        component = self.COMPONENT.match(message)
+        if component:
+            name, state = component.groups()
+            if state == "running":
+                self.started[name] = time.monotonic()
+                record.msg, record.args = "%s started", (name,)
+            else:
+                now = time.monotonic()
+                record.msg, record.args = "%s finished in %.0f s", (name, now - self.started.pop(name, now))
+            return True
+        if record.levelno >= logging.WARNING:
+            if message in self.warned or message.startswith("Worker: "):
+                return False
+            self.warned.add(message)
+            return True
+        return record.name.startswith(("components", "pipelines", "training")) or message.startswith(
+            ("ImageExampleGen", "Trainer", "epoch ", "data root", "operating point")
+        )
+
+
+def configure_logging() -> None:
+    """Environment and logging of a `bloodcell` process: the run log on stderr, quiet libraries."""
+    # TensorFlow's C++ banner, Google client deprecation notices and setuptools' notice about the way TFX
+    # packages the Trainer's module, also in Beam workers and TFX's packaging subprocess.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("PIP_QUIET", "1")  # the Trainer pip-installs its packaged module: no pip chatter
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore:setup.py install is deprecated")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    # TensorFlow restores absl's verbosity to absl's default (WARNING) whenever it saves a model, which
+    # silenced TFX's component lines after the Trainer; with INFO set here it restores INFO.
+    absl_logging.set_verbosity(absl_logging.INFO)
+    logging.captureWarnings(True)  # warnings go through the run log too: each said once
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    if not os.environ.get("BLOODCELL_VERBOSE"):
+        handler.addFilter(RunLog())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
