@@ -90,16 +90,16 @@ def runs(
         typer.echo(json.dumps([r.row() for r in records], indent=1))
         return
     table = Table(title=f"Runs in {where}")
-    # Whole run ids and versions in a normal-width terminal; the start time is in the id (and in --json).
+    # Whole run ids and versions in a 100-column terminal; the start time is in the id, the data
+    # fingerprint in --json.
     table.add_column("run id", no_wrap=True)
-    table.add_column("data", no_wrap=True)
-    for column in ("accuracy", f"{config.critical_class} recall", "weakest site", "held out", "blessed"):
-        table.add_column(column, overflow="fold", min_width=min(len(column), 8))
+    for column in ("accuracy", f"{config.critical_class}\nrecall", "weakest site", "held out", "blessed"):
+        table.add_column(column, overflow="fold")
     table.add_column("pushed", no_wrap=True)
     for r in records:
         table.add_row(
-            r.run_id, r.data_fingerprint[:8], f"{r.test_accuracy:.4f}", f"{r.critical_recall:.4f}", r.weakest_site or "-",
-            r.hold_out or "-", "yes" if r.blessed else "no", r.pushed_version or "-",
+            r.run_id, f"{r.test_accuracy:.4f}", f"{r.critical_recall:.4f}", r.weakest_site or "-", r.hold_out or "-",
+            "yes" if r.blessed else "no", r.pushed_version or "-",
         )  # fmt: skip
     Console().print(table)
 

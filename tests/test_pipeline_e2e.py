@@ -277,7 +277,8 @@ def test_run_history_lists_and_compares_the_three_runs(blocked, pushed, unchange
     listed = CliRunner().invoke(app, ["runs", "--output-root", output_root, "--json"])
     assert [r["run_id"] for r in json.loads(listed.output)] == [r.run_id for r in records]
     table = CliRunner().invoke(app, ["runs", "--output-root", output_root], env={"COLUMNS": "100"})
-    assert all(r.run_id in table.output for r in records), table.output  # whole ids in a normal-width terminal
+    whole = [r.run_id for r in records] + [records[1].pushed_version]
+    assert all(text in table.output for text in whole), table.output  # in a 100-column terminal
     compared = CliRunner().invoke(app, ["compare", records[0].run_id, records[2].run_id, "--output-root", output_root, "--json"])
     deltas = {m["metric"]: m["delta"] for m in json.loads(compared.output)["metrics"]}
     assert deltas["test_accuracy"] == pytest.approx(unchanged.summary.test_accuracy - blocked.summary.test_accuracy)
