@@ -198,20 +198,20 @@ def explain(
     try:
         if server:
             with _client(config, server, None, None, False, None) as client:
-                predicted, heatmap = client.explain(data)
+                explanation = client.explain(data)
         else:
             base = Path(config.paths.serving_root) / config.model_name
             versions = served_versions(str(base))
             if model_dir is None and not versions:
                 typer.echo(f"error: no pushed model under {base}: run the pipeline or pass --model-dir", err=True)
                 raise typer.Exit(2)
-            predicted, heatmap = explain_with_saved_model(model_dir or base / str(versions[-1]), data)
+            explanation = explain_with_saved_model(model_dir or base / str(versions[-1]), data)
     except ServingError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(EXIT_SERVING_ERROR) from None
     target = out or image.with_name(image.stem + ".gradcam.png")
-    target.write_bytes(overlay_png(data, heatmap, config.preprocessing.central_crop))
-    typer.echo(f"{image}: predicted {predicted}; Grad-CAM overlay written to {target}")
+    target.write_bytes(overlay_png(data, explanation))
+    typer.echo(f"{image}: predicted {explanation.predicted_class}; Grad-CAM overlay written to {target}")
 
 
 @app.command()
@@ -293,6 +293,6 @@ def web(
 
     config = load_config_or_exit(config_path)
     client = _client(config, grpc_target, model, None, False, None)
-    app = create_app(client, config.critical_class, upload_limits(config), config.preprocessing.central_crop)
+    app = create_app(client, config.critical_class, upload_limits(config))
     # Past web_max_connections uvicorn answers 503 at once; slow uploads hold a connection, not a worker.
     uvicorn.run(app, host=host, port=port, limit_concurrency=config.serving.web_max_connections)

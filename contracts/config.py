@@ -38,6 +38,7 @@ class Ingestion:
 class Preprocessing:
     image_size: int
     central_crop: float
+    cell_window: float              # > 0: the model sees a square of this many nucleus radii around the cell
     test_time_views: int            # served probabilities: mean over this many rotations/mirror images (1..8)
 
 
@@ -57,6 +58,7 @@ class Augmentation:
     stain: float                    # haematoxylin/eosin amounts scaled by 1 +- this (per image and stain)
     gamma: float                    # per-channel gamma curve exp(+- this): non-linear colour, scanner response
     blur: float                     # per image: Gaussian blur of random sigma up to this, in input pixels
+    sharpen: float                  # per image, half of the time instead of the blur: unsharp mask up to this amount
     jpeg_quality: list[int]         # per image: JPEG re-encoding at a random quality in [lo, hi]; [] = off
 
 
@@ -75,6 +77,7 @@ class Training:
     critical_class_weight: float
     site_weight_power: float        # class x site balanced sampling: within a class, site drawn ~ count ** power
     mixstyle: float                 # MixStyle probability after the first two blocks (training only; 0 = off)
+    weight_average: float           # > 0: momentum of the moving average of the weights, written in each epoch
     seed: int
 
 
@@ -256,12 +259,18 @@ def _validate(config: Config) -> None:
         raise ConfigError("preprocessing.image_size: must be at least 16")
     if not 0.1 <= config.preprocessing.central_crop <= 1.0:
         raise ConfigError("preprocessing.central_crop: must be between 0.1 and 1.0")
+    if config.preprocessing.cell_window and not 2.0 <= config.preprocessing.cell_window <= 20.0:
+        raise ConfigError("preprocessing.cell_window: 0 (off) or between 2 and 20 nucleus radii")
     if not 1 <= config.preprocessing.test_time_views <= 8:
         raise ConfigError("preprocessing.test_time_views: must be between 1 and 8 (the symmetries of a square)")
+    if not 0.0 <= config.training.weight_average < 1.0:
+        raise ConfigError("training.weight_average: 0 (off) or a momentum below 1, e.g. 0.99")
     if not 0.0 <= config.training.mixstyle <= 1.0:
         raise ConfigError("training.mixstyle: a probability, between 0 and 1")
     if not 0.0 <= config.training.site_weight_power <= 1.0:
         raise ConfigError("training.site_weight_power: must be between 0 (sites equally often) and 1 (as found)")
+    if config.augmentation.blur < 0 or config.augmentation.sharpen < 0:
+        raise ConfigError("augmentation.blur and augmentation.sharpen: must be 0 (off) or positive")
     quality = config.augmentation.jpeg_quality
     if quality and not (len(quality) == 2 and 0 <= quality[0] <= quality[1] <= 100):
         raise ConfigError(f"augmentation.jpeg_quality: need [lo, hi] with 0 <= lo <= hi <= 100, or [], got {quality}")

@@ -27,6 +27,8 @@ from contracts.signatures import (
     PROBABILITIES,
     SERVING_INPUT,
     SERVING_SIGNATURE,
+    WINDOW,
+    Explanation,
     alert_output,
 )
 
@@ -73,11 +75,25 @@ def string_tensor(values: Sequence[bytes]) -> tensor_pb2.TensorProto:
     return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape, string_val=list(values))
 
 
+def window_missing() -> ServingError:
+    """The error for a model exported before its explain signature said where the CNN looked."""
+    return ServingError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"the model's {EXPLAIN_SIGNATURE} signature has no {WINDOW!r} output (exported by an older version): "
+        "run the pipeline to push a current model",
+    )
+
+
+def _floats(tensor: tensor_pb2.TensorProto) -> np.ndarray:
+    """A DT_FLOAT TensorProto's values, flat (they may come packed in tensor_content)."""
+    return np.frombuffer(tensor.tensor_content, "<f4") if tensor.tensor_content else np.array(tensor.float_val, np.float32)
+
+
 def _rows(tensor: tensor_pb2.TensorProto) -> list[list]:
-    """A 2-D float or string TensorProto as rows of Python values (floats may come packed in tensor_content)."""
+    """A 2-D float or string TensorProto as rows of Python values."""
     dims = [d.size for d in tensor.tensor_shape.dim]
     if tensor.dtype == types_pb2.DT_FLOAT:
-        values = np.frombuffer(tensor.tensor_content, "<f4").tolist() if tensor.tensor_content else list(tensor.float_val)
+        values = _floats(tensor).tolist()
     else:
         values = [v.decode() for v in tensor.string_val]
     return [values[i * dims[1] : (i + 1) * dims[1]] for i in range(dims[0])]
@@ -174,16 +190,19 @@ class ServingClient:
             for i, (cls, row_names, row) in enumerate(zip(predicted, names, probabilities, strict=False))
         ]
 
-    def explain(self, image: bytes) -> tuple[str, np.ndarray]:
-        """The `explain` signature for one encoded image: (predicted class, Grad-CAM map [S, S] in [0, 1])."""
+    def explain(self, image: bytes) -> Explanation:
+        """The `explain` signature for one encoded image: its Grad-CAM map and where the CNN looked."""
         request = predict_pb2.PredictRequest()
         self._spec(request.model_spec, EXPLAIN_SIGNATURE)
         request.inputs[SERVING_INPUT].CopyFrom(string_tensor([image]))
         response = self._call(self.predictions.Predict, request)
         heatmap = response.outputs[HEATMAP]
         dims = [d.size for d in heatmap.tensor_shape.dim]
-        values = np.frombuffer(heatmap.tensor_content, "<f4") if heatmap.tensor_content else np.array(heatmap.float_val)
-        return response.outputs[PREDICTED_CLASS].string_val[0].decode(), values.reshape(dims[1:])
+        if WINDOW not in response.outputs:
+            raise window_missing()
+        window = tuple(float(v) for v in _floats(response.outputs[WINDOW]))
+        heat = _floats(heatmap).reshape(dims[1:])
+        return Explanation(response.outputs[PREDICTED_CLASS].string_val[0].decode(), heat, window)
 
     def status(self) -> list[VersionStatus]:
         """ModelService.GetModelStatus: every version TF Serving knows of, with its state."""

@@ -9,29 +9,35 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from contracts.signatures import EXPLAIN_SIGNATURE, HEATMAP, PREDICTED_CLASS, SERVING_INPUT
+from contracts.signatures import EXPLAIN_SIGNATURE, HEATMAP, PREDICTED_CLASS, SERVING_INPUT, WINDOW, Explanation
+from serving.client import window_missing
 
 ALPHA = 0.45  # weight of the heat map over the image
 MAX_OVERLAY_SIDE = 1024  # longest side of the drawn overlay, pixels: larger images are drawn scaled down
 
 
-def explain_with_saved_model(model_dir: Path, image: bytes) -> tuple[str, np.ndarray]:
-    """Runs the SavedModel's `explain` signature in this process: (predicted class, map [S, S] in [0, 1])."""
+def explain_with_saved_model(model_dir: Path, image: bytes) -> Explanation:
+    """Runs the SavedModel's `explain` signature on one encoded image in this process."""
     import tensorflow as tf
 
     outputs = tf.saved_model.load(str(model_dir)).signatures[EXPLAIN_SIGNATURE](**{SERVING_INPUT: tf.constant([image])})
-    return outputs[PREDICTED_CLASS].numpy()[0].decode(), outputs[HEATMAP].numpy()[0]
+    if WINDOW not in outputs:
+        raise window_missing()
+    window = tuple(float(v) for v in outputs[WINDOW].numpy()[0])
+    return Explanation(outputs[PREDICTED_CLASS].numpy()[0].decode(), outputs[HEATMAP].numpy()[0], window)
 
 
-def overlay_png(image: bytes | Image.Image, heatmap: np.ndarray, central_crop: float = 1.0) -> bytes:
-    """The image (encoded, or decoded RGB) with the heat map (jet colours) laid over the region the CNN saw,
+def overlay_png(image: bytes | Image.Image, explanation: Explanation) -> bytes:
+    """The image (encoded, or decoded RGB) with the heat map (jet colours) laid over the window the CNN saw,
     as PNG at the image's size, or scaled down to MAX_OVERLAY_SIDE on its longest side."""
     picture = Image.open(io.BytesIO(image)).convert("RGB") if isinstance(image, bytes) else image.convert("RGB")
     picture.thumbnail((MAX_OVERLAY_SIDE, MAX_OVERLAY_SIDE))
     width, height = picture.size
-    crop_w, crop_h = round(width * central_crop), round(height * central_crop)
-    left, top = (width - crop_w) // 2, (height - crop_h) // 2
-    heat = Image.fromarray(np.uint8(np.clip(heatmap, 0, 1) * 255)).resize((crop_w, crop_h), Image.Resampling.BILINEAR)
+    top_f, left_f, height_f, width_f = explanation.window
+    top, left = round(top_f * height), round(left_f * width)
+    crop_h, crop_w = max(1, min(round(height_f * height), height - top)), max(1, min(round(width_f * width), width - left))
+    heatmap = np.clip(explanation.heatmap, 0, 1)
+    heat = Image.fromarray(np.uint8(heatmap * 255)).resize((crop_w, crop_h), Image.Resampling.BILINEAR)
     coloured = colormaps["jet"](np.asarray(heat) / 255.0)[..., :3]
     region = np.asarray(picture, dtype=np.float64)[top : top + crop_h, left : left + crop_w] / 255.0
     blended = np.asarray(picture).copy()

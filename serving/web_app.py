@@ -85,9 +85,8 @@ def _serving_error(err: ServingError) -> HTTPException:
     return HTTPException(502, f"model server error ({err.code.name})")
 
 
-def create_app(client: ServingClient, critical_class: str, limits: UploadLimits, central_crop: float = 1.0) -> FastAPI:
-    """The app; `client` points at TF Serving and is shared by all requests (gRPC channels are thread-safe).
-    `central_crop` is the model's preprocessing crop, where explanation heat maps are drawn."""
+def create_app(client: ServingClient, critical_class: str, limits: UploadLimits) -> FastAPI:
+    """The app; `client` points at TF Serving and is shared by all requests (gRPC channels are thread-safe)."""
     app = FastAPI(
         title="Blood-cell screening",
         description="Classifies blood-cell images into five classes and flags myeloblasts (leukemic blasts). "
@@ -161,10 +160,10 @@ def create_app(client: ServingClient, critical_class: str, limits: UploadLimits,
         except ImageRejectedError as err:
             raise HTTPException(422, f"{file.filename}: {err}") from None
         try:
-            predicted, heatmap = client.explain(checked.image_bytes)
+            explanation = client.explain(checked.image_bytes)
         except ServingError as err:
             raise _serving_error(err) from None
-        overlay = overlay_png(checked.pixels, heatmap, central_crop)
-        return Response(overlay, media_type="image/png", headers={"X-Predicted-Class": predicted})
+        overlay = overlay_png(checked.pixels, explanation)
+        return Response(overlay, media_type="image/png", headers={"X-Predicted-Class": explanation.predicted_class})
 
     return app

@@ -1,11 +1,11 @@
-"""Augmentations that move an image to another site's look: stain, gamma, blur and JPEG encoding."""
+"""Augmentations that move an image to another site's look: stain, gamma, blur, sharpening and JPEG encoding."""
 
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
 
-from training.augmentation import ColourJitter, site_look, stain_jitter
+from training.augmentation import ColourJitter, gaussian_blur, site_look, stain_jitter
 
 RNG = np.random.default_rng(0)
 IMAGES = tf.constant(RNG.uniform(0.05, 1.0, (4, 16, 16, 3)).astype(np.float32))
@@ -41,3 +41,13 @@ def test_site_look_blurs_and_re_encodes_within_range():
     encoded = site_look(image, max_blur=0.0, jpeg_quality=(20, 30)).numpy()
     assert encoded.shape == (16, 16, 3) and 0.0 <= encoded.min() and encoded.max() <= 1.0
     assert np.mean(np.abs(encoded - image.numpy())) > 0.02  # quality 20-30 loses detail
+
+
+def test_site_look_sharpens_half_of_the_time_when_asked():
+    image = gaussian_blur(IMAGES[0], 1.0)  # a soft image, as a blurry scanner's
+    tf.random.set_seed(1)
+    sharpened = [site_look(image, max_blur=0.0, jpeg_quality=(), max_sharpen=2.0).numpy() for _ in range(8)]
+    assert np.mean([roughness(s) for s in sharpened]) > 1.2 * roughness(image.numpy())
+    both = [roughness(site_look(image, max_blur=1.5, jpeg_quality=(), max_sharpen=2.0).numpy()) for _ in range(40)]
+    assert min(both) < roughness(image.numpy()) < max(both)  # blurred some of the time, sharpened some
+    assert all(0.0 <= s.min() and s.max() <= 1.0 for s in sharpened)

@@ -123,7 +123,7 @@ def web_for(target: str, caps: RequestCaps | None = None) -> TestClient:
     limits = upload_limits(CONFIG)
     if caps is not None:
         limits = dataclasses.replace(limits, caps=caps)
-    app = create_app(ServingClient(target, CONFIG.model_name), CONFIG.critical_class, limits, CONFIG.preprocessing.central_crop)
+    app = create_app(ServingClient(target, CONFIG.model_name), CONFIG.critical_class, limits)
     return TestClient(app, raise_server_exceptions=False)
 
 

@@ -382,3 +382,28 @@ def test_two_trial_search_on_a_tiny_real_subset(tmp_path, monkeypatch):
     assert row.startswith(f"| {' '.join(overrides)} | {audit['clean']['accuracy']:.4f} | ")
     explain32 = tf.saved_model.load(str(tmp_path / "ablation" / "model")).signatures["explain"]
     assert explain32(**{SERVING_INPUT: tf.constant([real_files("basophil", 1)[0].read_bytes()])})["heatmap"].shape[1] == 32
+
+
+def test_hold_out_benchmark_trains_without_a_root_and_scores_it(blocked, workspace, tmp_path):
+    """benchmarks/hold_out_root.py (docs/robustness.md) on a run's split: every image of the named root is
+    held out, whatever its split, and scored per class."""
+    data, _ = workspace
+    examples_uri = store_of(blocked.config).get_artifacts_by_type("Examples")[0].uri
+    in_splits = [tf.train.Example.FromString(r.numpy()) for s in ("train", "eval", "test")
+                 for r in tf.data.TFRecordDataset(example_files(examples_uri, s), compression_type="GZIP")]  # fmt: skip
+    root = data[1].name
+    paths = [e.features.feature[features.RELPATH].bytes_list.value[0].decode() for e in in_splits]
+    expected = sum(1 for path in paths if path.startswith(root + "/"))
+    overrides = ["training.epochs=1", "preprocessing.image_size=32"]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.hold_out_root", examples_uri, root, "--output", str(tmp_path / "bench")]
+        + [arg for o in overrides for arg in ("--set", o)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert expected > 0 and f"held out {root}: {expected} images, accuracy " in done.stdout
+    held_lines = done.stdout.split(f"held out {root}:")[1].splitlines()[1:]
+    assert {line.split()[0] for line in held_lines} <= set(CLASSES) and held_lines
+    assert "test split without it: " in done.stdout and (tmp_path / "bench" / "model" / "saved_model.pb").exists()

@@ -64,7 +64,9 @@ def test_grayscale_copy_has_three_equal_channels_of_luminance():
 def test_training_batches_are_drawn_class_by_class_and_site_by_site(split_files):
     config = small_config(False)
     augmentation = dataclasses.replace(config.augmentation, enabled=False)
-    dataset, steps = make_train_dataset(split_files[0], 32, 0.8, 9, augmentation, site_power=0.0, seed=1)
+    dataset, steps = make_train_dataset(
+        split_files[0], dataclasses.replace(config.preprocessing, image_size=32), 9, augmentation, site_power=0.0, seed=1
+    )
     assert steps == (3 * len(CLASSES) + 3) // 9  # one pass's worth of the 18 training images
     labels = np.concatenate([y.numpy() for _, y in dataset.take(200)])
     share = np.bincount(labels, minlength=len(CLASSES)) / len(labels)

@@ -32,7 +32,7 @@ CHROMIUM_ARGS = [
 @pytest.fixture
 def web_url(model_server):
     client = ServingClient(model_server.target, CONFIG.model_name)
-    app = create_app(client, CONFIG.critical_class, upload_limits(CONFIG), CONFIG.preprocessing.central_crop)
+    app = create_app(client, CONFIG.critical_class, upload_limits(CONFIG))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

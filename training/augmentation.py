@@ -4,23 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 from contracts.config import Augmentation
+from training.stains import HED_FROM_RGB, RGB_FROM_HED
 
 
 def to_grayscale(images: tf.Tensor) -> tf.Tensor:
     """ITU-R 601 luminance in all three channels: what a grayscale scanner or camera delivers."""
     return tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(images))
-
-
-# Ruifrok & Johnston colour deconvolution (as in skimage.color.rgb2hed): optical density -> stain amounts.
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float32)
-RGB_FROM_HED[2] = np.cross(RGB_FROM_HED[0], RGB_FROM_HED[1])
-RGB_FROM_HED /= np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
-HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
 
 
 def stain_jitter(images: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
@@ -97,12 +90,18 @@ def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, radius: int = 3) -> tf.Ten
     return blurred[0]
 
 
-def site_look(image: tf.Tensor, max_blur: float, jpeg_quality: tuple[int, int]) -> tf.Tensor:
+def site_look(image: tf.Tensor, max_blur: float, jpeg_quality: tuple[int, int], max_sharpen: float = 0.0) -> tf.Tensor:
     """Moves one image [H, W, 3] in [0, 1] towards another site's optics and encoding: a Gaussian blur of
-    random strength (focus and optics differ between scanners) and a JPEG re-encoding at a random quality
-    (scanners compress differently). Applied per image, before batching."""
+    random strength or, with `max_sharpen`, half of the time an unsharp mask of random amount instead (focus
+    and optics differ between scanners, both ways), then a JPEG re-encoding at a random quality (scanners
+    compress differently). Applied per image, before batching."""
+    optics = image
     if max_blur:
-        image = gaussian_blur(image, tf.random.uniform([], 0.0, max_blur))
+        optics = gaussian_blur(image, tf.random.uniform([], 0.0, max_blur))
+    if max_sharpen:
+        sharpened = image + tf.random.uniform([], 0.0, max_sharpen) * (image - gaussian_blur(image, 1.0))
+        optics = tf.where(tf.random.uniform([]) < 0.5, sharpened, optics) if max_blur else sharpened
+    image = tf.clip_by_value(optics, 0.0, 1.0)
     if jpeg_quality:
         image = tf.image.random_jpeg_quality(image, jpeg_quality[0], jpeg_quality[1])
     return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), image.shape)

@@ -19,10 +19,11 @@ from contracts.signatures import (
     PROBABILITIES,
     SERVING_INPUT,
     SERVING_SIGNATURE,
+    WINDOW,
     alert_output,
 )
 from training.operating_point import OperatingPoint
-from training.preprocessing import check_encoded_image, parse_image_batch, preprocess_batch
+from training.preprocessing import check_encoded_image, parse_image_batch, preprocess_batch, window_fractions
 from training.test_time_views import averaged_probabilities
 from training.trainer_config import TrainerConfig
 
@@ -75,7 +76,7 @@ class ServingModule(tf.Module):
                 )
             )  # fmt: skip
         with tf.control_dependencies([shapes, *checks]):
-            return preprocess_batch(tf.identity(image_bytes), views.image_size, views.central_crop)
+            return preprocess_batch(tf.identity(image_bytes), views)
 
     def _outputs(self, image_bytes: tf.Tensor, request_caps: bool = True) -> dict[str, tf.Tensor]:
         images = self._images(image_bytes, request_caps)
@@ -103,7 +104,8 @@ class ServingModule(tf.Module):
     def explain_images(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         """Grad-CAM: where the last conv block's features raised the predicted class's log-probability,
         as a [N, image_size, image_size] map in [0, 1] over the preprocessed image (the crop fed to the CNN).
-        The class is the served prediction (all test-time views); the map is drawn on the image as it is."""
+        The class is the served prediction (all test-time views); the map is drawn on the image as it is.
+        WINDOW says where in each image that crop lies."""
         images = self._images(image_bytes)
         averaged = averaged_probabilities(self.model, images, self.config.preprocessing.test_time_views)
         index = tf.argmax(averaged, axis=-1, output_type=tf.int32)
@@ -118,6 +120,7 @@ class ServingModule(tf.Module):
         return {
             HEATMAP: tf.image.resize(cam, [size, size], method="bilinear")[..., 0],
             PREDICTED_CLASS: tf.gather(self.class_names, index),
+            WINDOW: window_fractions(image_bytes, self.config.preprocessing),
         }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])

@@ -5,26 +5,84 @@ from __future__ import annotations
 import tensorflow as tf
 
 from contracts import features
+from contracts.config import Preprocessing
+from training.stains import HED_FROM_RGB
+
+WINDOW_GRID = 64  # side of the thumbnail the cell window is found on
+MIN_WINDOW = 0.4  # smallest cell window, fraction of the image's shorter side
 
 
-def preprocess_image(image_bytes: tf.Tensor, image_size: int, central_crop: float = 1.0) -> tf.Tensor:
-    """Encoded JPEG/PNG bytes (scalar string) -> float32 [image_size, image_size, 3] in [0, 1].
+def cell_window(image: tf.Tensor, spread_multiple: float) -> tf.Tensor:
+    """The square around the central cell of a decoded image [H, W, 3]: [top, left, side] in pixels (int32).
 
-    Keeps the central `central_crop` fraction of each side (the cell is centred), then resizes.
+    The nucleus is where the haematoxylin density (colour deconvolution of a thumbnail) is over halfway
+    from the image's median to its 99th percentile; pixels are weighted towards the image centre (the cell
+    to classify is centred). The window is centred on that nucleus and its side is `spread_multiple` times
+    the nucleus's root-mean-square radius, between MIN_WINDOW and all of the shorter side: every cell is
+    seen at about the same size whatever the scanner's magnification.
     """
+    shape = tf.shape(image)
+    height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    thumbnail = tf.image.resize(tf.cast(image, tf.float32) / 255.0, [WINDOW_GRID, WINDOW_GRID], method="area")
+    density = -tf.math.log(tf.clip_by_value(thumbnail, 1 / 255, 1.0))
+    haematoxylin = tf.reshape(tf.tensordot(density, HED_FROM_RGB[:, 0], 1), [-1])
+    ranked = tf.sort(haematoxylin)
+    median, high = ranked[WINDOW_GRID**2 // 2], ranked[WINDOW_GRID**2 * 99 // 100]
+    nucleus = tf.cast(haematoxylin > median + 0.5 * (high - median), tf.float32)
+    centres = (tf.range(WINDOW_GRID, dtype=tf.float32) + 0.5) / WINDOW_GRID
+    y = tf.reshape(tf.tile(centres[:, None], [1, WINDOW_GRID]), [-1])
+    x = tf.reshape(tf.tile(centres[None, :], [WINDOW_GRID, 1]), [-1])
+    weight = nucleus * tf.exp(-(((y - 0.5) / 0.3) ** 2 + ((x - 0.5) / 0.3) ** 2) / 2)
+    total = tf.reduce_sum(weight) + 1e-6
+    cy, cx = tf.reduce_sum(weight * y) / total, tf.reduce_sum(weight * x) / total
+    radius = tf.sqrt(tf.reduce_sum(weight * (((y - cy) * height) ** 2 + ((x - cx) * width) ** 2)) / total)
+    shorter = tf.minimum(height, width)
+    side = tf.round(tf.clip_by_value(spread_multiple * radius, MIN_WINDOW * shorter, shorter))
+    top = tf.round(tf.clip_by_value(cy * height - side / 2, 0.0, height - side))
+    left = tf.round(tf.clip_by_value(cx * width - side / 2, 0.0, width - side))
+    return tf.cast(tf.stack([top, left, side]), tf.int32)
+
+
+def image_window(image: tf.Tensor, settings: Preprocessing) -> tf.Tensor:
+    """[top, left, height, width] in pixels of the part of a decoded image the model sees: the cell window
+    when `settings.cell_window` is set, else the central `settings.central_crop` fraction of each side."""
+    if settings.cell_window:
+        top, left, side = tf.unstack(cell_window(image, settings.cell_window))
+        return tf.stack([top, left, side, side])
+    shape = tf.shape(image)[:2]
+    offset = tf.cast(tf.cast(shape, tf.float32) * (1.0 - settings.central_crop) / 2, tf.int32)  # as tf.image.central_crop
+    return tf.concat([offset, shape - 2 * offset], axis=0)
+
+
+def preprocess_image(image_bytes: tf.Tensor, settings: Preprocessing) -> tf.Tensor:
+    """Encoded JPEG/PNG bytes (scalar string) -> float32 [image_size, image_size, 3] in [0, 1]: the
+    `image_window` of the image, resized."""
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    if central_crop < 1.0:
-        image = tf.image.central_crop(image, central_crop)
-    image = tf.image.resize(image, [image_size, image_size], method="area")
-    return tf.ensure_shape(image / 255.0, [image_size, image_size, 3])
+    top, left, height, width = tf.unstack(image_window(image, settings))
+    image = tf.image.crop_to_bounding_box(image, top, left, height, width)
+    size = settings.image_size
+    image = tf.image.resize(image, [size, size], method="area")
+    return tf.ensure_shape(image / 255.0, [size, size, 3])
 
 
-def preprocess_batch(image_bytes: tf.Tensor, image_size: int, central_crop: float = 1.0) -> tf.Tensor:
+def window_fractions(image_bytes: tf.Tensor, settings: Preprocessing) -> tf.Tensor:
+    """A batch of encoded images [N] -> [N, 4]: each one's `image_window` as fractions of its height and width."""
+
+    def fractions(encoded: tf.Tensor) -> tf.Tensor:
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        height, width = tf.unstack(tf.cast(tf.shape(image)[:2], tf.float32))
+        return tf.cast(image_window(image, settings), tf.float32) / tf.stack([height, width, height, width])
+
+    return tf.map_fn(fractions, image_bytes, fn_output_signature=tf.TensorSpec([4], tf.float32))
+
+
+def preprocess_batch(image_bytes: tf.Tensor, settings: Preprocessing) -> tf.Tensor:
     """A batch of encoded images [N] -> float32 [N, image_size, image_size, 3]."""
+    size = settings.image_size
     return tf.map_fn(
-        lambda b: preprocess_image(b, image_size, central_crop),
+        lambda b: preprocess_image(b, settings),
         image_bytes,
-        fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
+        fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
     )
 
 

@@ -14,7 +14,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx.components.tuner.component import TunerFnResult
 
 from contracts.artifacts import HISTORY_FILE, TRAINED_OPERATING_POINT_FILE, write_json
-from contracts.config import Augmentation
+from contracts.config import Augmentation, Preprocessing
 from training.augmentation import build_augmenter, site_look, to_grayscale
 from training.export import export_serving_model
 from training.model import build_model
@@ -33,25 +33,25 @@ def _matching_files(file_patterns: list[str]) -> list[str]:
     return files
 
 
-def make_dataset(file_patterns: list[str], image_size: int, central_crop: float, batch_size: int) -> tf.data.Dataset:
+def make_dataset(file_patterns: list[str], preprocessing: Preprocessing, batch_size: int) -> tf.data.Dataset:
     """Reads gzipped tf.Examples and yields preprocessed (images, labels) batches, in file order."""
     dataset = tf.data.TFRecordDataset(_matching_files(file_patterns), compression_type="GZIP")
     dataset = dataset.map(parse_example, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.map(
-        lambda image, label: (preprocess_image(image, image_size, central_crop), label), num_parallel_calls=tf.data.AUTOTUNE
+        lambda image, label: (preprocess_image(image, preprocessing), label), num_parallel_calls=tf.data.AUTOTUNE
     ).cache()
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def load_preprocessed(
-    file_patterns: list[str], image_size: int, central_crop: float
+    file_patterns: list[str], preprocessing: Preprocessing
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every example of a split, preprocessed: (images [N, size, size, 3] float32, labels, sites)."""
     dataset = tf.data.TFRecordDataset(_matching_files(file_patterns), compression_type="GZIP").map(
         lambda s: (*parse_example(s), parse_site(s)), num_parallel_calls=tf.data.AUTOTUNE
     )
     dataset = dataset.map(
-        lambda image, label, site: (preprocess_image(image, image_size, central_crop), label, site),
+        lambda image, label, site: (preprocess_image(image, preprocessing), label, site),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     images, labels, sites = [], [], []
@@ -64,8 +64,7 @@ def load_preprocessed(
 
 def make_train_dataset(
     file_patterns: list[str],
-    image_size: int,
-    central_crop: float,
+    preprocessing: Preprocessing,
     batch_size: int,
     augmentation: Augmentation,
     site_power: float,
@@ -74,11 +73,15 @@ def make_train_dataset(
     """Endless training batches drawn class x site balanced (`sampling.group_weights`), augmented when
     `augmentation.enabled` (site look per image, then the batch augmenter), and the number of steps that
     make one epoch (one pass's worth of images)."""
-    images, labels, sites = load_preprocessed(file_patterns, image_size, central_crop)
+    images, labels, sites = load_preprocessed(file_patterns, preprocessing)
     dataset = balanced_dataset(images, labels, sites, site_power, seed)
     augmenter = build_augmenter(augmentation, seed=seed) if augmentation.enabled else None
     if augmenter is not None:
-        look = {"max_blur": augmentation.blur, "jpeg_quality": tuple(augmentation.jpeg_quality)}
+        look = {
+            "max_blur": augmentation.blur,
+            "jpeg_quality": tuple(augmentation.jpeg_quality),
+            "max_sharpen": augmentation.sharpen,
+        }
         dataset = dataset.map(lambda x, y: (site_look(x, **look), y), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size)
     if augmenter is not None:
@@ -136,26 +139,26 @@ def fit(
 ) -> tuple[keras.Model, list[dict[str, float]], tf.data.Dataset]:
     """Trains the CNN with early stopping and learning-rate reduction: (model, per-epoch history, eval data)."""
     training, classes = config.training, config.classes
-    size, crop = config.preprocessing.image_size, config.preprocessing.central_crop
     keras.utils.set_random_seed(training.seed)
     train_ds, steps = make_train_dataset(
         train_files,
-        size,
-        crop,
+        config.preprocessing,
         training.batch_size,
         config.augmentation,
         training.site_weight_power,
         training.seed,
     )
-    eval_ds = make_dataset(eval_files, size, crop, training.batch_size)
+    eval_ds = make_dataset(eval_files, config.preprocessing, training.batch_size)
     model = build_model(
         len(classes),
-        size,
+        config.preprocessing.image_size,
         training.filters,
         training.dense_units,
         training.dropout,
         training.learning_rate,
         training.mixstyle,
+        training.weight_average,
+        average_every=steps,  # at each epoch's end, before it is evaluated
     )
     epoch_log = EpochLog(epochs)
     selection = [GrayscaleValidation(eval_ds)] if training.grayscale_validation else []

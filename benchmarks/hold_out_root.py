@@ -1,0 +1,107 @@
+"""Screening figures for docs/robustness.md: trains with the Trainer's own code on a pipeline run's split
+without one data root, and scores that root per class with the exported model's `serving_examples`.
+
+    .venv/bin/python -m benchmarks.hold_out_root \\
+        outputs/pipelines/bloodcell/ImageExampleGen/examples/<id> munich-extra --output /tmp/hold-out \\
+        --set preprocessing.cell_window=6
+
+What `bloodcell run --hold-out-site ROOT` measures, without ingestion, TFMA and the rest of the pipeline (about
+half the time): the rest of the split is the run's own, every image of ROOT (in any split) is held out.
+Prints per-class recall with the classes the wrong answers went to, on the held-out root and on the rest
+of the test split.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import tensorflow as tf
+import typer
+
+from cli.options import CONFIG_OPTION, load_config_or_exit
+from contracts import features
+from contracts.artifacts import example_files
+from contracts.signatures import EXAMPLES_INPUT, EXAMPLES_SIGNATURE, PREDICTED_INDEX
+from pipelines.configs import trainer_config
+from training.trainer_module import train
+
+app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
+
+
+def read_split(examples: Path, split: str) -> list[tf.train.Example]:
+    files = example_files(str(examples), split)
+    return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def root_of(example: tf.train.Example) -> str:
+    """The data root folder an example came from (first part of its relative path)."""
+    return example.features.feature[features.RELPATH].bytes_list.value[0].decode().split("/", 1)[0]
+
+
+def write_split(path: Path, examples: list[tf.train.Example]) -> list[str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+        for example in examples:
+            writer.write(example.SerializeToString())
+    return [str(path)]
+
+
+def predicted(model_dir: Path, examples: list[tf.train.Example]) -> np.ndarray:
+    signature = tf.saved_model.load(str(model_dir)).signatures[EXAMPLES_SIGNATURE]
+    batches = [examples[i : i + 64] for i in range(0, len(examples), 64)]
+    return np.concatenate(
+        [signature(**{EXAMPLES_INPUT: tf.constant([e.SerializeToString() for e in b])})[PREDICTED_INDEX].numpy() for b in batches]
+    )
+
+
+def recall_lines(title: str, examples: list[tf.train.Example], model_dir: Path, classes: list[str]) -> list[str]:
+    labels = np.array([e.features.feature[features.LABEL].int64_list.value[0] for e in examples])
+    guesses = predicted(model_dir, examples)
+    lines = [f"{title}: {len(labels)} images, accuracy {np.mean(labels == guesses):.4f}"]
+    for index, name in enumerate(classes):
+        mine = labels == index
+        if mine.any():
+            wrong = collections.Counter(classes[g] for g in guesses[mine] if g != index)
+            right = int((guesses[mine] == index).sum())
+            lines.append(f"  {name:15s} {right:5d} / {int(mine.sum()):5d} = {right / mine.sum():.3f}  wrong: {dict(wrong)}")
+    return lines
+
+
+@app.command()
+def main(
+    examples: Path = typer.Argument(..., exists=True, file_okay=False, help="ImageExampleGen output (Split-*)."),
+    root: str = typer.Argument(..., help="Folder name of the data root to hold out, e.g. munich-extra."),
+    output: Path = typer.Option(..., "--output", help="Folder for the kept splits, model and history."),
+    config: Path = CONFIG_OPTION,
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help="Config override KEY=VALUE, repeatable."),
+) -> None:
+    cfg = load_config_or_exit(config, overrides)
+    splits = {split: read_split(examples, split) for split in ("train", "eval", "test")}
+    held_out = [e for split in splits.values() for e in split if root_of(e) == root]
+    if not held_out:
+        typer.echo(f"error: no image of the split comes from a data root named {root!r}", err=True)
+        raise typer.Exit(2)
+    kept = {split: [e for e in rows if root_of(e) != root] for split, rows in splits.items()}
+    start = time.monotonic()
+    history = train(
+        write_split(output / "train.gz", kept["train"]),
+        write_split(output / "eval.gz", kept["eval"]),
+        trainer_config(cfg),
+        str(output / "model"),
+        str(output / "run"),
+    )
+    classes = list(cfg.classes)
+    minutes = (time.monotonic() - start) / 60
+    typer.echo(f"{len(history)} epochs, trained in {minutes:.1f} min, with --set {' '.join(overrides or [])}")
+    typer.echo("\n".join(recall_lines("test split without it", kept["test"], output / "model", classes)))
+    typer.echo("\n".join(recall_lines(f"held out {root}", held_out, output / "model", classes)))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")  # one line per epoch
+    app()
