@@ -77,7 +77,6 @@ class Training:
     critical_class_weight: float
     site_weight_power: float        # class x site balanced sampling: within a class, site drawn ~ count ** power
     mixstyle: float                 # MixStyle probability after the first two blocks (training only; 0 = off)
-    weight_average: float           # > 0: momentum of the moving average of the weights, written in each epoch
     seed: int
 
 
@@ -263,8 +262,6 @@ def _validate(config: Config) -> None:
         raise ConfigError("preprocessing.cell_window: 0 (off) or between 2 and 20 nucleus radii")
     if not 1 <= config.preprocessing.test_time_views <= 8:
         raise ConfigError("preprocessing.test_time_views: must be between 1 and 8 (the symmetries of a square)")
-    if not 0.0 <= config.training.weight_average < 1.0:
-        raise ConfigError("training.weight_average: 0 (off) or a momentum below 1, e.g. 0.99")
     if not 0.0 <= config.training.mixstyle <= 1.0:
         raise ConfigError("training.mixstyle: a probability, between 0 and 1")
     if not 0.0 <= config.training.site_weight_power <= 1.0:

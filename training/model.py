@@ -55,14 +55,9 @@ def build_model(
     dropout: float,
     learning_rate: float,
     mixstyle: float = 0.0,
-    weight_average: float = 0.0,
-    average_every: int = 1,
 ) -> keras.Model:
     """A compiled classifier over float images in [0, 1] of shape [image_size, image_size, 3]; with
-    `mixstyle` > 0, a MixStyle layer after each of the first two blocks (training only). With
-    `weight_average` > 0, Adam keeps an exponential moving average of the weights (this momentum) and writes
-    it into the model every `average_every` steps: what is evaluated, kept and exported is the average of
-    the recent weights, a flatter and steadier solution than the last step's."""
+    `mixstyle` > 0, a MixStyle layer after each of the first two blocks (training only)."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = ChannelStandardisation(name="standardise")(inputs)
     for i, width in enumerate(filters):
@@ -80,12 +75,7 @@ def build_model(
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name="bloodcell_cnn")
     model.compile(
-        optimizer=keras.optimizers.Adam(
-            learning_rate,
-            use_ema=weight_average > 0,
-            ema_momentum=weight_average or 0.99,
-            ema_overwrite_frequency=average_every if weight_average > 0 else None,
-        ),
+        optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )

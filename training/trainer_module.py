@@ -157,8 +157,6 @@ def fit(
         training.dropout,
         training.learning_rate,
         training.mixstyle,
-        training.weight_average,
-        average_every=steps,  # at each epoch's end, before it is evaluated
     )
     epoch_log = EpochLog(epochs)
     selection = [GrayscaleValidation(eval_ds)] if training.grayscale_validation else []
