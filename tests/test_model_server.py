@@ -52,7 +52,7 @@ def test_status_and_metadata(model_server):
         "probabilities": "DT_FLOAT", "predicted_class": "DT_STRING", "predicted_index": "DT_INT32",
         "class_names": "DT_STRING", "myeloblast_alert": "DT_BOOL", "needs_review": "DT_BOOL",
     }  # fmt: skip
-    assert signatures["explain"]["outputs"] == {"heatmap": "DT_FLOAT", "predicted_class": "DT_STRING"}
+    assert signatures["explain"]["outputs"] == {"heatmap": "DT_FLOAT", "predicted_class": "DT_STRING", "window": "DT_FLOAT"}
     assert "serving_examples" in signatures
 
 

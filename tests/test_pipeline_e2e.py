@@ -231,7 +231,7 @@ def test_the_audit_operating_point_model_card_and_explanation_come_with_the_push
     card = open(os.path.join(pushed.report_dir, MODEL_CARD_FILE)).read()
     assert open(os.path.join(summary.pushed_destination, "assets.extra", MODEL_CARD_FILE)).read() == card
     assert f"Accuracy {100 * summary.test_accuracy:.2f}%" in card and f"{point['threshold']:.4f}" in card
-    _, heatmap = explain_with_saved_model(summary.pushed_destination, real_files(CLASSES[0], 1)[0].read_bytes())
+    heatmap = explain_with_saved_model(summary.pushed_destination, real_files(CLASSES[0], 1)[0].read_bytes()).heatmap
     size = config.preprocessing.image_size
     assert heatmap.shape == (size, size) and 0.0 <= heatmap.min() <= heatmap.max() <= 1.0 + 1e-6
 
