@@ -5,6 +5,9 @@ without one data root, and scores that root per class with the exported model's 
         outputs/pipelines/bloodcell/ImageExampleGen/examples/<id> munich-extra --output /tmp/hold-out \\
         --set preprocessing.cell_window=6
 
+With `--onboard K`, the first K images (by path) of each class of ROOT are trained on and the rest scored:
+what a lab gains by labelling K images per class from its own scanner.
+
 What `bloodcell run --hold-out-site ROOT` measures, without ingestion, TFMA and the rest of the pipeline (about
 half the time): the rest of the split is the run's own, every image of ROOT (in any split) is held out.
 Prints per-class recall with the classes the wrong answers went to, on the held-out root and on the rest
@@ -43,6 +46,18 @@ def root_of(example: tf.train.Example) -> str:
     return example.features.feature[features.RELPATH].bytes_list.value[0].decode().split("/", 1)[0]
 
 
+def onboard(held_out: list[tf.train.Example], per_class: int) -> tuple[list[tf.train.Example], list[tf.train.Example]]:
+    """(trained on, scored): the first `per_class` held-out examples of each class by path, and the rest."""
+    ordered = sorted(held_out, key=lambda e: e.features.feature[features.RELPATH].bytes_list.value[0])
+    taken: collections.Counter[int] = collections.Counter()
+    trained, scored = [], []
+    for example in ordered:
+        label = example.features.feature[features.LABEL].int64_list.value[0]
+        (trained if taken[label] < per_class else scored).append(example)
+        taken[label] += 1
+    return trained, scored
+
+
 def write_split(path: Path, examples: list[tf.train.Example]) -> list[str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
@@ -77,6 +92,7 @@ def main(
     examples: Path = typer.Argument(..., exists=True, file_okay=False, help="ImageExampleGen output (Split-*)."),
     root: str = typer.Argument(..., help="Folder name of the data root to hold out, e.g. munich-extra."),
     output: Path = typer.Option(..., "--output", help="Folder for the kept splits, model and history."),
+    per_class: int = typer.Option(0, "--onboard", min=0, help="Images per class of ROOT to train on (first by path)."),
     config: Path = CONFIG_OPTION,
     overrides: Optional[List[str]] = typer.Option(None, "--set", help="Config override KEY=VALUE, repeatable."),
 ) -> None:
@@ -87,6 +103,8 @@ def main(
         typer.echo(f"error: no image of the split comes from a data root named {root!r}", err=True)
         raise typer.Exit(2)
     kept = {split: [e for e in rows if root_of(e) != root] for split, rows in splits.items()}
+    onboarded, held_out = onboard(held_out, per_class)
+    kept["train"] += onboarded
     start = time.monotonic()
     history = train(
         write_split(output / "train.gz", kept["train"]),
@@ -98,6 +116,8 @@ def main(
     classes = list(cfg.classes)
     minutes = (time.monotonic() - start) / 60
     typer.echo(f"{len(history)} epochs, trained in {minutes:.1f} min, with --set {' '.join(overrides or [])}")
+    if onboarded:
+        typer.echo(f"onboarded: {len(onboarded)} images of {root} trained on ({per_class} per class)")
     typer.echo("\n".join(recall_lines("test split without it", kept["test"], output / "model", classes)))
     typer.echo("\n".join(recall_lines(f"held out {root}", held_out, output / "model", classes)))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Sequence
+from typing import Collection, Sequence
 
 import grpc
 import numpy as np
@@ -75,13 +75,14 @@ def string_tensor(values: Sequence[bytes]) -> tensor_pb2.TensorProto:
     return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape, string_val=list(values))
 
 
-def window_missing() -> ServingError:
-    """The error for a model exported before its explain signature said where the CNN looked."""
-    return ServingError(
-        grpc.StatusCode.FAILED_PRECONDITION,
-        f"the model's {EXPLAIN_SIGNATURE} signature has no {WINDOW!r} output (exported by an older version): "
-        "run the pipeline to push a current model",
-    )
+def require_window(output_names: Collection[str]) -> None:
+    """Raises FAILED_PRECONDITION for a model exported before its explain signature said where the CNN looked."""
+    if WINDOW not in output_names:
+        raise ServingError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"the model's {EXPLAIN_SIGNATURE} signature has no {WINDOW!r} output (exported by an older version): "
+            "run the pipeline to push a current model",
+        )
 
 
 def _floats(tensor: tensor_pb2.TensorProto) -> np.ndarray:
@@ -198,8 +199,7 @@ class ServingClient:
         response = self._call(self.predictions.Predict, request)
         heatmap = response.outputs[HEATMAP]
         dims = [d.size for d in heatmap.tensor_shape.dim]
-        if WINDOW not in response.outputs:
-            raise window_missing()
+        require_window(response.outputs)
         window = tuple(float(v) for v in _floats(response.outputs[WINDOW]))
         heat = _floats(heatmap).reshape(dims[1:])
         return Explanation(response.outputs[PREDICTED_CLASS].string_val[0].decode(), heat, window)

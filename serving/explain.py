@@ -10,7 +10,7 @@ from matplotlib import colormaps
 from PIL import Image
 
 from contracts.signatures import EXPLAIN_SIGNATURE, HEATMAP, PREDICTED_CLASS, SERVING_INPUT, WINDOW, Explanation
-from serving.client import window_missing
+from serving.client import require_window
 
 ALPHA = 0.45  # weight of the heat map over the image
 MAX_OVERLAY_SIDE = 1024  # longest side of the drawn overlay, pixels: larger images are drawn scaled down
@@ -21,8 +21,7 @@ def explain_with_saved_model(model_dir: Path, image: bytes) -> Explanation:
     import tensorflow as tf
 
     outputs = tf.saved_model.load(str(model_dir)).signatures[EXPLAIN_SIGNATURE](**{SERVING_INPUT: tf.constant([image])})
-    if WINDOW not in outputs:
-        raise window_missing()
+    require_window(outputs)
     window = tuple(float(v) for v in outputs[WINDOW].numpy()[0])
     return Explanation(outputs[PREDICTED_CLASS].numpy()[0].decode(), outputs[HEATMAP].numpy()[0], window)
 

@@ -386,23 +386,26 @@ def test_two_trial_search_on_a_tiny_real_subset(tmp_path, monkeypatch):
 
 def test_hold_out_benchmark_trains_without_a_root_and_scores_it(blocked, workspace, tmp_path):
     """benchmarks/hold_out_root.py (docs/robustness.md) on a run's split: every image of the named root is
-    held out, whatever its split, and scored per class."""
+    held out, whatever its split, and scored per class, but for one per class trained on (--onboard 1)."""
     data, _ = workspace
     examples_uri = store_of(blocked.config).get_artifacts_by_type("Examples")[0].uri
     in_splits = [tf.train.Example.FromString(r.numpy()) for s in ("train", "eval", "test")
                  for r in tf.data.TFRecordDataset(example_files(examples_uri, s), compression_type="GZIP")]  # fmt: skip
     root = data[1].name
     paths = [e.features.feature[features.RELPATH].bytes_list.value[0].decode() for e in in_splits]
-    expected = sum(1 for path in paths if path.startswith(root + "/"))
+    in_root = [e for e, path in zip(in_splits, paths, strict=True) if path.startswith(root + "/")]
+    onboarded = len({e.features.feature[features.LABEL].int64_list.value[0] for e in in_root})
+    expected = len(in_root) - onboarded
     overrides = ["training.epochs=1", "preprocessing.image_size=32"]
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.hold_out_root", examples_uri, root, "--output", str(tmp_path / "bench")]
-        + [arg for o in overrides for arg in ("--set", o)],
+        + ["--onboard", "1"] + [arg for o in overrides for arg in ("--set", o)],
         cwd=Path(__file__).resolve().parents[1],
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert f"onboarded: {onboarded} images of {root} trained on (1 per class)" in done.stdout
     assert expected > 0 and f"held out {root}: {expected} images, accuracy " in done.stdout
     held_lines = done.stdout.split(f"held out {root}:")[1].splitlines()[1:]
     assert {line.split()[0] for line in held_lines} <= set(CLASSES) and held_lines

@@ -95,16 +95,16 @@ def site_look(image: tf.Tensor, max_blur: float, jpeg_quality: tuple[int, int], 
     random strength or, with `max_sharpen`, half of the time an unsharp mask of random amount instead (focus
     and optics differ between scanners, both ways), then a JPEG re-encoding at a random quality (scanners
     compress differently). Applied per image, before batching."""
-    optics = image
+    shape, optics = image.shape, image
     if max_blur:
         optics = gaussian_blur(image, tf.random.uniform([], 0.0, max_blur))
     if max_sharpen:
         sharpened = image + tf.random.uniform([], 0.0, max_sharpen) * (image - gaussian_blur(image, 1.0))
         optics = tf.where(tf.random.uniform([]) < 0.5, sharpened, optics) if max_blur else sharpened
     image = tf.clip_by_value(optics, 0.0, 1.0)
-    if jpeg_quality:
+    if jpeg_quality:  # decodes to [0, 1]
         image = tf.image.random_jpeg_quality(image, jpeg_quality[0], jpeg_quality[1])
-    return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), image.shape)
+    return tf.ensure_shape(image, shape)
 
 
 def build_augmenter(settings: Augmentation, seed: int | None = None) -> keras.Sequential:

@@ -23,7 +23,7 @@ from contracts.signatures import (
     alert_output,
 )
 from training.operating_point import OperatingPoint
-from training.preprocessing import check_encoded_image, parse_image_batch, preprocess_batch, window_fractions
+from training.preprocessing import check_encoded_image, parse_image_batch, preprocess_batch
 from training.test_time_views import averaged_probabilities
 from training.trainer_config import TrainerConfig
 
@@ -47,8 +47,9 @@ class ServingModule(tf.Module):
         last_conv = [layer for layer in model.layers if isinstance(layer, keras.layers.ReLU)][-1]
         self.features_and_scores = keras.Model(model.inputs, [last_conv.output, model.output])
 
-    def _images(self, image_bytes: tf.Tensor, request_caps: bool = True) -> tf.Tensor:
-        """Checks every image's header (format, size) before decoding any, then preprocesses them. With
+    def _images(self, image_bytes: tf.Tensor, request_caps: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
+        """Checks every image's header (format, size) before decoding any, then preprocesses them:
+        (images, windows), as `preprocess_batch`. With
         `request_caps` (the signatures clients call) a request over the image-count or total-pixel cap
         fails whole with InvalidArgument before anything is decoded; TFMA's batches of examples are not capped."""
         c, views = self.config, self.config.preprocessing
@@ -79,7 +80,7 @@ class ServingModule(tf.Module):
             return preprocess_batch(tf.identity(image_bytes), views)
 
     def _outputs(self, image_bytes: tf.Tensor, request_caps: bool = True) -> dict[str, tf.Tensor]:
-        images = self._images(image_bytes, request_caps)
+        images, _ = self._images(image_bytes, request_caps)
         point = self.operating_point
         raw = averaged_probabilities(self.model, images, self.config.preprocessing.test_time_views)
         probabilities = tf.nn.softmax(tf.math.log(tf.maximum(raw, 1e-12)) / point.temperature, axis=-1)
@@ -106,7 +107,7 @@ class ServingModule(tf.Module):
         as a [N, image_size, image_size] map in [0, 1] over the preprocessed image (the crop fed to the CNN).
         The class is the served prediction (all test-time views); the map is drawn on the image as it is.
         WINDOW says where in each image that crop lies."""
-        images = self._images(image_bytes)
+        images, windows = self._images(image_bytes)
         averaged = averaged_probabilities(self.model, images, self.config.preprocessing.test_time_views)
         index = tf.argmax(averaged, axis=-1, output_type=tf.int32)
         with tf.GradientTape() as tape:
@@ -120,7 +121,7 @@ class ServingModule(tf.Module):
         return {
             HEATMAP: tf.image.resize(cam, [size, size], method="bilinear")[..., 0],
             PREDICTED_CLASS: tf.gather(self.class_names, index),
-            WINDOW: window_fractions(image_bytes, self.config.preprocessing),
+            WINDOW: windows,
         }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])

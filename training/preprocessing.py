@@ -54,35 +54,33 @@ def image_window(image: tf.Tensor, settings: Preprocessing) -> tf.Tensor:
     return tf.concat([offset, shape - 2 * offset], axis=0)
 
 
+def preprocess_with_window(image_bytes: tf.Tensor, settings: Preprocessing) -> tuple[tf.Tensor, tf.Tensor]:
+    """Encoded JPEG/PNG bytes (scalar string) -> (float32 [image_size, image_size, 3] in [0, 1]: the
+    `image_window` of the image, resized; that window [4] as fractions of the image's height and width)."""
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    window = image_window(image, settings)
+    top, left, height, width = tf.unstack(window)
+    image_height, image_width = tf.unstack(tf.cast(tf.shape(image)[:2], tf.float32))
+    fractions = tf.cast(window, tf.float32) / tf.stack([image_height, image_width, image_height, image_width])
+    size = settings.image_size
+    image = tf.image.resize(tf.image.crop_to_bounding_box(image, top, left, height, width), [size, size], method="area")
+    return tf.ensure_shape(image / 255.0, [size, size, 3]), fractions
+
+
 def preprocess_image(image_bytes: tf.Tensor, settings: Preprocessing) -> tf.Tensor:
     """Encoded JPEG/PNG bytes (scalar string) -> float32 [image_size, image_size, 3] in [0, 1]: the
     `image_window` of the image, resized."""
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    top, left, height, width = tf.unstack(image_window(image, settings))
-    image = tf.image.crop_to_bounding_box(image, top, left, height, width)
-    size = settings.image_size
-    image = tf.image.resize(image, [size, size], method="area")
-    return tf.ensure_shape(image / 255.0, [size, size, 3])
+    return preprocess_with_window(image_bytes, settings)[0]
 
 
-def window_fractions(image_bytes: tf.Tensor, settings: Preprocessing) -> tf.Tensor:
-    """A batch of encoded images [N] -> [N, 4]: each one's `image_window` as fractions of its height and width."""
-
-    def fractions(encoded: tf.Tensor) -> tf.Tensor:
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        height, width = tf.unstack(tf.cast(tf.shape(image)[:2], tf.float32))
-        return tf.cast(image_window(image, settings), tf.float32) / tf.stack([height, width, height, width])
-
-    return tf.map_fn(fractions, image_bytes, fn_output_signature=tf.TensorSpec([4], tf.float32))
-
-
-def preprocess_batch(image_bytes: tf.Tensor, settings: Preprocessing) -> tf.Tensor:
-    """A batch of encoded images [N] -> float32 [N, image_size, image_size, 3]."""
+def preprocess_batch(image_bytes: tf.Tensor, settings: Preprocessing) -> tuple[tf.Tensor, tf.Tensor]:
+    """A batch of encoded images [N] -> (float32 [N, image_size, image_size, 3], their windows [N, 4] as
+    fractions of each image's height and width)."""
     size = settings.image_size
     return tf.map_fn(
-        lambda b: preprocess_image(b, settings),
+        lambda b: preprocess_with_window(b, settings),
         image_bytes,
-        fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+        fn_output_signature=(tf.TensorSpec([size, size, 3], tf.float32), tf.TensorSpec([4], tf.float32)),
     )
 
 
