@@ -60,6 +60,7 @@ class Augmentation:
     blur: float                     # per image: Gaussian blur of random sigma up to this, in input pixels
     sharpen: float                  # per image, half of the time instead of the blur: unsharp mask up to this amount
     jpeg_quality: list[int]         # per image: JPEG re-encoding at a random quality in [lo, hi]; [] = off
+    colour_transfer: float          # probability an image takes on another batch image's colour histogram
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,8 +263,12 @@ def _validate(config: Config) -> None:
         raise ConfigError("preprocessing.cell_window: 0 (off) or between 2 and 20 nucleus radii")
     if not 1 <= config.preprocessing.test_time_views <= 8:
         raise ConfigError("preprocessing.test_time_views: must be between 1 and 8 (the symmetries of a square)")
-    if not 0.0 <= config.training.mixstyle <= 1.0:
-        raise ConfigError("training.mixstyle: a probability, between 0 and 1")
+    for name, probability in (
+        ("training.mixstyle", config.training.mixstyle),
+        ("augmentation.colour_transfer", config.augmentation.colour_transfer),
+    ):
+        if not 0.0 <= probability <= 1.0:
+            raise ConfigError(f"{name}: a probability, between 0 and 1")
     if not 0.0 <= config.training.site_weight_power <= 1.0:
         raise ConfigError("training.site_weight_power: must be between 0 (sites equally often) and 1 (as found)")
     if config.augmentation.blur < 0 or config.augmentation.sharpen < 0:

@@ -1,11 +1,12 @@
-"""Augmentations that move an image to another site's look: stain, gamma, blur, sharpening and JPEG encoding."""
+"""Augmentations that move an image to another site's look: stain, gamma, another image's colours, blur,
+sharpening and JPEG encoding."""
 
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
 
-from training.augmentation import ColourJitter, gaussian_blur, site_look, stain_jitter
+from training.augmentation import ColourJitter, gaussian_blur, histogram_transfer, site_look, stain_jitter
 
 RNG = np.random.default_rng(0)
 IMAGES = tf.constant(RNG.uniform(0.05, 1.0, (4, 16, 16, 3)).astype(np.float32))
@@ -30,6 +31,27 @@ def test_colour_jitter_changes_colour_per_image_and_only_in_training():
     assert 0.0 <= jittered.min() and jittered.max() <= 1.0
     ratios = (jittered.mean(axis=(1, 2)) / IMAGES.numpy().mean(axis=(1, 2)))  # per image and channel
     assert np.std(ratios[:, 0]) > 0.01 and not np.allclose(ratios[:, 0], ratios[:, 2])
+
+
+def test_histogram_transfer_keeps_the_shapes_and_takes_the_other_images_colours():
+    peach = tf.constant(RNG.uniform(0.6, 1.0, (2, 16, 16, 3)).astype(np.float32) ** 2)  # another site's look
+    moved = histogram_transfer(IMAGES[:2], peach).numpy()
+    for image in range(2):
+        for channel in range(3):
+            gap = np.sort(moved[image, ..., channel], axis=None) - np.sort(peach.numpy()[image, ..., channel], axis=None)
+            assert np.abs(gap).mean() < 1 / 255 and np.abs(gap).max() < 6 / 255  # the same histogram, to 256 levels
+            original = IMAGES.numpy()[image, ..., channel].ravel()
+            assert np.all(np.diff(moved[image, ..., channel].ravel()[np.argsort(original)]) >= 0)  # same order of brightness
+
+
+def test_colour_transfer_moves_some_images_to_another_images_colours():
+    tf.random.set_seed(3)
+    layer = ColourJitter(0.0, 0.0, 0.0, 0.0, transfer=1.0)
+    histograms = [np.sort(image[..., 0], axis=None) for image in IMAGES.numpy()]
+    moved = [layer(IMAGES, training=True).numpy() for _ in range(4)]
+    for batch in moved:  # every image has the red histogram of an image of its batch
+        assert all(any(np.abs(np.sort(m[..., 0], axis=None) - h).mean() < 1 / 255 for h in histograms) for m in batch)
+    assert not all(np.allclose(batch, IMAGES.numpy(), atol=1e-5) for batch in moved)  # some took another's
 
 
 def test_site_look_blurs_and_re_encodes_within_range():

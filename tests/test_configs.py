@@ -66,6 +66,7 @@ def test_bad_data_roots_name_the_problem(roots, message):
         ("preprocessing.test_time_views=9", "test_time_views: must be between 1 and 8"),
         ("training.site_weight_power=2", "site_weight_power: must be between 0"),
         ("augmentation.jpeg_quality=[90, 10]", "jpeg_quality: need \\[lo, hi\\]"),
+        ("augmentation.colour_transfer=1.5", "colour_transfer: a probability"),
     ],
 )
 def test_bad_overrides_name_the_field(override, message):

@@ -89,4 +89,6 @@ def test_audit_exposes_a_model_that_reads_the_background():
     # Grayscale and one stain remove the background colour: the shortcut model collapses to one class.
     assert result["stress"]["grayscale"]["accuracy"] == 0.5 and not result["stress"]["grayscale"]["passes"]
     assert result["stress"]["stain_normalised"]["drop"] > 0.03
+    # Each image in the other site's colours: the shortcut model calls every one the other class.
+    assert result["stress"]["look_swapped"]["accuracy"] == 0.0
     assert not result["passes"]

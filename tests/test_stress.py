@@ -1,4 +1,5 @@
-"""Stress transforms do what they say: grayscale, one reference stain, magnification and size."""
+"""Stress transforms do what they say: grayscale, one reference stain, magnification and size, another
+image's colours."""
 
 from __future__ import annotations
 
@@ -43,3 +44,12 @@ def test_rescale_magnifies_content_and_returns_the_target_size():
     assert smaller.shape == (100, 100, 3)
     centre_dark = (smaller[40:60, 40:60].mean(axis=-1) < 150).sum()
     assert centre_dark == pytest.approx(np.pi * 5**2, rel=0.25)  # radius 5 at the centre; borders mirrored
+
+
+def test_take_colours_gives_the_cell_the_other_images_background_and_stain():
+    peach = smear(size=(120, 100), background=(240, 210, 190), cell=(120, 60, 160), radius=20)
+    blue = smear(size=(80, 80), background=(225, 220, 235), cell=(90, 70, 200), radius=16)  # another size too
+    moved = stress.take_colours(peach, blue)
+    assert moved.shape == peach.shape and moved.dtype == np.uint8
+    assert tuple(moved[0, 0]) == (225, 220, 235)  # the background takes the other image's colour
+    assert tuple(moved[60, 50]) == (90, 70, 200)  # and the cell, where it was

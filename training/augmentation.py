@@ -24,10 +24,34 @@ def stain_jitter(images: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor) -> tf.Te
     return tf.exp(-tf.einsum("nhwd,dc->nhwc", stains, RGB_FROM_HED))
 
 
+LEVELS = 256  # grey levels per channel of the histogram transfer
+
+
+def histogram_transfer(images: tf.Tensor, looks: tf.Tensor) -> tf.Tensor:
+    """Images [N, H, W, 3] in [0, 1] with each channel mapped, through a 256-level lookup table, so that its
+    histogram becomes that of the same channel of `looks` ([N, H', W', 3]): every image keeps its shapes and
+    the order of its brightnesses, and takes on another image's colour statistics (histogram matching)."""
+    shape = tf.shape(images)
+
+    def cumulative(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:  # level of each pixel, counts up to each level
+        channels = tf.reshape(tf.transpose(batch, [0, 3, 1, 2]), [shape[0] * 3, -1])
+        levels = tf.cast(tf.round(tf.clip_by_value(channels, 0.0, 1.0) * (LEVELS - 1)), tf.int32)
+        counts = tf.math.bincount(levels, minlength=LEVELS, maxlength=LEVELS, axis=-1, dtype=tf.float32)
+        return levels, (tf.cumsum(counts, axis=-1) - counts / 2) / tf.cast(tf.shape(levels)[1], tf.float32)
+
+    source, quantiles = cumulative(images)  # the mid-rank quantile of each source level
+    target_quantiles = cumulative(looks)[1]
+    table = tf.minimum(tf.searchsorted(target_quantiles, quantiles), LEVELS - 1)  # the target level at that quantile
+    matched = tf.cast(tf.gather(table, source, batch_dims=1), tf.float32) / (LEVELS - 1)
+    return tf.transpose(tf.reshape(matched, [shape[0], 3, shape[1], shape[2]]), [0, 2, 3, 1])
+
+
 class ColourJitter(keras.layers.Layer):
     """Per-image random brightness, contrast, saturation and hue on images in [0, 1], a stain jitter in
     haematoxylin-eosin space, a gamma curve per channel, and grayscale with probability `grayscale`: stains,
-    scanners and cameras differ between labs, the cells do not."""
+    scanners and cameras differ between labs, the cells do not. With probability `transfer` an image first
+    takes on the colour histogram of another image of its batch (`histogram_transfer`): batches mix classes
+    and sites, so a cell is shown in the colours of a site it was never seen from."""
 
     def __init__(
         self,
@@ -38,11 +62,12 @@ class ColourJitter(keras.layers.Layer):
         grayscale: float = 0.0,
         stain: float = 0.0,
         gamma: float = 0.0,
+        transfer: float = 0.0,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
-        self.grayscale, self.stain, self.gamma = grayscale, stain, gamma
+        self.grayscale, self.stain, self.gamma, self.transfer = grayscale, stain, gamma, transfer
 
     def call(self, images: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         if not training:
@@ -52,6 +77,10 @@ class ColourJitter(keras.layers.Layer):
         def factor(spread: float) -> tf.Tensor:
             return tf.random.uniform([n, 1, 1, 1], -spread, spread)
 
+        if self.transfer:
+            looks = tf.gather(images, tf.random.shuffle(tf.range(n)))
+            moved = tf.random.uniform([n, 1, 1, 1]) < self.transfer
+            images = tf.where(moved, histogram_transfer(images, looks), images)
         if self.stain:
             jitter = tf.random.uniform([n, 1, 1, 3], -self.stain, self.stain)
             images = stain_jitter(images, 1.0 + jitter, tf.random.uniform([n, 1, 1, 3], -0.05, 0.05) * self.stain)
@@ -77,6 +106,7 @@ class ColourJitter(keras.layers.Layer):
             "grayscale": self.grayscale,
             "stain": self.stain,
             "gamma": self.gamma,
+            "transfer": self.transfer,
         }
 
 
@@ -136,6 +166,7 @@ def build_augmenter(settings: Augmentation, seed: int | None = None) -> keras.Se
             settings.grayscale,
             settings.stain,
             settings.gamma,
+            settings.colour_transfer,
         )
     )
     return keras.Sequential(layers, name="augmentation")

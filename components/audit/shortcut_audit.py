@@ -5,8 +5,9 @@ Four checks on the test split, beside the CNN's clean figures:
 - accuracy and per-class recall within each acquisition group (size and background tone, from pixels);
 - accuracy and per-class recall at each site, and the classes whose training images all come from one
   site (the model may have learnt that site's look for them: nothing on this data can show otherwise);
-- the CNN on stress variants: grayscale, one reference stain, and each group resampled to the size and
-  magnification of another group.
+- the CNN on stress variants: grayscale, one reference stain, each group resampled to the size and
+  magnification of another group, and each image in the colours and magnification of an image of that
+  other group (another site's look: what a new scanner shows the model).
 """
 
 from __future__ import annotations
@@ -161,18 +162,31 @@ def run_audit(
     geometry = group_geometry(test_images, groups)
     targets = swap_targets(geometry)
     reference = stress.reference_stain(reference_images)
-    transforms: dict[str, Callable[[np.ndarray, str], np.ndarray]] = {
-        "grayscale": lambda image, group: stress.grayscale(image),
-        "stain_normalised": lambda image, group: stress.normalise_stain(image, reference),
-        "geometry_swapped": lambda image, group: (
+    members = {group: [i for i, g in enumerate(groups) if g == group] for group in geometry}
+
+    def look_swapped(image: np.ndarray, group: str, index: int) -> np.ndarray:
+        """The colours of an image of the counterpart group (taken in turn), then its size and magnification."""
+        if group not in targets:
+            return image
+        target = members[targets[group]]
+        coloured = stress.take_colours(image, test_images[target[index % len(target)]])
+        return swap_geometry(coloured, geometry[group], geometry[targets[group]])
+
+    transforms: dict[str, Callable[[np.ndarray, str, int], np.ndarray]] = {
+        "grayscale": lambda image, group, index: stress.grayscale(image),
+        "stain_normalised": lambda image, group, index: stress.normalise_stain(image, reference),
+        "geometry_swapped": lambda image, group, index: (
             swap_geometry(image, geometry[group], geometry[targets[group]]) if group in targets else image
         ),
+        "look_swapped": look_swapped,
     }
     variants = {}
     for name, transform in transforms.items():
         encoded = [
-            encode_png(transform(image, group))
-            for image, group in tqdm(zip(test_images, groups, strict=True), total=len(groups), desc=f"stress {name}")
+            encode_png(transform(image, group, index))
+            for index, (image, group) in enumerate(
+                tqdm(zip(test_images, groups, strict=True), total=len(groups), desc=f"stress {name}")
+            )
         ]
         result = figures(test_labels, predict(encoded), classes, critical_class)
         result["drop"] = clean["accuracy"] - result["accuracy"]

@@ -1,12 +1,16 @@
-"""Stress variants of test images (uint8 RGB arrays): grayscale, one reference stain, swapped geometry.
+"""Stress variants of test images (uint8 RGB arrays): grayscale, one reference stain, swapped geometry,
+another image's colours.
 
-A model that learned the cell, not the scanner, keeps its accuracy on all three.
+A model that learned the cell, not the scanner, keeps its accuracy on all of them.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
+
+from training.augmentation import histogram_transfer
 
 # sRGB (D65) <-> CIE XYZ, and the D65 white point.
 _RGB_TO_XYZ = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
@@ -74,3 +78,10 @@ def rescale(image: np.ndarray, scale: float, size: tuple[int, int]) -> np.ndarra
         )
     top, left = (resized.shape[0] - out_h) // 2, (resized.shape[1] - out_w) // 2
     return np.ascontiguousarray(resized[top : top + out_h, left : left + out_w])
+
+
+def take_colours(image: np.ndarray, look: np.ndarray) -> np.ndarray:
+    """The image with each channel's histogram matched to `look`'s (any size): its cells in another
+    image's colours (`training.augmentation.histogram_transfer`, the training augmentation's own code)."""
+    moved = histogram_transfer(tf.constant(image[None] / 255.0, tf.float32), tf.constant(look[None] / 255.0, tf.float32))
+    return np.clip(np.rint(moved[0].numpy() * 255), 0, 255).astype(np.uint8)
