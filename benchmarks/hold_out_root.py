@@ -41,14 +41,19 @@ def read_split(examples: Path, split: str) -> list[tf.train.Example]:
     return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
 
 
+def relpath(example: tf.train.Example) -> str:
+    """An example's image path relative to the data roots' parent: `<root>/<class>/<file>`."""
+    return example.features.feature[features.RELPATH].bytes_list.value[0].decode()
+
+
 def root_of(example: tf.train.Example) -> str:
     """The data root folder an example came from (first part of its relative path)."""
-    return example.features.feature[features.RELPATH].bytes_list.value[0].decode().split("/", 1)[0]
+    return relpath(example).split("/", 1)[0]
 
 
 def onboard(held_out: list[tf.train.Example], per_class: int) -> tuple[list[tf.train.Example], list[tf.train.Example]]:
     """(trained on, scored): the first `per_class` held-out examples of each class by path, and the rest."""
-    ordered = sorted(held_out, key=lambda e: e.features.feature[features.RELPATH].bytes_list.value[0])
+    ordered = sorted(held_out, key=relpath)
     taken: collections.Counter[int] = collections.Counter()
     trained, scored = [], []
     for example in ordered:

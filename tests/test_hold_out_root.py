@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from benchmarks.hold_out_root import onboard
+from benchmarks.hold_out_root import onboard, relpath
 from contracts import features
 
 
@@ -17,7 +17,7 @@ def example(path: str, label: int) -> tf.train.Example:
 
 
 def paths(examples: list[tf.train.Example]) -> list[str]:
-    return [e.features.feature[features.RELPATH].bytes_list.value[0].decode() for e in examples]
+    return [relpath(e) for e in examples]
 
 
 HELD_OUT = [example(f"site/{name}/{i}.tiff", label) for label, name in enumerate(["a", "b"]) for i in (3, 1, 2)]

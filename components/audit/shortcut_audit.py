@@ -164,20 +164,21 @@ def run_audit(
     reference = stress.reference_stain(reference_images)
     members = {group: [i for i, g in enumerate(groups) if g == group] for group in geometry}
 
+    def geometry_swapped(image: np.ndarray, group: str, index: int) -> np.ndarray:
+        """The size and magnification of the counterpart group."""
+        return swap_geometry(image, geometry[group], geometry[targets[group]]) if group in targets else image
+
     def look_swapped(image: np.ndarray, group: str, index: int) -> np.ndarray:
         """The colours of an image of the counterpart group (taken in turn), then its size and magnification."""
         if group not in targets:
             return image
         target = members[targets[group]]
-        coloured = stress.take_colours(image, test_images[target[index % len(target)]])
-        return swap_geometry(coloured, geometry[group], geometry[targets[group]])
+        return geometry_swapped(stress.take_colours(image, test_images[target[index % len(target)]]), group, index)
 
     transforms: dict[str, Callable[[np.ndarray, str, int], np.ndarray]] = {
         "grayscale": lambda image, group, index: stress.grayscale(image),
         "stain_normalised": lambda image, group, index: stress.normalise_stain(image, reference),
-        "geometry_swapped": lambda image, group, index: (
-            swap_geometry(image, geometry[group], geometry[targets[group]]) if group in targets else image
-        ),
+        "geometry_swapped": geometry_swapped,
         "look_swapped": look_swapped,
     }
     variants = {}
