@@ -18,6 +18,8 @@ _XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ)
 _WHITE = np.array([0.95047, 1.0, 1.08883])
 _EPSILON = 216 / 24389  # CIE constants
 _KAPPA = 24389 / 27
+_LEVELS = np.arange(256) / 255.0
+_LINEAR = np.where(_LEVELS <= 0.04045, _LEVELS / 12.92, ((_LEVELS + 0.055) / 1.055) ** 2.4)  # sRGB decoding, per level
 
 
 def grayscale(image: np.ndarray) -> np.ndarray:
@@ -28,9 +30,7 @@ def grayscale(image: np.ndarray) -> np.ndarray:
 
 def rgb_to_lab(image: np.ndarray) -> np.ndarray:
     """uint8 sRGB [..., 3] -> CIELAB float [..., 3] (L in 0..100)."""
-    c = image.astype(np.float64) / 255.0
-    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    xyz = linear @ _RGB_TO_XYZ.T / _WHITE
+    xyz = _LINEAR[image] @ _RGB_TO_XYZ.T / _WHITE
     f = np.where(xyz > _EPSILON, np.cbrt(xyz), (_KAPPA * xyz + 16) / 116)
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
 
@@ -45,21 +45,21 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(c * 255), 0, 255).astype(np.uint8)
 
 
-def stain_statistics(image: np.ndarray) -> np.ndarray:
+def lab_statistics(lab: np.ndarray) -> np.ndarray:
     """[[mean L, mean a, mean b], [std L, std a, std b]] of an image in CIELAB."""
-    lab = rgb_to_lab(image).reshape(-1, 3)
+    lab = lab.reshape(-1, 3)
     return np.stack([lab.mean(axis=0), lab.std(axis=0)])
 
 
 def reference_stain(images: list[np.ndarray]) -> np.ndarray:
     """The median stain statistics of a set of images: the one stain every image is mapped to."""
-    return np.median(np.stack([stain_statistics(image) for image in images]), axis=0)
+    return np.median(np.stack([lab_statistics(rgb_to_lab(image)) for image in images]), axis=0)
 
 
 def normalise_stain(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Reinhard colour transfer: each CIELAB channel shifted and scaled to the reference's mean and spread."""
     lab = rgb_to_lab(image)
-    own = stain_statistics(image)
+    own = lab_statistics(lab)
     lab = (lab - own[0]) / np.maximum(own[1], 1e-6) * reference[1] + reference[0]
     return lab_to_rgb(lab)
 
