@@ -257,6 +257,12 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"ingestion.split_ratios: need train/eval/test summing to 1, got {ratios}")
     if config.preprocessing.image_size < 16:
         raise ConfigError("preprocessing.image_size: must be at least 16")
+    blocks = len(config.training.filters)
+    if config.preprocessing.image_size < 2**blocks:
+        raise ConfigError(
+            f"preprocessing.image_size: {config.preprocessing.image_size} px is too small for {blocks} blocks of "
+            f"training.filters (each halves it): at least {2**blocks}"
+        )
     if not 0.1 <= config.preprocessing.central_crop <= 1.0:
         raise ConfigError("preprocessing.central_crop: must be between 0.1 and 1.0")
     if config.preprocessing.cell_window and not 2.0 <= config.preprocessing.cell_window <= 20.0:
