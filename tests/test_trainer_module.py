@@ -1,4 +1,5 @@
-"""Training: model selection scores the eval split and its grayscale copy, and restores the best epoch."""
+"""Training: model selection scores the eval split and its grayscale copy, and restores the best epoch; the
+weight average is what is validated and kept."""
 
 from __future__ import annotations
 
@@ -7,17 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tf_keras as keras
 
 from tests.helpers import CLASSES, DATA_ROOTS, TRAINER_CONFIG, real_files, write_examples
 from training.augmentation import to_grayscale
 from training.trainer_config import TrainerConfig
-from training.trainer_module import fit, make_train_dataset
+from training.trainer_module import WeightAverage, fit, make_train_dataset
 
 
-def small_config(grayscale_validation: bool) -> TrainerConfig:
+def small_config(grayscale_validation: bool, weight_average: float = 0.0) -> TrainerConfig:
     training = dataclasses.replace(
         TRAINER_CONFIG.training,
         filters=[8, 16], dense_units=8, batch_size=8, learning_rate=0.01, grayscale_validation=grayscale_validation,
+        weight_average=weight_average,
     )  # fmt: skip
     return dataclasses.replace(TRAINER_CONFIG, training=training)
 
@@ -48,6 +51,31 @@ def test_grayscale_validation_logs_the_copy_and_keeps_the_epoch_with_the_lowest_
 def test_without_grayscale_validation_only_the_clean_eval_split_is_scored(split_files):
     model, history, eval_ds = fit(*split_files, small_config(False), epochs=2)
     assert all("val_grayscale_loss" not in row for row in history)
+    best = min(history, key=lambda row: row["val_loss"])
+    assert model.evaluate(eval_ds, verbose=0)[0] == pytest.approx(best["val_loss"], rel=1e-4)
+
+
+def test_weight_average_is_held_at_the_end_of_each_epoch_and_the_raw_weights_come_back_for_the_next():
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+    kernel = model.layers[0].kernel
+    kernel.assign([[1.0]])
+    average = WeightAverage(decay=0.5)
+    average.set_model(model)
+    average.on_train_begin()
+    expected = 1.0
+    for step, value in enumerate([2.0, 4.0, 8.0], start=1):
+        kernel.assign([[value]])
+        average.on_train_batch_end(step)
+        decay = min(0.5, (1 + step) / (10 + step))
+        expected = decay * expected + (1 - decay) * value
+    average.on_epoch_end(0)
+    assert float(kernel[0, 0]) == pytest.approx(expected) and expected < 8.0
+    average.on_epoch_begin(1)
+    assert float(kernel[0, 0]) == 8.0
+
+
+def test_with_weight_average_the_kept_model_is_the_validated_average(split_files):
+    model, history, eval_ds = fit(*split_files, small_config(False, weight_average=0.9), epochs=3)
     best = min(history, key=lambda row: row["val_loss"])
     assert model.evaluate(eval_ds, verbose=0)[0] == pytest.approx(best["val_loss"], rel=1e-4)
 

@@ -116,28 +116,71 @@ class EpochLog(keras.callbacks.Callback):
         )
 
 
-class GrayscaleValidation(keras.callbacks.Callback):
-    """Scores the eval split's grayscale copy after each epoch: logs `val_grayscale_loss` and
-    `val_grayscale_accuracy`, and `val_selection_loss`, the mean of the clean and grayscale eval loss.
+class Validation(keras.callbacks.Callback):
+    """Scores the eval split after each epoch: logs `val_loss` and `val_accuracy` and, with `grayscale`, the
+    eval split's grayscale copy (`val_grayscale_loss`, `val_grayscale_accuracy`) and `val_selection_loss`, the
+    mean of the clean and grayscale eval loss.
 
     Monitoring that mean picks the checkpoint that reads cells in either form, rather than the one that
-    happens to lean most on the stain colour. Must come before the callbacks that monitor it."""
+    happens to lean most on the stain colour. Must come before the callbacks that monitor it, and after
+    `WeightAverage` (it scores the weights the model holds at the end of the epoch)."""
 
-    def __init__(self, eval_ds: tf.data.Dataset):
+    def __init__(self, eval_ds: tf.data.Dataset, grayscale: bool):
         super().__init__()
-        self.dataset = eval_ds.map(lambda x, y: (to_grayscale(x), y))
+        self.dataset = eval_ds
+        self.grayscale = eval_ds.map(lambda x, y: (to_grayscale(x), y)) if grayscale else None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         logs = logs if logs is not None else {}
-        loss, accuracy = self.model.evaluate(self.dataset, verbose=0)
-        logs.update(val_grayscale_loss=loss, val_grayscale_accuracy=accuracy)
-        logs["val_selection_loss"] = (logs["val_loss"] + loss) / 2
+        logs["val_loss"], logs["val_accuracy"] = self.model.evaluate(self.dataset, verbose=0)
+        if self.grayscale is not None:
+            loss, accuracy = self.model.evaluate(self.grayscale, verbose=0)
+            logs.update(val_grayscale_loss=loss, val_grayscale_accuracy=accuracy)
+            logs["val_selection_loss"] = (logs["val_loss"] + loss) / 2
+
+
+class WeightAverage(keras.callbacks.Callback):
+    """An exponential moving average of every weight of the model (batch-norm statistics too) over the
+    training steps (Polyak averaging). At the end of each epoch the model takes the average, so validation,
+    early stopping and the exported model see it; the raw weights come back before the next epoch. The
+    decay of step t is min(`decay`, (1 + t) / (10 + t)), so the first steps do not leave the average at the
+    initial weights."""
+
+    def __init__(self, decay: float):
+        super().__init__()
+        self.decay = decay
+        # Batch logs stay tensors: converting them to numpy after every step made training 50% slower.
+        self._supports_tf_logs = True
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        self.step = tf.Variable(0.0, trainable=False)
+        self.average = [tf.Variable(w, trainable=False) for w in self.model.weights]
+        self.raw: list[np.ndarray] | None = None
+
+    @tf.function
+    def _update(self) -> None:
+        self.step.assign_add(1.0)
+        decay = tf.minimum(self.decay, (1.0 + self.step) / (10.0 + self.step))
+        for average, weight in zip(self.average, self.model.weights, strict=True):
+            average.assign(decay * average + (1.0 - decay) * tf.cast(weight, average.dtype))
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        self._update()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if self.raw is not None:
+            self.model.set_weights(self.raw)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self.raw = self.model.get_weights()
+        self.model.set_weights([average.numpy() for average in self.average])
 
 
 def fit(
     train_files: list[str], eval_files: list[str], config: TrainerConfig, epochs: int
 ) -> tuple[keras.Model, list[dict[str, float]], tf.data.Dataset]:
-    """Trains the CNN with early stopping and learning-rate reduction: (model, per-epoch history, eval data)."""
+    """Trains the CNN with early stopping and learning-rate reduction, and with `training.weight_average` the
+    average of its weights over the last steps: (model, per-epoch history, eval data)."""
     training, classes = config.training, config.classes
     keras.utils.set_random_seed(training.seed)
     train_ds, steps = make_train_dataset(
@@ -159,10 +202,10 @@ def fit(
         training.mixstyle,
     )
     epoch_log = EpochLog(epochs)
-    selection = [GrayscaleValidation(eval_ds)] if training.grayscale_validation else []
-    monitor = "val_selection_loss" if selection else "val_loss"
+    monitor = "val_selection_loss" if training.grayscale_validation else "val_loss"
     callbacks = [
-        *selection,
+        *([WeightAverage(training.weight_average)] if training.weight_average else []),
+        Validation(eval_ds, training.grayscale_validation),
         keras.callbacks.EarlyStopping(
             monitor=monitor, patience=training.early_stopping_patience, restore_best_weights=True
         ),
@@ -179,7 +222,6 @@ def fit(
     model.fit(
         train_ds,
         steps_per_epoch=steps,
-        validation_data=eval_ds,
         epochs=epochs,
         callbacks=callbacks,
         class_weight=class_weight,
