@@ -144,7 +144,8 @@ class WeightAverage(keras.callbacks.Callback):
     training steps (Polyak averaging). At the end of each epoch the model takes the average, so validation,
     early stopping and the exported model see it; the raw weights come back before the next epoch. The
     decay of step t is min(`decay`, (1 + t) / (10 + t)), so the first steps do not leave the average at the
-    initial weights."""
+    initial weights. (The optimizer's own `use_ema` averages trainable weights only, without that warm-up,
+    and swaps the average in only when training ends.)"""
 
     def __init__(self, decay: float):
         super().__init__()
@@ -162,7 +163,7 @@ class WeightAverage(keras.callbacks.Callback):
         self.step.assign_add(1.0)
         decay = tf.minimum(self.decay, (1.0 + self.step) / (10.0 + self.step))
         for average, weight in zip(self.average, self.model.weights, strict=True):
-            average.assign(decay * average + (1.0 - decay) * tf.cast(weight, average.dtype))
+            average.assign(decay * average + (1.0 - decay) * weight)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
         self._update()
