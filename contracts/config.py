@@ -61,6 +61,7 @@ class Augmentation:
     sharpen: float                  # per image, half of the time instead of the blur: unsharp mask up to this amount
     jpeg_quality: list[int]         # per image: JPEG re-encoding at a random quality in [lo, hi]; [] = off
     colour_transfer: float          # probability an image takes on another batch image's colour histogram
+    random_convolution: float       # probability an image is mixed with itself through a random convolution
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,6 +274,7 @@ def _validate(config: Config) -> None:
     for name, probability in (
         ("training.mixstyle", config.training.mixstyle),
         ("augmentation.colour_transfer", config.augmentation.colour_transfer),
+        ("augmentation.random_convolution", config.augmentation.random_convolution),
     ):
         if not 0.0 <= probability <= 1.0:
             raise ConfigError(f"{name}: a probability, between 0 and 1")

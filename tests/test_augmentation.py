@@ -1,12 +1,20 @@
 """Augmentations that move an image to another site's look: stain, gamma, another image's colours, blur,
-sharpening and JPEG encoding."""
+sharpening, JPEG encoding and a random convolution."""
 
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
 
-from training.augmentation import ColourJitter, gaussian_blur, histogram_transfer, site_look, stain_jitter
+from training.augmentation import (
+    ColourJitter,
+    RandomConvolution,
+    gaussian_blur,
+    histogram_transfer,
+    random_convolution,
+    site_look,
+    stain_jitter,
+)
 
 RNG = np.random.default_rng(0)
 IMAGES = tf.constant(RNG.uniform(0.05, 1.0, (4, 16, 16, 3)).astype(np.float32))
@@ -52,6 +60,48 @@ def test_colour_transfer_moves_some_images_to_another_images_colours():
     for batch in moved:  # every image has the red histogram of an image of its batch
         assert all(any(np.abs(np.sort(m[..., 0], axis=None) - h).mean() < 1 / 255 for h in histograms) for m in batch)
     assert not all(np.allclose(batch, IMAGES.numpy(), atol=1e-5) for batch in moved)  # some took another's
+
+
+def test_random_convolution_of_width_one_mixes_each_pixels_channels_alone():
+    mid = IMAGES * 0.5 + 0.25  # away from the clip at 0 and 1
+    one = tf.ones([4], tf.int32)
+    np.testing.assert_allclose(random_convolution(mid, one, tf.zeros([4])), mid, atol=1e-6)
+    tf.random.set_seed(4)
+    moved = random_convolution(mid, one, tf.ones([4])).numpy()
+    assert not np.allclose(moved, mid.numpy(), atol=1e-2)
+    for image in range(4):  # a linear map of each pixel's own colour: an exact least-squares fit
+        pixels = np.c_[mid.numpy()[image].reshape(-1, 3), np.ones(256)]
+        fitted = pixels @ np.linalg.lstsq(pixels, moved[image].reshape(-1, 3), rcond=None)[0]
+        clipped = (moved[image].reshape(-1, 3) <= 0) | (moved[image].reshape(-1, 3) >= 1)
+        np.testing.assert_allclose(fitted[~clipped], moved[image].reshape(-1, 3)[~clipped], atol=1e-4)
+
+
+def test_random_convolution_changes_the_edges_only_and_keeps_the_colour_statistics():
+    rng = np.random.default_rng(6)
+    pattern = np.kron(rng.integers(0, 2, (4, 4)), np.ones((16, 16)))  # blocks of 16 px
+    images = tf.constant(np.repeat((pattern[None, ..., None] * [0.4, 0.3, 0.2] + 0.3), 8, axis=0), tf.float32)
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(pattern, 3, mode="reflect"), (7, 7))
+    inside = windows.min(axis=(2, 3)) == windows.max(axis=(2, 3))  # 7 px around holds one block's colour
+    tf.random.set_seed(5)
+    moved = random_convolution(images, tf.fill([8], 7), tf.ones([8])).numpy()
+    for image in moved:
+        assert not np.allclose(image, images.numpy()[0], atol=0.02)
+        for value in (0, 1):  # inside the blocks each colour maps to one colour: the shapes stay
+            assert image[inside & (pattern == value)].std(axis=0).max() < 1e-5
+        if image.min() > 0 and image.max() < 1:  # not clipped: the original's mean and spread per channel
+            np.testing.assert_allclose(image.mean(axis=(0, 1)), images.numpy()[0].mean(axis=(0, 1)), atol=1e-4)
+            np.testing.assert_allclose(image.std(axis=(0, 1)), images.numpy()[0].std(axis=(0, 1)), atol=1e-3)
+    near = ~inside & (pattern == 0)  # one colour in the input, 3 px or less from another block
+    assert min(image[near].std(axis=0).max() for image in moved) > 0.01  # a new texture along the edges
+
+
+def test_random_convolution_layer_only_in_training_and_in_range():
+    layer = RandomConvolution(1.0)
+    np.testing.assert_array_equal(layer(IMAGES, training=False), IMAGES)
+    tf.random.set_seed(2)
+    moved = layer(IMAGES, training=True).numpy()
+    assert 0.0 <= moved.min() and moved.max() <= 1.0 and not np.allclose(moved, IMAGES.numpy(), atol=1e-3)
+    np.testing.assert_array_equal(RandomConvolution(0.0)(IMAGES, training=True), IMAGES)
 
 
 def test_site_look_blurs_and_re_encodes_within_range():

@@ -67,6 +67,7 @@ def test_bad_data_roots_name_the_problem(roots, message):
         ("training.site_weight_power=2", "site_weight_power: must be between 0"),
         ("augmentation.jpeg_quality=[90, 10]", "jpeg_quality: need \\[lo, hi\\]"),
         ("augmentation.colour_transfer=1.5", "colour_transfer: a probability"),
+        ("augmentation.random_convolution=-0.1", "random_convolution: a probability"),
         ("training.weight_average=1", "weight_average: 0 \\(off\\) or a decay"),
         ("preprocessing.image_size=24", "image_size: 24 px is too small for 5 blocks"),
     ],

@@ -77,6 +77,8 @@ def test_augmentation_only_in_training():
     assert [layer.__class__.__name__ for layer in augmenter.layers] == [
         "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "ColourJitter",
     ]
+    with_convolution = build_augmenter(dataclasses.replace(CONFIG.augmentation, random_convolution=0.5), seed=1)
+    assert with_convolution.layers[-1].__class__.__name__ == "RandomConvolution"
 
 
 def test_central_crop_keeps_the_centre():

@@ -1,4 +1,5 @@
-"""Training-time augmentation: geometry (rotation, zoom, shifts, flips) and colour jitter. Off at inference."""
+"""Training-time augmentation: geometry (rotation, zoom, shifts, flips), colour jitter and a random convolution. Off
+at inference."""
 
 from __future__ import annotations
 
@@ -110,6 +111,52 @@ class ColourJitter(keras.layers.Layer):
         }
 
 
+def random_convolution(images: tf.Tensor, size: tf.Tensor, mix: tf.Tensor) -> tf.Tensor:
+    """Images [N, H, W, 3] in [0, 1] mixed, `mix` [N] of the way, with themselves passed through a random
+    3-to-3 channel convolution of odd width `size` [N] (1 to 7 px; Xu et al., "Robust and generalizable visual
+    representation learning via random convolutions", ICLR 2021): each image's local texture and channel
+    mixture change, its shapes stay. The convolved image takes the original's mean and spread per channel."""
+    n = tf.shape(images)[0]
+    reach = tf.abs(tf.range(-3, 4, dtype=tf.float32))
+    inside = tf.cast(tf.maximum(reach[:, None], reach[None, :]) <= tf.cast(size[:, None, None] // 2, tf.float32), tf.float32)
+    fan_in = 3.0 * tf.cast(size, tf.float32) ** 2
+    weights = tf.random.normal([n, 7, 7, 3, 3]) * inside[..., None, None] / tf.sqrt(fan_in)[:, None, None, None, None]
+    padded = tf.pad(images, [[0, 0], [3, 3], [3, 3], [0, 0]], mode="REFLECT")
+    # one depthwise convolution over the images side by side: image i's input channel c feeds 3 outputs
+    stacked = tf.transpose(padded, [1, 2, 0, 3])  # [H+6, W+6, N, 3]
+    shape = tf.shape(stacked)
+    kernels = tf.reshape(tf.transpose(weights, [1, 2, 0, 3, 4]), [7, 7, n * 3, 3])
+    out = tf.nn.depthwise_conv2d(tf.reshape(stacked, [1, shape[0], shape[1], n * 3]), kernels, [1, 1, 1, 1], "VALID")
+    out = tf.reduce_sum(tf.reshape(out[0], [shape[0] - 6, shape[1] - 6, n, 3, 3]), axis=3)  # over input channels
+    out = tf.transpose(out, [2, 0, 1, 3])
+    mean, variance = tf.nn.moments(images, axes=[1, 2], keepdims=True)
+    out_mean, out_variance = tf.nn.moments(out, axes=[1, 2], keepdims=True)
+    out = (out - out_mean) * tf.sqrt(variance / (out_variance + 1e-8)) + mean
+    mix = tf.reshape(mix, [-1, 1, 1, 1])
+    return tf.clip_by_value((1.0 - mix) * images + mix * out, 0.0, 1.0)
+
+
+class RandomConvolution(keras.layers.Layer):
+    """With probability `probability`, an image is mixed (a random share) with itself through a random
+    convolution of random width 1, 3, 5 or 7 px (`random_convolution`): another scanner's texture, sharpness
+    and channel response on the same cell shapes. Off at inference."""
+
+    def __init__(self, probability: float, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.probability = probability
+
+    def call(self, images: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        if not training:
+            return images
+        n = tf.shape(images)[0]
+        size = 2 * tf.random.uniform([n], 0, 4, dtype=tf.int32) + 1
+        moved = tf.cast(tf.random.uniform([n]) < self.probability, tf.float32)
+        return random_convolution(images, size, moved * tf.random.uniform([n]))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "probability": self.probability}
+
+
 def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, radius: int = 3) -> tf.Tensor:
     """One image [H, W, 3] blurred by a separable Gaussian of standard deviation `sigma` pixels."""
     taps = tf.range(-radius, radius + 1, dtype=tf.float32)
@@ -169,4 +216,6 @@ def build_augmenter(settings: Augmentation, seed: int | None = None) -> keras.Se
             settings.colour_transfer,
         )
     )
+    if settings.random_convolution:
+        layers.append(RandomConvolution(settings.random_convolution))
     return keras.Sequential(layers, name="augmentation")
