@@ -111,23 +111,26 @@ class ColourJitter(keras.layers.Layer):
         }
 
 
+WIDEST = 7  # px, the widest random convolution
+
+
 def random_convolution(images: tf.Tensor, size: tf.Tensor, mix: tf.Tensor) -> tf.Tensor:
     """Images [N, H, W, 3] in [0, 1] mixed, `mix` [N] of the way, with themselves passed through a random
     3-to-3 channel convolution of odd width `size` [N] (1 to 7 px; Xu et al., "Robust and generalizable visual
     representation learning via random convolutions", ICLR 2021): each image's local texture and channel
     mixture change, its shapes stay. The convolved image takes the original's mean and spread per channel."""
-    n = tf.shape(images)[0]
-    reach = tf.abs(tf.range(-3, 4, dtype=tf.float32))
+    n, half = tf.shape(images)[0], WIDEST // 2
+    reach = tf.abs(tf.range(-half, half + 1, dtype=tf.float32))
     inside = tf.cast(tf.maximum(reach[:, None], reach[None, :]) <= tf.cast(size[:, None, None] // 2, tf.float32), tf.float32)
     fan_in = 3.0 * tf.cast(size, tf.float32) ** 2
-    weights = tf.random.normal([n, 7, 7, 3, 3]) * inside[..., None, None] / tf.sqrt(fan_in)[:, None, None, None, None]
-    padded = tf.pad(images, [[0, 0], [3, 3], [3, 3], [0, 0]], mode="REFLECT")
+    weights = tf.random.normal([n, WIDEST, WIDEST, 3, 3]) * inside[..., None, None] / tf.sqrt(fan_in)[:, None, None, None, None]
+    padded = tf.pad(images, [[0, 0], [half, half], [half, half], [0, 0]], mode="REFLECT")
     # one depthwise convolution over the images side by side: image i's input channel c feeds 3 outputs
-    stacked = tf.transpose(padded, [1, 2, 0, 3])  # [H+6, W+6, N, 3]
+    stacked = tf.transpose(padded, [1, 2, 0, 3])  # [H + 2 half, W + 2 half, N, 3]
     shape = tf.shape(stacked)
-    kernels = tf.reshape(tf.transpose(weights, [1, 2, 0, 3, 4]), [7, 7, n * 3, 3])
+    kernels = tf.reshape(tf.transpose(weights, [1, 2, 0, 3, 4]), [WIDEST, WIDEST, n * 3, 3])
     out = tf.nn.depthwise_conv2d(tf.reshape(stacked, [1, shape[0], shape[1], n * 3]), kernels, [1, 1, 1, 1], "VALID")
-    out = tf.reduce_sum(tf.reshape(out[0], [shape[0] - 6, shape[1] - 6, n, 3, 3]), axis=3)  # over input channels
+    out = tf.reduce_sum(tf.reshape(out[0], [shape[0] - 2 * half, shape[1] - 2 * half, n, 3, 3]), axis=3)  # over inputs
     out = tf.transpose(out, [2, 0, 1, 3])
     mean, variance = tf.nn.moments(images, axes=[1, 2], keepdims=True)
     out_mean, out_variance = tf.nn.moments(out, axes=[1, 2], keepdims=True)
@@ -149,7 +152,7 @@ class RandomConvolution(keras.layers.Layer):
         if not training:
             return images
         n = tf.shape(images)[0]
-        size = 2 * tf.random.uniform([n], 0, 4, dtype=tf.int32) + 1
+        size = 2 * tf.random.uniform([n], 0, WIDEST // 2 + 1, dtype=tf.int32) + 1
         moved = tf.cast(tf.random.uniform([n]) < self.probability, tf.float32)
         return random_convolution(images, size, moved * tf.random.uniform([n]))
 
