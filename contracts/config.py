@@ -62,6 +62,8 @@ class Augmentation:
     jpeg_quality: list[int]         # per image: JPEG re-encoding at a random quality in [lo, hi]; [] = off
     colour_transfer: float          # probability an image takes on another batch image's colour histogram
     random_convolution: float       # probability an image is mixed with itself through a random convolution
+    magnification_swap: float       # probability an image is shown at another site's magnification
+    site_magnification: dict[str, float]  # each site's magnification in the model input, relative to the others
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,6 +277,7 @@ def _validate(config: Config) -> None:
         ("training.mixstyle", config.training.mixstyle),
         ("augmentation.colour_transfer", config.augmentation.colour_transfer),
         ("augmentation.random_convolution", config.augmentation.random_convolution),
+        ("augmentation.magnification_swap", config.augmentation.magnification_swap),
     ):
         if not 0.0 <= probability <= 1.0:
             raise ConfigError(f"{name}: a probability, between 0 and 1")
@@ -282,6 +285,7 @@ def _validate(config: Config) -> None:
         raise ConfigError("training.weight_average: 0 (off) or a decay per step, at least 0 and under 1")
     if not 0.0 <= config.training.site_weight_power <= 1.0:
         raise ConfigError("training.site_weight_power: must be between 0 (sites equally often) and 1 (as found)")
+    _validate_site_magnification(config.augmentation)
     if config.augmentation.blur < 0 or config.augmentation.sharpen < 0:
         raise ConfigError("augmentation.blur and augmentation.sharpen: must be 0 (off) or positive")
     quality = config.augmentation.jpeg_quality
@@ -300,6 +304,18 @@ def _validate(config: Config) -> None:
         raise ConfigError("serving.batch_size and serving.web_max_files: must not exceed serving.max_request_images")
     if not 0 < config.serving.max_image_pixels <= config.serving.max_request_pixels:
         raise ConfigError("serving.max_image_pixels: must be positive and at most serving.max_request_pixels")
+
+
+def _validate_site_magnification(augmentation: Augmentation) -> None:
+    magnification = augmentation.site_magnification
+    if not isinstance(magnification, dict) or not all(
+        isinstance(v, int | float) and v > 0 for v in magnification.values()
+    ):
+        raise ConfigError(f"augmentation.site_magnification: need {{site: positive number}}, got {magnification!r}")
+    if augmentation.magnification_swap and len(magnification) < 2:
+        raise ConfigError("augmentation.magnification_swap: needs at least two sites in augmentation.site_magnification")
+    if magnification and max(magnification.values()) > 3 * min(magnification.values()):
+        raise ConfigError("augmentation.site_magnification: the largest may be at most 3 times the smallest")
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG, overrides: list[str] | None = None) -> Config:

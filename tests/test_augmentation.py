@@ -1,17 +1,21 @@
 """Augmentations that move an image to another site's look: stain, gamma, another image's colours, blur,
-sharpening, JPEG encoding and a random convolution."""
+sharpening, JPEG encoding, a random convolution and another site's magnification."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from training.augmentation import (
     ColourJitter,
     RandomConvolution,
+    at_another_magnification,
     gaussian_blur,
     histogram_transfer,
+    magnification_choices,
     random_convolution,
+    rescale_about_centre,
     site_look,
     stain_jitter,
 )
@@ -123,3 +127,41 @@ def test_site_look_sharpens_half_of_the_time_when_asked():
     both = [roughness(site_look(image, max_blur=1.5, jpeg_quality=(), max_sharpen=2.0).numpy()) for _ in range(40)]
     assert min(both) < roughness(image.numpy()) < max(both)  # blurred some of the time, sharpened some
     assert all(0.0 <= s.min() and s.max() <= 1.0 for s in sharpened)
+
+
+def disk(size: int, radius: float) -> tf.Tensor:
+    """A bright centred disk on a dark background, [size, size, 3]."""
+    y, x = np.mgrid[:size, :size] - (size - 1) / 2
+    return tf.constant(np.repeat(((x**2 + y**2) <= radius**2)[..., None], 3, axis=-1).astype(np.float32))
+
+
+def area(image: tf.Tensor) -> float:
+    return float(tf.reduce_sum(image[..., 0]))
+
+
+def test_rescale_about_centre_grows_or_shrinks_the_content_and_keeps_the_size():
+    image = disk(40, 8.0)
+    np.testing.assert_allclose(rescale_about_centre(image, 1.0), image, atol=1e-6)
+    grown, shrunk = rescale_about_centre(image, 1.5), rescale_about_centre(image, 0.75)
+    assert grown.shape == shrunk.shape == (40, 40, 3)
+    assert area(grown) / area(image) == pytest.approx(1.5**2, rel=0.1)
+    assert area(shrunk) / area(image) == pytest.approx(0.75**2, rel=0.1)
+    assert float(shrunk[20, 20, 0]) > 0.9 and float(tf.reduce_max(shrunk[:, :5])) < 0.1  # still centred, dark border
+
+
+def test_magnification_choices_lead_each_known_site_to_every_other_one():
+    choices = magnification_choices(["barcelona", "munich", "oslo"], {"barcelona": 1.0, "munich": 1.25})
+    assert choices == [[1.25], [pytest.approx(0.8)], [1.0]]  # oslo: magnification unknown, kept as it is
+    three = magnification_choices(["a", "b", "c"], {"a": 1.0, "b": 2.0, "c": 0.5})
+    assert three == [[2.0, 0.5], [0.5, 0.25], [2.0, 4.0]]
+
+
+def test_at_another_magnification_with_probability_one_rescales_by_a_choice():
+    image = disk(40, 8.0)
+    np.testing.assert_array_equal(at_another_magnification(image, tf.constant([1.5]), 0.0), image)
+    np.testing.assert_allclose(
+        at_another_magnification(image, tf.constant([1.5]), 1.0), rescale_about_centre(image, 1.5), atol=1e-6
+    )
+    tf.random.set_seed(0)
+    areas = {round(area(at_another_magnification(image, tf.constant([0.5, 1.5]), 1.0))) for _ in range(12)}
+    assert areas == {round(area(rescale_about_centre(image, f))) for f in (0.5, 1.5)}  # both choices drawn

@@ -29,11 +29,12 @@ def test_group_weights(power, expected):
         assert weights[key] == pytest.approx(value)
 
 
-def test_balanced_stream_follows_the_weights_and_keeps_images_with_their_labels():
+def test_balanced_stream_follows_the_weights_and_keeps_images_with_their_labels_and_sites():
     images = np.arange(len(LABELS), dtype=np.float32).reshape(-1, 1, 1, 1)  # the image is its own index
     stream = balanced_dataset(images, LABELS, SITES, site_power=0.0, seed=3).take(4000)
-    drawn = [(int(x.numpy().item()), int(y)) for x, y in stream]
-    assert all(LABELS[index] == label for index, label in drawn)
+    drawn = [(int(x.numpy().item()), int(y), site.numpy().decode()) for x, y, site in stream]
+    assert all(LABELS[index] == label and SITES[index] == site for index, label, site in drawn)
+    drawn = [(index, label) for index, label, _ in drawn]
     groups = Counter((LABELS[i], SITES[i]) for i, _ in drawn)
     assert groups[(0, "oslo")] / 4000 == pytest.approx(0.25, abs=0.03)
     assert groups[(1, "lyon")] / 4000 == pytest.approx(0.5, abs=0.03)

@@ -11,9 +11,9 @@ import pytest
 import tf_keras as keras
 
 from tests.helpers import CLASSES, DATA_ROOTS, TRAINER_CONFIG, real_files, write_examples
-from training.augmentation import to_grayscale
+from training.augmentation import rescale_about_centre, to_grayscale
 from training.trainer_config import TrainerConfig
-from training.trainer_module import WeightAverage, fit, make_train_dataset
+from training.trainer_module import WeightAverage, fit, load_preprocessed, make_train_dataset
 
 
 def small_config(grayscale_validation: bool, weight_average: float = 0.0) -> TrainerConfig:
@@ -99,3 +99,34 @@ def test_training_batches_are_drawn_class_by_class_and_site_by_site(split_files)
     labels = np.concatenate([y.numpy() for _, y in dataset.take(200)])
     share = np.bincount(labels, minlength=len(CLASSES)) / len(labels)
     np.testing.assert_allclose(share, 1 / len(CLASSES), atol=0.03)  # every class equally often
+
+
+def test_training_images_are_shown_at_the_other_sites_magnification(split_files):
+    """Every augmentation off but the magnification swap: each Munich image of the split comes out shrunk to
+    Barcelona's magnification and each Barcelona image grown to Munich's, by their sites' ratio."""
+    config = small_config(False)
+    preprocessing = dataclasses.replace(config.preprocessing, image_size=32)
+    still = dataclasses.replace(
+        config.augmentation, rotation=0.0, zoom=0.0, shift=0.0, horizontal_flip=False, vertical_flip=False,
+        brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, grayscale=0.0, stain=0.0, gamma=0.0, blur=0.0,
+        jpeg_quality=[], colour_transfer=0.0, random_convolution=0.0,
+    )  # fmt: skip
+    magnification = {"barcelona": 1.0, "munich": 1.5}
+    images, _, sites = load_preprocessed(split_files[0], preprocessing)
+    expected = {
+        site: np.stack([rescale_about_centre(i, f).numpy() for i, s in zip(images, sites, strict=True) if s == site])
+        for site, f in (("barcelona", 1.5), ("munich", 1 / 1.5))
+    }
+
+    def drawn(probability: float) -> np.ndarray:
+        augmentation = dataclasses.replace(still, magnification_swap=probability, site_magnification=magnification)
+        dataset, _ = make_train_dataset(split_files[0], preprocessing, 9, augmentation, site_power=0.0, seed=1)
+        return np.concatenate([x.numpy() for x, _ in dataset.take(8)])
+
+    def distance(batch: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        return np.abs(batch[:, None] - candidates[None]).max(axis=(2, 3, 4)).min(axis=1)  # to the nearest candidate
+
+    assert distance(drawn(0.0), images).max() < 1e-6  # no swap: every drawn image is one of the split's
+    swapped = drawn(1.0)
+    to_site = np.minimum(distance(swapped, expected["barcelona"]), distance(swapped, expected["munich"]))
+    assert to_site.max() < 1e-5 and distance(swapped, images).min() > 0.01  # each at its other site's size

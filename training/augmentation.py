@@ -1,8 +1,9 @@
-"""Training-time augmentation: geometry (rotation, zoom, shifts, flips), colour jitter and a random convolution. Off
-at inference."""
+"""Training-time augmentation: geometry (rotation, zoom, shifts, flips), another site's magnification, colour jitter
+and a random convolution. Off at inference."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -185,6 +186,41 @@ def site_look(image: tf.Tensor, max_blur: float, jpeg_quality: tuple[int, int], 
     if jpeg_quality:  # decodes to [0, 1]
         image = tf.image.random_jpeg_quality(image, jpeg_quality[0], jpeg_quality[1])
     return tf.ensure_shape(image, shape)
+
+
+def rescale_about_centre(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """One image [H, W, 3] with its content magnified `factor` times about the centre, at its own size: a
+    centre crop where the content grew past it, mirrored borders where it shrank inside it (factor >= 1/3).
+    The audit's `stress.rescale` does the same to whole images."""
+    shape = image.shape
+    size = tf.shape(image)[:2]
+    new = tf.maximum(1, tf.cast(tf.round(tf.cast(size, tf.float32) * factor), tf.int32))
+    resized = tf.image.resize(image, new, antialias=True)
+    pad = tf.maximum(size - new, 0)
+    resized = tf.pad(resized, [[pad[0] // 2, pad[0] - pad[0] // 2], [pad[1] // 2, pad[1] - pad[1] // 2], [0, 0]], "SYMMETRIC")
+    top, left = (tf.shape(resized)[0] - size[0]) // 2, (tf.shape(resized)[1] - size[1]) // 2
+    cropped = resized[top : top + size[0], left : left + size[1]]
+    return tf.ensure_shape(tf.clip_by_value(cropped, 0.0, 1.0), shape)
+
+
+def magnification_choices(sites: Sequence[str], magnification: Mapping[str, float]) -> list[list[float]]:
+    """For each site, the factors that show one of its images at the magnification of each other site in
+    `magnification` (relative magnifications of the sites' images in the model input); [1.0] (as it is)
+    for a site that is not in it or has no other."""
+    choices = []
+    for site in sites:
+        own = magnification.get(site)
+        others = [magnification[o] / own for o in sorted(magnification) if o != site] if own else []
+        choices.append(others or [1.0])
+    return choices
+
+
+def at_another_magnification(image: tf.Tensor, choices: tf.Tensor, probability: float) -> tf.Tensor:
+    """With `probability`, one image rescaled by one of its site's `choices` (`magnification_choices`), drawn
+    at random: a Barcelona monocyte at Munich's magnification, a Munich myeloblast at Barcelona's. Random zoom
+    alone keeps each site's sizes apart; this lets no class be told by the size of its cells."""
+    factor = tf.gather(choices, tf.random.uniform([], 0, tf.shape(choices)[0], tf.int32))
+    return tf.cond(tf.random.uniform([]) < probability, lambda: rescale_about_centre(image, factor), lambda: image)
 
 
 def build_augmenter(settings: Augmentation, seed: int | None = None) -> keras.Sequential:

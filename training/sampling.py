@@ -25,11 +25,11 @@ def group_weights(labels: np.ndarray, sites: np.ndarray, site_power: float) -> d
 def balanced_dataset(
     images: np.ndarray, labels: np.ndarray, sites: np.ndarray, site_power: float, seed: int
 ) -> tf.data.Dataset:
-    """An endless, shuffled stream of (image, label) drawn per `group_weights`."""
+    """An endless, shuffled stream of (image, label, site) drawn per `group_weights`."""
     weights = group_weights(labels, sites, site_power)
     streams = []
     for k, (label, site) in enumerate(weights):
         members = np.flatnonzero((labels == label) & (sites == site))
-        stream = tf.data.Dataset.from_tensor_slices((images[members], labels[members]))
+        stream = tf.data.Dataset.from_tensor_slices((images[members], labels[members], sites[members]))
         streams.append(stream.shuffle(len(members), seed=seed + k, reshuffle_each_iteration=True).repeat())
     return tf.data.Dataset.sample_from_datasets(streams, weights=list(weights.values()), seed=seed)

@@ -15,7 +15,13 @@ from tfx.components.tuner.component import TunerFnResult
 
 from contracts.artifacts import HISTORY_FILE, TRAINED_OPERATING_POINT_FILE, write_json
 from contracts.config import Augmentation, Preprocessing
-from training.augmentation import build_augmenter, site_look, to_grayscale
+from training.augmentation import (
+    at_another_magnification,
+    build_augmenter,
+    magnification_choices,
+    site_look,
+    to_grayscale,
+)
 from training.export import export_serving_model
 from training.model import build_model
 from training.operating_point import OperatingPoint, fit_operating_point
@@ -71,18 +77,28 @@ def make_train_dataset(
     seed: int,
 ) -> tuple[tf.data.Dataset, int]:
     """Endless training batches drawn class x site balanced (`sampling.group_weights`), augmented when
-    `augmentation.enabled` (site look per image, then the batch augmenter), and the number of steps that
+    `augmentation.enabled` (another site's magnification and the site look per image, then the batch
+    augmenter), and the number of steps that
     make one epoch (one pass's worth of images)."""
     images, labels, sites = load_preprocessed(file_patterns, preprocessing)
-    dataset = balanced_dataset(images, labels, sites, site_power, seed)
+    names, codes = np.unique(sites, return_inverse=True)
+    dataset = balanced_dataset(images, labels, codes, site_power, seed)
     augmenter = build_augmenter(augmentation, seed=seed) if augmentation.enabled else None
-    if augmenter is not None:
+    if augmenter is None:
+        dataset = dataset.map(lambda x, y, site: (x, y))
+    else:
+        choices = tf.ragged.constant(magnification_choices(names.tolist(), augmentation.site_magnification))
         look = {
             "max_blur": augmentation.blur,
             "jpeg_quality": tuple(augmentation.jpeg_quality),
             "max_sharpen": augmentation.sharpen,
         }
-        dataset = dataset.map(lambda x, y: (site_look(x, **look), y), num_parallel_calls=tf.data.AUTOTUNE)
+
+        def per_image(image: tf.Tensor, label: tf.Tensor, site: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            image = at_another_magnification(image, choices[site], augmentation.magnification_swap)
+            return site_look(image, **look), label
+
+        dataset = dataset.map(per_image, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size)
     if augmenter is not None:
         dataset = dataset.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
