@@ -78,8 +78,7 @@ def make_train_dataset(
 ) -> tuple[tf.data.Dataset, int]:
     """Endless training batches drawn class x site balanced (`sampling.group_weights`), augmented when
     `augmentation.enabled` (another site's magnification and the site look per image, then the batch
-    augmenter), and the number of steps that
-    make one epoch (one pass's worth of images)."""
+    augmenter), and the number of steps that make one epoch (one pass's worth of images)."""
     images, labels, sites = load_preprocessed(file_patterns, preprocessing)
     names, codes = np.unique(sites, return_inverse=True)
     dataset = balanced_dataset(images, labels, codes, site_power, seed)
