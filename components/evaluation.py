@@ -13,6 +13,7 @@ from contracts import features
 from contracts.signatures import EXAMPLES_SIGNATURE, PREDICTED_ONE_HOT, PROBABILITIES
 
 ACCURACY = "accuracy"
+EXAMPLE_COUNT = "example_count"  # TFMA's name of its ExampleCount metric: the test images the Evaluator scored
 CRITICAL_RECALL = "critical_recall"
 PER_CLASS = ("precision", "recall", "f1")
 # TFMA output names (signature outputs): probabilities for accuracy and the confusion matrix; the argmax
@@ -74,7 +75,8 @@ def _overall(evaluation_uri: str, attribute: str) -> dict[str, Any]:
 
 
 def read_metrics(evaluation_uri: str, classes: list[str]) -> dict[str, Any]:
-    """Accuracy, critical recall and per-class precision/recall/F1 of the candidate, overall slice."""
+    """Accuracy, critical recall, per-class precision/recall/F1 and the number of images scored of the
+    candidate, overall slice."""
     overall = _overall(evaluation_uri, "slicing_metrics")
     scores = overall[SCORES][""]
     decisions = overall[DECISIONS]
@@ -83,7 +85,12 @@ def read_metrics(evaluation_uri: str, classes: list[str]) -> dict[str, Any]:
         for k, name in enumerate(classes)
     }
     critical = next(float(v[CRITICAL_RECALL]["doubleValue"]) for v in decisions.values() if CRITICAL_RECALL in v)
-    return {ACCURACY: float(scores[ACCURACY]["doubleValue"]), CRITICAL_RECALL: critical, "per_class": per_class}
+    return {
+        ACCURACY: float(scores[ACCURACY]["doubleValue"]),
+        CRITICAL_RECALL: critical,
+        "per_class": per_class,
+        "count": round(scores[EXAMPLE_COUNT]["doubleValue"]),
+    }
 
 
 def _matrix(plots: dict[str, Any], num_classes: int) -> list[list[int]]:

@@ -29,6 +29,10 @@ from contracts.artifacts import INGESTION_REPORT_FILE, SPLITS, example_files, sp
 from contracts.data_roots import DataRoot, roots_from_json
 from contracts.image_check import Limits
 
+# Beam's DirectRunner with several worker processes (the default beam_pipeline_args) has been seen to lose a
+# share of one split's writes without an error; what was written is read back, and written again once.
+WRITE_ATTEMPTS = 2
+
 
 def to_example(record: ImageRecord, classes: list[str]) -> bytes:
     """Serialises one verified image as a tf.Example that keeps its encoded bytes."""
@@ -185,9 +189,9 @@ def written_counts(examples_uri: str, split: str) -> Counter:
     return counts
 
 
-def check_written(examples_uri: str, report: dict[str, Any]) -> None:
-    """Raises IngestionError unless the written splits hold exactly the images the report counts, per site and
-    class: the report is computed from the plan, this reads back what the Beam job wrote."""
+def unwritten(examples_uri: str, report: dict[str, Any]) -> list[str]:
+    """Where the written splits differ from the images the report counts, per split, site and class: the report
+    is computed from the plan, this reads back what the Beam job wrote (empty: they agree)."""
     wrong = []
     for split in report["split_totals"]:
         written = written_counts(examples_uri, split)
@@ -199,11 +203,11 @@ def check_written(examples_uri: str, report: dict[str, Any]) -> None:
             for site, c in sorted(set(planned) | set(written))
             if written[(site, c)] != planned[(site, c)]
         ]
-    if wrong:
-        raise IngestionError(
-            "the written tf.Examples differ from the ingestion plan (" + "; ".join(wrong) + "): the examples are "
-            "incomplete, nothing in the data roots was changed; run again"
-        )
+    return wrong
+
+
+def _differ(wrong: list[str]) -> str:
+    return "the written tf.Examples differ from the ingestion plan (" + "; ".join(wrong) + ")"
 
 
 def check_report(report: dict[str, Any], classes: list[str], hold_out: str = "") -> None:
@@ -302,18 +306,34 @@ def run_ingestion(
     input_fingerprint: str = "",
 ) -> dict[str, Any]:
     """Lists, verifies, deduplicates and splits every file of the roots, writes the tf.Examples and the report,
-    reads the written splits back (`check_written`) and returns the report. Per-file problems are rejections
-    in the report; only problems of the roots as a whole raise IngestionError."""
+    reads the written splits back (`unwritten`), writes them all once more if one falls short, and returns the
+    report. Per-file problems are rejections in the report; only problems of the roots as a whole, or splits
+    short twice, raise IngestionError."""
     candidates, loose = find_candidates(roots, classes)
     check_hold_out(hold_out, candidates)
     logging.info(
         "ImageExampleGen: %d files under %s (fingerprint %s)",
         len(candidates), ", ".join(r.path for r in roots), input_fingerprint[:16] or "none",
     )  # fmt: skip
-    with beam_pipeline or beam.Pipeline() as pipeline:
-        _write_examples(pipeline, candidates, limits, ratios, seed, hold_out, classes, examples_uri, report_path, loose)
-    with tf.io.gfile.GFile(report_path) as f:
-        result = json.load(f)
-    logging.info("ImageExampleGen: %s", summarise(result))
-    check_written(examples_uri, result)
-    return result
+    options = beam_pipeline.options if beam_pipeline else None
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        # The first attempt runs the component's own Beam pipeline; another, a new one with the same options.
+        pipeline = beam_pipeline if attempt == 1 and beam_pipeline else beam.Pipeline(options=options)
+        with pipeline:
+            _write_examples(pipeline, candidates, limits, ratios, seed, hold_out, classes, examples_uri, report_path, loose)
+        with tf.io.gfile.GFile(report_path) as f:
+            result = json.load(f)
+        if attempt == 1:
+            logging.info("ImageExampleGen: %s", summarise(result))
+        wrong = unwritten(examples_uri, result)
+        if not wrong:
+            return result
+        if attempt < WRITE_ATTEMPTS:
+            logging.warning("ImageExampleGen: %s; writing the examples again", _differ(wrong))
+            for split in split_names(hold_out):
+                if tf.io.gfile.exists(split_folder(examples_uri, split)):
+                    tf.io.gfile.rmtree(split_folder(examples_uri, split))
+    raise IngestionError(
+        f"{_differ(wrong)} in each of {WRITE_ATTEMPTS} attempts: the examples are incomplete, nothing in the data "
+        "roots was changed; run again"
+    )

@@ -82,12 +82,20 @@ def decide(
     critical_class: str,
     sites: dict[str, dict[str, Any]] | None = None,
     hold_out: str = "",
+    test_images: int | None = None,
 ) -> list[str]:
     """Every failed condition, in words (empty: the candidate may ship).
 
     The bars hold for the pooled test split and for each site's test images; a site without critical-class
-    test images is judged on accuracy alone. A hold-out run (trained without a root or site) never ships."""
+    test images is judged on accuracy alone. With `test_images` (the records of the test split), the
+    candidate's `count` (the images TFMA scored) must equal it: Beam's multi-process DirectRunner has lost
+    records without an error. A hold-out run (trained without a root or site) never ships."""
     failures = []
+    if test_images is not None and candidate["count"] != test_images:
+        failures.append(
+            f"the Evaluator scored {candidate['count']} of the {test_images} test images: its Beam job lost some; "
+            "run again without the cache (bloodcell run --no-cache)"
+        )
     bars = {ACCURACY: ("accuracy", min_accuracy), CRITICAL_RECALL: (f"{critical_class} recall", min_critical_recall)}
     for key, (label, bar) in bars.items():
         if not candidate[key] >= bar:
@@ -115,12 +123,13 @@ def gate_result(
     thresholds: dict[str, float],
     critical_class: str,
     hold_out: str = "",
+    test_images: int | None = None,
 ) -> dict[str, Any]:
     """What gate.json holds: the decision, every failed condition, and the figures it was made from. A
     model identical to the served one passes no bar it failed, and is never pushed again."""
     failures = decide(
         candidate, served, thresholds["min_accuracy"], thresholds["min_critical_recall"], thresholds["max_regression"],
-        critical_class, sites, hold_out,
+        critical_class, sites, hold_out, test_images,
     )  # fmt: skip
     return {
         "blessed": not failures and not identical,
@@ -158,15 +167,19 @@ def ServingGate(  # noqa: N802 - TFX component names are classes
     del serving_state  # part of the cache key only
     classes = json.loads(classes_json)
     candidate = read_metrics(evaluation.uri, classes)
-    candidate_figures = {k: candidate[k] for k in (ACCURACY, CRITICAL_RECALL)}
+    candidate_figures = {k: candidate[k] for k in (ACCURACY, CRITICAL_RECALL, "count")}
     sites = {
         site: {k: f[k] for k in ("count", ACCURACY, CRITICAL_RECALL)}
         for site, f in read_site_figures(evaluation.uri, classes, critical_class).items()
     }
-    served, broken = newest_loadable(serving_dir, example_files(examples.uri, "test"), classes.index(critical_class))
+    test_files = example_files(examples.uri, "test")
+    served, broken = newest_loadable(serving_dir, test_files, classes.index(critical_class))
     identical = served is not None and served.pop("digest") == model_digest(os.path.join(model.uri, SERVING_FORMAT))
     thresholds = {"min_accuracy": min_accuracy, "min_critical_recall": min_critical_recall, "max_regression": max_regression}
-    result = gate_result(candidate_figures, sites, served, broken, identical, thresholds, critical_class, hold_out)
+    test_images = sum(1 for _ in tf.data.TFRecordDataset(test_files, compression_type="GZIP"))
+    result = gate_result(
+        candidate_figures, sites, served, broken, identical, thresholds, critical_class, hold_out, test_images
+    )
     blessed = result["blessed"]
     tf.io.gfile.makedirs(blessing.uri)
     with tf.io.gfile.GFile(os.path.join(blessing.uri, GATE_FILE), "w") as f:

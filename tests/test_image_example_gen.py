@@ -7,8 +7,10 @@ import json
 import apache_beam as beam
 import pytest
 import tensorflow as tf
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
-from components.image_example_gen import _write_examples, check_hold_out, check_report, check_written, summarise
+from components import image_example_gen
+from components.image_example_gen import _write_examples, check_hold_out, check_report, run_ingestion, summarise, unwritten
 from components.image_verification import IngestionError, find_candidates
 from contracts import features
 from contracts.artifacts import HOLDOUT, INGESTION_REPORT_FILE, SPLITS, example_files
@@ -163,7 +165,7 @@ def test_written_examples_are_checked_against_the_plan_and_a_lost_record_is_name
     subsets = make_site_subsets(tmp_path / "data", {"blood-cells-5class": 6, "barcelona-extra": 3, "munich-extra": 2})
     out = tmp_path / "out"
     report = ingest([DataRoot(str(p)) for p in subsets], out, hold_out="munich-extra")
-    check_written(str(out), report)  # what the Beam job wrote is what the report counts
+    assert unwritten(str(out), report) == []  # what the Beam job wrote is what the report counts
     # Drop one Barcelona neutrophil from the held-out split's files, as a lost write would.
     files = example_files(str(out), HOLDOUT)
     records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
@@ -175,5 +177,37 @@ def test_written_examples_are_checked_against_the_plan_and_a_lost_record_is_name
         for k, r in enumerate(records):
             if k != lost:
                 writer.write(r)
-    with pytest.raises(IngestionError, match=r"holdout seg_neutrophil at munich: 1 written, 2 planned"):
-        check_written(str(out), report)
+    assert unwritten(str(out), report) == ["holdout seg_neutrophil at munich: 1 written, 2 planned"]
+
+
+@pytest.mark.parametrize("losing_jobs", [1, 2])
+def test_splits_that_fall_short_are_written_again_and_short_twice_stop_the_run(tmp_path, monkeypatch, caplog, losing_jobs):
+    """A Beam job that loses a written record (as Beam's multi-process DirectRunner has) is followed by a new
+    job with the component's options; a loss in both fails the run naming split, class and site."""
+    subsets = make_site_subsets(tmp_path / "data", {"blood-cells-5class": 3, "barcelona-extra": 2, "munich-extra": 1})
+    lost = "munich-extra/seg_neutrophil/" + next((subsets[2] / "seg_neutrophil").iterdir()).name
+    real_in_split, real_write = image_example_gen._in_split, image_example_gen._write_examples
+    jobs: list[beam.Pipeline] = []
+
+    def losing(record, plan, split):
+        return real_in_split(record, plan, split) and record.relpath != lost
+
+    def write(pipeline, *args):
+        jobs.append(pipeline)
+        monkeypatch.setattr(image_example_gen, "_in_split", losing if len(jobs) <= losing_jobs else real_in_split)
+        real_write(pipeline, *args)
+
+    monkeypatch.setattr(image_example_gen, "_write_examples", write)
+    component_pipeline = beam.Pipeline(options=PipelineOptions(["--direct_running_mode=multi_threading"]))
+    out = tmp_path / "out"
+    args = ([DataRoot(str(p)) for p in subsets], CLASSES, LIMITS, RATIOS, 42, "", str(out), str(out / INGESTION_REPORT_FILE))
+    if losing_jobs == 2:
+        with pytest.raises(IngestionError, match=r"seg_neutrophil at munich: 2 written, 3 planned\) in each of 2 attempts"):
+            run_ingestion(*args, component_pipeline)
+        return
+    report = run_ingestion(*args, component_pipeline)
+    assert len(jobs) == 2 and jobs[0] is component_pipeline and jobs[1] is not component_pipeline
+    assert jobs[1].options.view_as(DirectOptions).direct_running_mode == "multi_threading"
+    assert unwritten(str(out), report) == []
+    assert lost in {row[features.RELPATH].decode() for split in SPLITS for row in read_split(out, split)}
+    assert caplog.text.count("writing the examples again") == 1

@@ -180,6 +180,7 @@ def test_every_site_is_scored_in_the_summary_and_in_gate_json(blocked):
     gate = json.loads(Path(gate_file[0]).read_text())
     keys = ("count", "accuracy", "critical_recall")
     assert gate["sites"] == {site: {k: f[k] for k in keys} for site, f in summary.sites.items()}
+    assert gate["candidate"]["count"] == summary.splits["test"]  # TFMA scored every test image
     assert any(f.startswith("site barcelona: accuracy = ") for f in summary.gate_failures)
 
 

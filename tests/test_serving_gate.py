@@ -76,3 +76,13 @@ def test_a_broken_newest_version_is_named_and_the_gate_compares_with_the_last_th
     assert served["version"] == 5 and served["accuracy"] == 0.5 and served["critical_recall"] == 1.0
     assert served["digest"] == model_digest(str(model_exports["myeloblast"]))
     assert [b["version"] for b in broken] == [9] and broken[0]["error"]
+
+
+def test_a_candidate_scored_on_fewer_images_than_the_test_split_holds_is_refused():
+    """TFMA's count of the images it scored against the test split's records: a lost Beam write blocks."""
+    complete = {"accuracy": 1.0, "critical_recall": 1.0, "count": 1165}
+    assert decide(complete, None, **BARS, test_images=1165) == []
+    assert decide(complete | {"count": 830}, None, **BARS, test_images=1165) == [
+        "the Evaluator scored 830 of the 1165 test images: its Beam job lost some; "
+        "run again without the cache (bloodcell run --no-cache)"
+    ]
