@@ -77,6 +77,7 @@ def create_pipeline(
     anomalies_gate = AnomaliesGate(
         anomalies=example_validator.outputs["anomalies"],
         statistics=statistics_gen.outputs["statistics"],
+        ingestion_report=example_gen.outputs["report"],
         classes_json=classes_json,
         hold_out=hold_out,
     )

@@ -17,6 +17,7 @@ from components.validation_gate import (
     check_data,
     describe_anomalies,
     describe_missing_classes,
+    describe_short_statistics,
 )
 from tests.helpers import CLASSES, CONFIG, image_bytes
 
@@ -90,4 +91,13 @@ def test_a_hold_out_may_take_a_class_from_every_trained_split_but_not_from_one(t
     write_split(tmp_path, "statistics", "eval", statistics_of(tmp_path, CLASSES * 2))
     assert describe_missing_classes(statistics, splits, CLASSES, hold_out="munich") == [
         f"split {s}, feature 'label_name': classes missing: myeloblast" for s in ("train", "test")
+    ]
+
+
+def test_statistics_of_fewer_examples_than_were_ingested_stop_training(tmp_path):
+    """StatisticsGen's Beam job against ImageExampleGen's count: a lost record is named with its split."""
+    statistics = write_split(tmp_path, "statistics", "train", statistics_of(tmp_path, CLASSES * 3))
+    assert describe_short_statistics(statistics, ["train"], {"train": 15}) == []
+    assert describe_short_statistics(statistics, ["train"], {"train": 16}) == [
+        "split train: TFDV statistics of 15 examples, 16 ingested (run again without the cache: bloodcell run --no-cache)"
     ]
