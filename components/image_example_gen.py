@@ -333,6 +333,7 @@ def run_ingestion(
             for split in split_names(hold_out):
                 if tf.io.gfile.exists(split_folder(examples_uri, split)):
                     tf.io.gfile.rmtree(split_folder(examples_uri, split))
+            tf.io.gfile.remove(report_path)
     raise IngestionError(
         f"{_differ(wrong)} in each of {WRITE_ATTEMPTS} attempts: the examples are incomplete, nothing in the data "
         "roots was changed; run again"
