@@ -91,7 +91,7 @@ def test_random_convolution_changes_the_edges_only_and_keeps_the_colour_statisti
     for image in moved:
         assert not np.allclose(image, images.numpy()[0], atol=0.02)
         for value in (0, 1):  # inside the blocks each colour maps to one colour: the shapes stay
-            assert image[inside & (pattern == value)].std(axis=0).max() < 1e-5
+            assert image[inside & (pattern == value)].std(axis=0).max() < 1e-4  # float32 sums: CPUs differ
         if image.min() > 0 and image.max() < 1:  # not clipped: the original's mean and spread per channel
             np.testing.assert_allclose(image.mean(axis=(0, 1)), images.numpy()[0].mean(axis=(0, 1)), atol=1e-4)
             np.testing.assert_allclose(image.std(axis=(0, 1)), images.numpy()[0].std(axis=(0, 1)), atol=1e-3)
