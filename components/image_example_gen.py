@@ -29,8 +29,8 @@ from contracts.artifacts import INGESTION_REPORT_FILE, SPLITS, example_files, sp
 from contracts.data_roots import DataRoot, roots_from_json
 from contracts.image_check import Limits
 
-# Beam's DirectRunner with several worker processes (the default beam_pipeline_args) has been seen to lose a
-# share of one split's writes without an error; what was written is read back, and written again once.
+# Beam's DirectRunner with several workers has been seen to lose a share of one split's records without an
+# error (docs/hardening.md); what was written is read back, and written again once.
 WRITE_ATTEMPTS = 2
 
 

@@ -88,8 +88,8 @@ def decide(
 
     The bars hold for the pooled test split and for each site's test images; a site without critical-class
     test images is judged on accuracy alone. With `test_images` (the records of the test split), the
-    candidate's `count` (the images TFMA scored) must equal it: Beam's multi-process DirectRunner has lost
-    records without an error. A hold-out run (trained without a root or site) never ships."""
+    candidate's `count` (the images TFMA scored) must equal it: Beam's DirectRunner with several workers has
+    lost records without an error. A hold-out run (trained without a root or site) never ships."""
     failures = []
     if test_images is not None and candidate["count"] != test_images:
         failures.append(
