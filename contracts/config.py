@@ -81,6 +81,7 @@ class Training:
     critical_class_weight: float
     site_weight_power: float        # class x site balanced sampling: within a class, site drawn ~ count ** power
     mixstyle: float                 # MixStyle probability after the first two blocks (training only; 0 = off)
+    look_consistency: float         # weight of the loss that holds each answer when its image takes another site's colours
     weight_average: float           # decay per step of the weights' moving average that is validated and exported
     seed: int
 
@@ -283,6 +284,8 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{name}: a probability, between 0 and 1")
     if not 0.0 <= config.training.weight_average < 1.0:
         raise ConfigError("training.weight_average: 0 (off) or a decay per step, at least 0 and under 1")
+    if config.training.look_consistency < 0:
+        raise ConfigError("training.look_consistency: must be 0 (off) or a positive loss weight")
     if not 0.0 <= config.training.site_weight_power <= 1.0:
         raise ConfigError("training.site_weight_power: must be between 0 (sites equally often) and 1 (as found)")
     _validate_site_magnification(config.augmentation)

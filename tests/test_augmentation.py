@@ -11,8 +11,10 @@ from training.augmentation import (
     ColourJitter,
     RandomConvolution,
     at_another_magnification,
+    cross_site_partners,
     gaussian_blur,
     histogram_transfer,
+    in_another_sites_colours,
     magnification_choices,
     random_convolution,
     rescale_about_centre,
@@ -54,6 +56,25 @@ def test_histogram_transfer_keeps_the_shapes_and_takes_the_other_images_colours(
             assert np.abs(gap).mean() < 1 / 255 and np.abs(gap).max() < 6 / 255  # the same histogram, to 256 levels
             original = IMAGES.numpy()[image, ..., channel].ravel()
             assert np.all(np.diff(moved[image, ..., channel].ravel()[np.argsort(original)]) >= 0)  # same order of brightness
+
+
+def test_each_image_is_paired_with_another_sites_image_while_the_batch_holds_one():
+    tf.random.set_seed(5)
+    sites = tf.constant([0, 0, 0, 1, 1, 2])
+    for _ in range(20):
+        partners = cross_site_partners(sites).numpy()
+        assert np.all(sites.numpy()[partners] != sites.numpy())
+    one_site = cross_site_partners(tf.zeros([5], tf.int32)).numpy()
+    assert np.all(one_site != np.arange(5))  # another image, never itself
+
+
+def test_in_another_sites_colours_each_image_takes_its_partners_histogram():
+    peach = tf.constant(RNG.uniform(0.6, 1.0, (2, 16, 16, 3)).astype(np.float32) ** 2)
+    batch = tf.concat([IMAGES[:2], peach], axis=0)  # two images of site 0, two of site 1
+    moved = in_another_sites_colours(batch, tf.constant([0, 0, 1, 1])).numpy()
+    for image, looks in ((0, peach.numpy()), (3, IMAGES.numpy()[:2])):
+        gaps = [np.abs(np.sort(moved[image], axis=None) - np.sort(look, axis=None)).mean() for look in looks]
+        assert min(gaps) < 2 / 255  # the histogram of one of the other site's images
 
 
 def test_colour_transfer_moves_some_images_to_another_images_colours():

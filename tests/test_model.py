@@ -63,3 +63,24 @@ def test_mixstyle_mixes_feature_statistics_in_training_only():
         z = (before - before.mean((0, 1))) / before.std((0, 1))
         np.testing.assert_allclose((after - after.mean((0, 1))) / after.std((0, 1)), z, atol=1e-3)
 
+
+
+def test_look_consistency_pulls_the_answers_on_the_copies_to_the_originals():
+    """Trained on (images, copies) pairs, the copies' answers come to agree with the originals' as the
+    weight of the consistency loss grows; only the originals carry labels."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, len(CLASSES), 64)
+    images = rng.uniform(0.3, 0.5, (64, 16, 16, 3)).astype(np.float32)
+    for image, label in zip(images, labels, strict=True):
+        image[3 : 5 + 2 * label, 3 : 5 + 2 * label] = 0.95  # the class: the size of a bright spot
+    copies = 1.0 - images[..., ::-1]  # another look: colours reversed and inverted
+
+    def divergence_after_training(weight: float) -> float:
+        keras.utils.set_random_seed(1)
+        model = build_model(len(CLASSES), 16, [8, 16], 16, 0.0, 1e-2, look_consistency=weight)
+        history = model.fit((images, copies), labels, batch_size=16, epochs=15, verbose=0).history
+        assert history["consistency"][-1] >= 0.0 and history["loss"][-1] < 1.0  # the originals are learnt
+        own, copied = model.predict(images, verbose=0), model.predict(copies, verbose=0)
+        return float(np.mean(keras.losses.kl_divergence(own, copied)))
+
+    assert divergence_after_training(1.0) < 0.2 * divergence_after_training(0.01)

@@ -130,3 +130,18 @@ def test_training_images_are_shown_at_the_other_sites_magnification(split_files)
     swapped = drawn(1.0)
     to_site = np.minimum(distance(swapped, expected["barcelona"]), distance(swapped, expected["munich"]))
     assert to_site.max() < 1e-5 and distance(swapped, images).min() > 0.01  # each at its other site's size
+
+
+def test_with_look_consistency_each_batch_comes_with_its_copy_in_the_other_sites_colours(split_files):
+    config = small_config(False)
+    preprocessing = dataclasses.replace(config.preprocessing, image_size=32)
+    (images, copies), labels = next(iter(make_train_dataset(
+        split_files[0], preprocessing, 9, config.augmentation, site_power=0.0, seed=1, look_pairs=True
+    )[0]))  # fmt: skip
+    assert images.shape == copies.shape == (9, 32, 32, 3) and labels.shape == (9,)
+    assert np.abs(images.numpy() - copies.numpy()).mean() > 0.01
+    training = dataclasses.replace(config.training, look_consistency=1.0)
+    model, history, eval_ds = fit(*split_files, dataclasses.replace(config, training=training), epochs=2)
+    assert all(row["consistency"] >= 0.0 for row in history)
+    best = min(history, key=lambda row: row["val_loss"])
+    assert model.evaluate(eval_ds, verbose=0)[0] == pytest.approx(best["val_loss"], rel=1e-4)

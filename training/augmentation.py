@@ -48,6 +48,20 @@ def histogram_transfer(images: tf.Tensor, looks: tf.Tensor) -> tf.Tensor:
     return tf.transpose(tf.reshape(matched, [shape[0], 3, shape[1], shape[2]]), [0, 2, 3, 1])
 
 
+def cross_site_partners(sites: tf.Tensor) -> tf.Tensor:
+    """For each image of a batch ([N] site codes), the index of another image, drawn at random among those
+    from another site; among all the others where the batch holds one site only."""
+    n = tf.shape(sites)[0]
+    same_site = tf.cast(tf.equal(sites[:, None], sites[None, :]), tf.float32)
+    return tf.argmin(tf.random.uniform([n, n]) + same_site + 2.0 * tf.eye(n), axis=1, output_type=tf.int32)
+
+
+def in_another_sites_colours(images: tf.Tensor, sites: tf.Tensor) -> tf.Tensor:
+    """The batch [N, H, W, 3] in [0, 1], each image with the colour histogram of an image of the batch from
+    another site (`cross_site_partners`, `histogram_transfer`): the same cells, another site's colours."""
+    return histogram_transfer(images, tf.gather(images, cross_site_partners(sites)))
+
+
 class ColourJitter(keras.layers.Layer):
     """Per-image random brightness, contrast, saturation and hue on images in [0, 1], a stain jitter in
     haematoxylin-eosin space, a gamma curve per channel, and grayscale with probability `grayscale`: stains,

@@ -47,6 +47,33 @@ class MixStyle(keras.layers.Layer):
         return {**super().get_config(), "p": self.p, "alpha": self.alpha}
 
 
+class LookConsistentModel(keras.Model):
+    """A functional model trained on batches ((images, copies), labels), each copy its image in the colours of
+    an image from another site. Loss: the cross-entropy on the images plus `consistency` x the KL divergence
+    from their probabilities, held fixed, to the copies'. The copies' answers are pulled to the originals' and
+    the originals are pulled nowhere: the clean fit is not traded for the invariance, as it was when the
+    copies were trained on as labelled images (`augmentation.colour_transfer`, docs/robustness.md).
+    Inference, evaluation and export see one batch of images, as for any model."""
+
+    def __init__(self, inputs: tf.Tensor, outputs: tf.Tensor, consistency: float, **kwargs):
+        super().__init__(inputs, outputs, **kwargs)
+        self.consistency = consistency
+        self.consistency_tracker = keras.metrics.Mean(name="consistency")
+
+    def train_step(self, data: tuple) -> dict[str, tf.Tensor]:
+        (images, copies), labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        n = tf.shape(images)[0]
+        with tf.GradientTape() as tape:
+            probabilities = self(tf.concat([images, copies], axis=0), training=True)
+            own, copied = probabilities[:n], probabilities[n:]
+            loss = self.compute_loss(images, labels, own, sample_weight)
+            divergence = tf.reduce_mean(keras.losses.kl_divergence(tf.stop_gradient(own), copied))
+            total = loss + self.consistency * divergence
+        self.optimizer.minimize(total, self.trainable_variables, tape=tape)
+        self.consistency_tracker.update_state(divergence)
+        return self.compute_metrics(images, labels, own, sample_weight)
+
+
 def build_model(
     num_classes: int,
     image_size: int,
@@ -55,9 +82,11 @@ def build_model(
     dropout: float,
     learning_rate: float,
     mixstyle: float = 0.0,
+    look_consistency: float = 0.0,
 ) -> keras.Model:
     """A compiled classifier over float images in [0, 1] of shape [image_size, image_size, 3]; with
-    `mixstyle` > 0, a MixStyle layer after each of the first two blocks (training only)."""
+    `mixstyle` > 0, a MixStyle layer after each of the first two blocks (training only); with
+    `look_consistency` > 0, a `LookConsistentModel` of that weight (trained on (images, copies) pairs)."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = ChannelStandardisation(name="standardise")(inputs)
     for i, width in enumerate(filters):
@@ -73,7 +102,10 @@ def build_model(
     x = keras.layers.Dense(dense_units, activation="relu", name="dense")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
-    model = keras.Model(inputs, outputs, name="bloodcell_cnn")
+    if look_consistency:
+        model = LookConsistentModel(inputs, outputs, look_consistency, name="bloodcell_cnn")
+    else:
+        model = keras.Model(inputs, outputs, name="bloodcell_cnn")
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(),

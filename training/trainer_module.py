@@ -18,6 +18,7 @@ from contracts.config import Augmentation, Preprocessing
 from training.augmentation import (
     at_another_magnification,
     build_augmenter,
+    in_another_sites_colours,
     magnification_choices,
     site_look,
     to_grayscale,
@@ -75,17 +76,17 @@ def make_train_dataset(
     augmentation: Augmentation,
     site_power: float,
     seed: int,
+    look_pairs: bool = False,
 ) -> tuple[tf.data.Dataset, int]:
     """Endless training batches drawn class x site balanced (`sampling.group_weights`), augmented when
     `augmentation.enabled` (another site's magnification and the site look per image, then the batch
-    augmenter), and the number of steps that make one epoch (one pass's worth of images)."""
+    augmenter), and the number of steps that make one epoch (one pass's worth of images). With `look_pairs`
+    each batch is ((images, the images in another site's colours), labels), for a `LookConsistentModel`."""
     images, labels, sites = load_preprocessed(file_patterns, preprocessing)
     names, codes = np.unique(sites, return_inverse=True)
     dataset = balanced_dataset(images, labels, codes, site_power, seed)
     augmenter = build_augmenter(augmentation, seed=seed) if augmentation.enabled else None
-    if augmenter is None:
-        dataset = dataset.map(lambda x, y, site: (x, y))
-    else:
+    if augmenter is not None:
         choices = tf.ragged.constant(magnification_choices(names.tolist(), augmentation.site_magnification))
         look = {
             "max_blur": augmentation.blur,
@@ -93,14 +94,18 @@ def make_train_dataset(
             "max_sharpen": augmentation.sharpen,
         }
 
-        def per_image(image: tf.Tensor, label: tf.Tensor, site: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def per_image(image: tf.Tensor, label: tf.Tensor, site: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             image = at_another_magnification(image, choices[site], augmentation.magnification_swap)
-            return site_look(image, **look), label
+            return site_look(image, **look), label, site
 
         dataset = dataset.map(per_image, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size)
     if augmenter is not None:
-        dataset = dataset.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(lambda x, y, site: (augmenter(x, training=True), y, site), num_parallel_calls=tf.data.AUTOTUNE)
+    if look_pairs:
+        dataset = dataset.map(lambda x, y, site: ((x, in_another_sites_colours(x, site)), y), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        dataset = dataset.map(lambda x, y, site: (x, y))
     return dataset.prefetch(tf.data.AUTOTUNE), max(1, len(labels) // batch_size)
 
 
@@ -147,11 +152,12 @@ class Validation(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         logs = logs if logs is not None else {}
-        logs["val_loss"], logs["val_accuracy"] = self.model.evaluate(self.dataset, verbose=0)
+        clean = self.model.evaluate(self.dataset, verbose=0, return_dict=True)
+        logs.update(val_loss=clean["loss"], val_accuracy=clean["accuracy"])
         if self.grayscale is not None:
-            loss, accuracy = self.model.evaluate(self.grayscale, verbose=0)
-            logs.update(val_grayscale_loss=loss, val_grayscale_accuracy=accuracy)
-            logs["val_selection_loss"] = (logs["val_loss"] + loss) / 2
+            gray = self.model.evaluate(self.grayscale, verbose=0, return_dict=True)
+            logs.update(val_grayscale_loss=gray["loss"], val_grayscale_accuracy=gray["accuracy"])
+            logs["val_selection_loss"] = (clean["loss"] + gray["loss"]) / 2
 
 
 class WeightAverage(keras.callbacks.Callback):
@@ -206,6 +212,7 @@ def fit(
         config.augmentation,
         training.site_weight_power,
         training.seed,
+        look_pairs=training.look_consistency > 0,
     )
     eval_ds = make_dataset(eval_files, config.preprocessing, training.batch_size)
     model = build_model(
@@ -216,6 +223,7 @@ def fit(
         training.dropout,
         training.learning_rate,
         training.mixstyle,
+        training.look_consistency,
     )
     epoch_log = EpochLog(epochs)
     monitor = "val_selection_loss" if training.grayscale_validation else "val_loss"
