@@ -51,9 +51,9 @@ class LookConsistentModel(keras.Model):
     """A functional model trained on batches ((images, copies), labels), each copy its image in the colours of
     an image from another site. Loss: the cross-entropy on the images plus `consistency` x the KL divergence
     from their probabilities, held fixed, to the copies'. The copies' answers are pulled to the originals' and
-    the originals are pulled nowhere: the clean fit is not traded for the invariance, as it was when the
-    copies were trained on as labelled images (`augmentation.colour_transfer`, docs/robustness.md).
-    Inference, evaluation and export see one batch of images, as for any model."""
+    the originals are pulled nowhere (`augmentation.colour_transfer` instead trains on the copies as labelled
+    images). Inference, evaluation and export see one batch of images, as for any model. Measured in
+    docs/robustness.md."""
 
     def __init__(self, inputs: tf.Tensor, outputs: tf.Tensor, consistency: float, **kwargs):
         super().__init__(inputs, outputs, **kwargs)
