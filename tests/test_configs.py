@@ -73,6 +73,7 @@ def test_bad_data_roots_name_the_problem(roots, message):
         ("augmentation.site_magnification={munich: 1.0}", "magnification_swap: needs at least two sites"),
         ("augmentation.site_magnification={a: 1, b: 4}", "largest may be at most 3 times the smallest"),
         ("training.weight_average=1", "weight_average: 0 \\(off\\) or a decay"),
+        ("training.look_consistency=-1", "look_consistency: must be 0 \\(off\\) or a positive loss weight"),
         ("preprocessing.image_size=24", "image_size: 24 px is too small for 5 blocks"),
     ],
 )

@@ -142,6 +142,6 @@ def test_with_look_consistency_each_batch_comes_with_its_copy_in_the_other_sites
     assert np.abs(images.numpy() - copies.numpy()).mean() > 0.01
     training = dataclasses.replace(config.training, look_consistency=1.0)
     model, history, eval_ds = fit(*split_files, dataclasses.replace(config, training=training), epochs=2)
-    assert all(row["consistency"] >= 0.0 for row in history)
+    assert all(row["consistency"] > 0.0 for row in history)  # the copies differ, so do their answers
     best = min(history, key=lambda row: row["val_loss"])
     assert model.evaluate(eval_ds, verbose=0)[0] == pytest.approx(best["val_loss"], rel=1e-4)
