@@ -226,7 +226,7 @@ def test_the_audit_operating_point_model_card_and_explanation_come_with_the_push
     assert sum(g["count"] for g in audit["groups"].values()) == summary.splits["test"]
     assert audit["sites"].keys() == summary.sites.keys()
     assert audit["single_site_classes"] == {config.critical_class: "munich"}
-    assert set(audit["stress"]) == {"grayscale", "stain_normalised", "geometry_swapped", "look_swapped"}
+    assert set(audit["stress"]) == {"grayscale", "stain_normalised", "geometry_swapped", "look_swapped", "stain_swapped"}
     point = summary.operating_point
     assert point["recall"] >= config.screening.alert_recall and 0.0 < point["threshold"] <= 0.5
     card = open(os.path.join(pushed.report_dir, MODEL_CARD_FILE)).read()
@@ -377,7 +377,7 @@ def test_two_trial_search_on_a_tiny_real_subset(tmp_path, monkeypatch):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     audit = json.loads((tmp_path / "ablation" / "audit.json").read_text())
-    assert set(audit["stress"]) == {"grayscale", "stain_normalised", "geometry_swapped", "look_swapped"}
+    assert set(audit["stress"]) == {"grayscale", "stain_normalised", "geometry_swapped", "look_swapped", "stain_swapped"}
     assert audit["clean"]["count"] == sum(g["count"] for g in audit["groups"].values())
     row = done.stdout.strip().splitlines()[-1]
     assert row.startswith(f"| {' '.join(overrides)} | {audit['clean']['accuracy']:.4f} | ")

@@ -91,4 +91,6 @@ def test_audit_exposes_a_model_that_reads_the_background():
     assert result["stress"]["stain_normalised"]["drop"] > 0.03
     # Each image in the other site's colours: the shortcut model calls every one the other class.
     assert result["stress"]["look_swapped"]["accuracy"] == 0.0
+    # Each image in the other group's stains: the unstained background turns neutral, so all read as class b.
+    assert result["stress"]["stain_swapped"]["recall"] == {"a": 0.0, "b": 1.0}
     assert not result["passes"]

@@ -53,3 +53,50 @@ def test_take_colours_gives_the_cell_the_other_images_background_and_stain():
     assert moved.shape == peach.shape and moved.dtype == np.uint8
     assert tuple(moved[0, 0]) == (225, 220, 235)  # the background takes the other image's colour
     assert tuple(moved[60, 50]) == (90, 70, 200)  # and the cell, where it was
+
+
+def two_stain_smear(stain_vectors: np.ndarray, seed: int, size: int = 60) -> np.ndarray:
+    """A smear stained by the Beer-Lambert model: a nucleus of the first stain, red cells of the second and a
+    cytoplasm of both, with noisy amounts, on an unstained background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    amounts = np.zeros((size, size, 2))
+    nucleus = (yy - 30) ** 2 + (xx - 30) ** 2 <= 10**2
+    cytoplasm = ((yy - 30) ** 2 + (xx - 30) ** 2 <= 16**2) & ~nucleus
+    red_cell = (yy - 8) ** 2 + (xx - 8) ** 2 <= 7**2
+    amounts[nucleus] = [1.2, 0.1]
+    amounts[cytoplasm] = [0.4, 0.4]
+    amounts[red_cell] = [0.05, 0.9]
+    amounts *= rng.uniform(0.8, 1.2, amounts.shape)
+    optical_density = amounts @ stain_vectors
+    return np.clip(np.rint(stress.TRANSMITTED * np.exp(-optical_density)), 0, 255).astype(np.uint8)
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+
+
+def test_swap_stains_gives_the_cell_the_other_groups_stain_hues():
+    ours = unit(np.array([[0.65, 0.70, 0.29], [0.25, 0.90, 0.35]]))  # rows: nuclear stain, red-cell stain
+    theirs = unit(np.array([[0.80, 0.55, 0.25], [0.30, 0.80, 0.52]]))
+    stains = stress.fit_stains([two_stain_smear(theirs, seed=k) for k in range(3)])
+    image = two_stain_smear(ours, seed=9)
+    swapped = stress.swap_stains(image, stains)
+    assert swapped.shape == image.shape and swapped.dtype == np.uint8
+
+    def direction(pixel: np.ndarray) -> np.ndarray:
+        return unit(-np.log((pixel.astype(float) + 1) / stress.TRANSMITTED))
+
+    for where, k in (((30, 30), 0), ((8, 8), 1)):  # the nucleus takes their nuclear stain, the red cell theirs
+        assert direction(swapped[where]) @ theirs[k] > 0.995 > direction(image[where]) @ theirs[k]
+    # The same cell as their lab stains it: the swap comes close to the smear rendered with their stains.
+    as_theirs = two_stain_smear(theirs, seed=9).astype(int)
+    assert np.abs(swapped - as_theirs).mean() < np.abs(image - as_theirs).mean() / 4
+    assert swapped[0, 59].min() >= 230  # the background stays unstained
+
+
+def test_swap_stains_leaves_an_image_without_stain_as_it_is():
+    stains = stress.fit_stains([two_stain_smear(unit(np.array([[0.65, 0.70, 0.29], [0.25, 0.90, 0.35]])), seed=0)])
+    blank = np.full((40, 40, 3), 235, np.uint8)
+    assert stress.swap_stains(blank, stains) is blank
+    assert stress.fit_stains([blank]) is None

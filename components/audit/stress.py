@@ -1,5 +1,5 @@
 """Stress variants of test images (uint8 RGB arrays): grayscale, one reference stain, swapped geometry,
-another image's colours.
+another image's colours, another group's stains.
 
 A model that learned the cell, not the scanner, keeps its accuracy on all of them.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
 
 from training.augmentation import histogram_transfer
 
@@ -19,6 +20,9 @@ _WHITE = np.array([0.95047, 1.0, 1.08883])
 _EPSILON = 216 / 24389  # CIE constants
 _KAPPA = 24389 / 27
 _LEVELS = np.arange(256) / 255.0
+TRANSMITTED = 240  # light through an empty slide (intensity), for the optical density of the stain model
+BACKGROUND_OD = 0.15  # pixels under this optical density in any channel are background, not stain
+MIN_STAINED_PIXELS = 100  # fewer stained pixels than this: no stain to estimate or swap
 _LINEAR = np.where(_LEVELS <= 0.04045, _LEVELS / 12.92, ((_LEVELS + 0.055) / 1.055) ** 2.4)  # sRGB decoding, per level
 
 
@@ -85,3 +89,31 @@ def take_colours(image: np.ndarray, look: np.ndarray) -> np.ndarray:
     image's colours (`training.augmentation.histogram_transfer`, the training augmentation's own code)."""
     moved = histogram_transfer(tf.constant(image[None] / 255.0, tf.float32), tf.constant(look[None] / 255.0, tf.float32))
     return np.clip(np.rint(moved[0].numpy() * 255), 0, 255).astype(np.uint8)
+
+
+def stained_pixels(pixels: np.ndarray) -> np.ndarray:
+    """The pixels ([..., 3] uint8) at or over BACKGROUND_OD optical density in every channel, as [n, 3]."""
+    pixels = pixels.reshape(-1, 3)
+    return pixels[np.all(-np.log((pixels + 1.0) / TRANSMITTED) >= BACKGROUND_OD, axis=-1)]
+
+
+def fit_stains(images: list[np.ndarray], step: int = 4) -> NumpyMacenkoNormalizer | None:
+    """The two stain vectors and the concentration range (Macenko) of a set of images, from every `step`-th
+    pixel of each, pooled; None when they hold fewer than MIN_STAINED_PIXELS stained pixels."""
+    pixels = np.concatenate([image.reshape(-1, 3)[::step] for image in images])
+    if len(stained_pixels(pixels)) < MIN_STAINED_PIXELS:
+        return None
+    stains = NumpyMacenkoNormalizer()
+    stains.fit(pixels[:, None, :], Io=TRANSMITTED, beta=BACKGROUND_OD)
+    return stains
+
+
+def swap_stains(image: np.ndarray, stains: NumpyMacenkoNormalizer) -> np.ndarray:
+    """The image unmixed into its own two stains (Macenko) and remixed with `stains`' vectors and
+    concentration range: the same cell as another lab's staining and scanner show it. Unlike
+    `normalise_stain`, the stains' hues change relative to each other, which a per-channel standardisation
+    cannot undo. An image with fewer than MIN_STAINED_PIXELS stained pixels has no stain to swap: returned as is."""
+    if len(stained_pixels(image)) < MIN_STAINED_PIXELS:
+        return image
+    swapped, _, _ = stains.normalize(image, Io=TRANSMITTED, beta=BACKGROUND_OD, stains=False)
+    return swapped
