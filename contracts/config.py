@@ -56,7 +56,6 @@ class Augmentation:
     hue: float
     grayscale: float
     stain: float                    # haematoxylin/eosin amounts scaled by 1 +- this (per image and stain)
-    stain_hue: float                # haematoxylin/eosin colours turned by up to this many degrees (per image and stain)
     gamma: float                    # per-channel gamma curve exp(+- this): non-linear colour, scanner response
     blur: float                     # per image: Gaussian blur of random sigma up to this, in input pixels
     sharpen: float                  # per image, half of the time instead of the blur: unsharp mask up to this amount
@@ -290,8 +289,6 @@ def _validate(config: Config) -> None:
     if not 0.0 <= config.training.site_weight_power <= 1.0:
         raise ConfigError("training.site_weight_power: must be between 0 (sites equally often) and 1 (as found)")
     _validate_site_magnification(config.augmentation)
-    if not 0.0 <= config.augmentation.stain_hue <= 45.0:
-        raise ConfigError("augmentation.stain_hue: must be 0 (off) or an angle up to 45 degrees")
     if config.augmentation.blur < 0 or config.augmentation.sharpen < 0:
         raise ConfigError("augmentation.blur and augmentation.sharpen: must be 0 (off) or positive")
     quality = config.augmentation.jpeg_quality

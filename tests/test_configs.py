@@ -68,7 +68,6 @@ def test_bad_data_roots_name_the_problem(roots, message):
         ("augmentation.jpeg_quality=[90, 10]", "jpeg_quality: need \\[lo, hi\\]"),
         ("augmentation.colour_transfer=1.5", "colour_transfer: a probability"),
         ("augmentation.random_convolution=-0.1", "random_convolution: a probability"),
-        ("augmentation.stain_hue=60", "stain_hue: must be 0 \\(off\\) or an angle up to 45 degrees"),
         ("augmentation.magnification_swap=2", "magnification_swap: a probability"),
         ("augmentation.site_magnification={munich: 0}", "site_magnification: need \\{site: positive number\\}"),
         ("augmentation.site_magnification={munich: 1.0}", "magnification_swap: needs at least two sites"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -19,30 +18,12 @@ def to_grayscale(images: tf.Tensor) -> tf.Tensor:
     return tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(images))
 
 
-def stain_jitter(
-    images: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor, vectors: tf.Tensor | None = None
-) -> tf.Tensor:
+def stain_jitter(images: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
     """Images [N, H, W, 3] in [0, 1] with each stain's amount (haematoxylin, eosin, residual; optical
-    density, per pixel) multiplied by `scale` and moved by `shift` ([N, 1, 1, 3] each): another lab's stain.
-    With `vectors` ([N, 3, 3], rows as RGB_FROM_HED's), the amounts are laid down in those stains' colours."""
+    density, per pixel) multiplied by `scale` and moved by `shift` ([N, 1, 1, 3] each): another lab's stain."""
     density = -tf.math.log(tf.clip_by_value(images, 1e-3, 1.0))
     stains = tf.einsum("nhwc,cd->nhwd", density, HED_FROM_RGB) * scale + shift
-    if vectors is None:
-        return tf.exp(-tf.einsum("nhwd,dc->nhwc", stains, RGB_FROM_HED))
-    return tf.exp(-tf.einsum("nhwd,ndc->nhwc", stains, vectors))
-
-
-def turned_stains(n: tf.Tensor, max_degrees: float) -> tf.Tensor:
-    """[N, 3, 3] stain vectors: RGB_FROM_HED with its haematoxylin and eosin rows (unit optical-density
-    directions) each turned by a random angle up to `max_degrees` towards a random direction, and kept
-    non-negative; the residual row as it is. Another lab's stains differ in hue, not only in amount (the two
-    sites' Macenko stain vectors lie 10-30 degrees apart on this data)."""
-    base = tf.broadcast_to(tf.constant(RGB_FROM_HED[:2]), [n, 2, 3])
-    noise = tf.random.normal([n, 2, 3])
-    across = tf.math.l2_normalize(noise - tf.reduce_sum(noise * base, -1, keepdims=True) * base, -1)
-    angle = tf.random.uniform([n, 2, 1], 0.0, max_degrees * np.pi / 180)
-    turned = tf.math.l2_normalize(tf.maximum(tf.cos(angle) * base + tf.sin(angle) * across, 0.0), -1)
-    return tf.concat([turned, tf.broadcast_to(tf.constant(RGB_FROM_HED[2:]), [n, 1, 3])], axis=1)
+    return tf.exp(-tf.einsum("nhwd,dc->nhwc", stains, RGB_FROM_HED))
 
 
 LEVELS = 256  # grey levels per channel of the histogram transfer
@@ -83,11 +64,10 @@ def in_another_sites_colours(images: tf.Tensor, sites: tf.Tensor) -> tf.Tensor:
 
 class ColourJitter(keras.layers.Layer):
     """Per-image random brightness, contrast, saturation and hue on images in [0, 1], a stain jitter in
-    haematoxylin-eosin space (amounts, and with `stain_hue` the stains' colours), a gamma curve per channel, and
-    grayscale with probability `grayscale`: stains, scanners and cameras differ between labs, the cells do not.
-    With probability `transfer` an image first takes on the colour histogram of another image of its batch
-    (`histogram_transfer`): batches mix classes and sites, so a cell is shown in the colours of a site it was
-    never seen from."""
+    haematoxylin-eosin space, a gamma curve per channel, and grayscale with probability `grayscale`: stains,
+    scanners and cameras differ between labs, the cells do not. With probability `transfer` an image first
+    takes on the colour histogram of another image of its batch (`histogram_transfer`): batches mix classes
+    and sites, so a cell is shown in the colours of a site it was never seen from."""
 
     def __init__(
         self,
@@ -99,13 +79,11 @@ class ColourJitter(keras.layers.Layer):
         stain: float = 0.0,
         gamma: float = 0.0,
         transfer: float = 0.0,
-        stain_hue: float = 0.0,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
         self.grayscale, self.stain, self.gamma, self.transfer = grayscale, stain, gamma, transfer
-        self.stain_hue = stain_hue
 
     def call(self, images: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         if not training:
@@ -119,10 +97,9 @@ class ColourJitter(keras.layers.Layer):
             looks = tf.gather(images, tf.random.shuffle(tf.range(n)))
             moved = tf.random.uniform([n, 1, 1, 1]) < self.transfer
             images = tf.where(moved, histogram_transfer(images, looks), images)
-        if self.stain or self.stain_hue:
+        if self.stain:
             jitter = tf.random.uniform([n, 1, 1, 3], -self.stain, self.stain)
-            shift = tf.random.uniform([n, 1, 1, 3], -0.05, 0.05) * self.stain
-            images = stain_jitter(images, 1.0 + jitter, shift, turned_stains(n, self.stain_hue) if self.stain_hue else None)
+            images = stain_jitter(images, 1.0 + jitter, tf.random.uniform([n, 1, 1, 3], -0.05, 0.05) * self.stain)
         if self.gamma:
             images = tf.clip_by_value(images, 1e-4, 1.0) ** tf.exp(tf.random.uniform([n, 1, 1, 3], -self.gamma, self.gamma))
         hsv = tf.image.rgb_to_hsv(tf.clip_by_value(images, 0.0, 1.0))
@@ -146,7 +123,6 @@ class ColourJitter(keras.layers.Layer):
             "stain": self.stain,
             "gamma": self.gamma,
             "transfer": self.transfer,
-            "stain_hue": self.stain_hue,
         }
 
 
@@ -291,7 +267,6 @@ def build_augmenter(settings: Augmentation, seed: int | None = None) -> keras.Se
             settings.stain,
             settings.gamma,
             settings.colour_transfer,
-            settings.stain_hue,
         )
     )
     if settings.random_convolution:
