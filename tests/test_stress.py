@@ -76,9 +76,12 @@ def unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
 
 
+OURS = unit(np.array([[0.65, 0.70, 0.29], [0.25, 0.90, 0.35]]))  # rows: nuclear stain, red-cell stain
+THEIRS = unit(np.array([[0.80, 0.55, 0.25], [0.30, 0.80, 0.52]]))
+
+
 def test_swap_stains_gives_the_cell_the_other_groups_stain_hues():
-    ours = unit(np.array([[0.65, 0.70, 0.29], [0.25, 0.90, 0.35]]))  # rows: nuclear stain, red-cell stain
-    theirs = unit(np.array([[0.80, 0.55, 0.25], [0.30, 0.80, 0.52]]))
+    ours, theirs = OURS, THEIRS
     stains = stress.fit_stains([two_stain_smear(theirs, seed=k) for k in range(3)])
     image = two_stain_smear(ours, seed=9)
     swapped = stress.swap_stains(image, stains)
@@ -96,7 +99,7 @@ def test_swap_stains_gives_the_cell_the_other_groups_stain_hues():
 
 
 def test_swap_stains_leaves_an_image_without_stain_as_it_is():
-    stains = stress.fit_stains([two_stain_smear(unit(np.array([[0.65, 0.70, 0.29], [0.25, 0.90, 0.35]])), seed=0)])
+    stains = stress.fit_stains([two_stain_smear(OURS, seed=0)])
     blank = np.full((40, 40, 3), 235, np.uint8)
     assert stress.swap_stains(blank, stains) is blank
     assert stress.fit_stains([blank]) is None

@@ -91,17 +91,16 @@ def take_colours(image: np.ndarray, look: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(moved[0].numpy() * 255), 0, 255).astype(np.uint8)
 
 
-def stained_pixels(pixels: np.ndarray) -> np.ndarray:
-    """The pixels ([..., 3] uint8) at or over BACKGROUND_OD optical density in every channel, as [n, 3]."""
-    pixels = pixels.reshape(-1, 3)
-    return pixels[np.all(-np.log((pixels + 1.0) / TRANSMITTED) >= BACKGROUND_OD, axis=-1)]
+def stained_count(pixels: np.ndarray) -> int:
+    """How many pixels ([..., 3] uint8) reach BACKGROUND_OD optical density in every channel."""
+    return int(np.all(-np.log((pixels.reshape(-1, 3) + 1.0) / TRANSMITTED) >= BACKGROUND_OD, axis=-1).sum())
 
 
 def fit_stains(images: list[np.ndarray], step: int = 4) -> NumpyMacenkoNormalizer | None:
     """The two stain vectors and the concentration range (Macenko) of a set of images, from every `step`-th
     pixel of each, pooled; None when they hold fewer than MIN_STAINED_PIXELS stained pixels."""
     pixels = np.concatenate([image.reshape(-1, 3)[::step] for image in images])
-    if len(stained_pixels(pixels)) < MIN_STAINED_PIXELS:
+    if stained_count(pixels) < MIN_STAINED_PIXELS:
         return None
     stains = NumpyMacenkoNormalizer()
     stains.fit(pixels[:, None, :], Io=TRANSMITTED, beta=BACKGROUND_OD)
@@ -113,7 +112,7 @@ def swap_stains(image: np.ndarray, stains: NumpyMacenkoNormalizer) -> np.ndarray
     concentration range: the same cell as another lab's staining and scanner show it. Unlike
     `normalise_stain`, the stains' hues change relative to each other, which a per-channel standardisation
     cannot undo. An image with fewer than MIN_STAINED_PIXELS stained pixels has no stain to swap: returned as is."""
-    if len(stained_pixels(image)) < MIN_STAINED_PIXELS:
+    if stained_count(image) < MIN_STAINED_PIXELS:
         return image
     swapped, _, _ = stains.normalize(image, Io=TRANSMITTED, beta=BACKGROUND_OD, stains=False)
     return swapped
