@@ -12,7 +12,7 @@ import typer
 
 from cli.kfp import app as kfp_app
 from cli.options import CONFIG_OPTION, OVERRIDES_OPTION, load_config_or_exit
-from cli.run_log import configure_logging
+from cli.run_log import configure_process
 from cli.serving import app as serving_app
 
 app = typer.Typer(
@@ -153,7 +153,7 @@ def _history(config_path: Path, output_root: Optional[str]):
 
 
 def main() -> None:
-    configure_logging()
+    configure_process()
     app()
 
 
