@@ -1,7 +1,7 @@
 """Load figures for serving: drives the gRPC model server and the HTTP endpoint at several concurrencies,
 single image and batched, and reports throughput and p50/p95/p99 latency (0 errors required).
 
-    .venv/bin/python benchmarks/load_test.py
+    .venv/bin/python -m benchmarks.load_test
 
 starts `bloodcell serve` (the pushed model under <serving_root>/<model_name>) and `bloodcell web` as separate
 processes, or measures running ones with --grpc/--http. Prints a markdown table; writes JSON with --output.

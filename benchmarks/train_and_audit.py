@@ -1,7 +1,7 @@
 """Ablation figures for docs/robustness.md: trains with the Trainer's own code on a pipeline run's split,
 with config overrides, then runs the shortcut audit's own code on the exported SavedModel.
 
-    .venv/bin/python benchmarks/train_and_audit.py \\
+    .venv/bin/python -m benchmarks.train_and_audit \\
         outputs/pipelines/bloodcell/ImageExampleGen/examples/<id> --output /tmp/ablation \\
         --set augmentation.grayscale=0.25
 

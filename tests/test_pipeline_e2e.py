@@ -369,7 +369,7 @@ def test_two_trial_search_on_a_tiny_real_subset(tmp_path, monkeypatch):
     examples_uri = store_of(config).get_artifacts_by_type("Examples")[-1].uri
     overrides = ["training.epochs=1", "preprocessing.image_size=32"]
     done = subprocess.run(
-        [sys.executable, "benchmarks/train_and_audit.py", examples_uri, "--output", str(tmp_path / "ablation")]
+        [sys.executable, "-m", "benchmarks.train_and_audit", examples_uri, "--output", str(tmp_path / "ablation")]
         + [arg for o in overrides for arg in ("--set", o)],
         cwd=Path(__file__).resolve().parents[1],
         capture_output=True,
@@ -411,3 +411,20 @@ def test_hold_out_benchmark_trains_without_a_root_and_scores_it(blocked, workspa
     held_lines = done.stdout.split(f"held out {root}:")[1].splitlines()[1:]
     assert {line.split()[0] for line in held_lines} <= set(CLASSES) and held_lines
     assert "test split without it: " in done.stdout and (tmp_path / "bench" / "model" / "saved_model.pb").exists()
+
+
+def test_train_step_benchmark_times_both_kernel_settings(blocked):
+    """benchmarks/train_step.py (docs/results.md) times the Trainer's own training stream and CNN on a run's
+    split in a process without oneDNN's kernels and one with them."""
+    examples_uri = store_of(blocked.config).get_artifacts_by_type("Examples")[0].uri
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.train_step", examples_uri, "--steps", "2", "--epochs", "1"]
+        + ["--set", "preprocessing.image_size=32", "--set", "training.batch_size=4"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["TF_ENABLE_ONEDNN_OPTS=0", "TF_ENABLE_ONEDNN_OPTS=1"]
+    assert all(float(line.split()[1]) > 0 and " s per epoch of " in line for line in lines)
