@@ -37,11 +37,11 @@ def seconds_per_step(examples: Path, config: Path, overrides: list[str], steps: 
     training = trainer.training
     dataset, full_epoch = make_train_dataset(
         example_files(str(examples), "train"), trainer.preprocessing, training.batch_size, trainer.augmentation,
-        training.site_weight_power, training.seed,
+        training.site_weight_power, training.seed, look_pairs=training.look_consistency > 0,
     )  # fmt: skip
     model = build_model(
         len(trainer.classes), trainer.preprocessing.image_size, training.filters, training.dense_units,
-        training.dropout, training.learning_rate, training.mixstyle,
+        training.dropout, training.learning_rate, training.mixstyle, training.look_consistency,
     )  # fmt: skip
     ends: list[float] = []
     noting_ends = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: ends.append(time.monotonic()))
@@ -58,18 +58,23 @@ def main(
     epochs: int = typer.Option(2, min=1, help="Timed epochs."),
     child: bool = typer.Option(False, hidden=True),
 ) -> None:
+    """Times the Trainer's training steps without and with oneDNN's kernels, each in a fresh process."""
     if child:
         per_step, full_epoch = seconds_per_step(examples, config, overrides or [], steps, epochs)
         typer.echo(f"{per_step:.4f} {full_epoch}")
         return
+    load_config_or_exit(config, overrides)  # a bad config or override is reported here, once
     args = [str(examples), "--config", str(config), "--steps", str(steps), "--epochs", str(epochs), "--child"]
     args += [f"--set={o}" for o in overrides or []]
     for setting in ("0", "1"):
         env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": setting}
-        out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.train_step", *args], env=env, capture_output=True, text=True, check=True
-        ).stdout.split()
-        per_step, full_epoch = float(out[-2]), int(out[-1])
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.train_step", *args], env=env, capture_output=True, text=True
+        )
+        if done.returncode:
+            typer.echo(f"the timing process with TF_ENABLE_ONEDNN_OPTS={setting} failed:\n{done.stderr[-3000:]}", err=True)
+            raise typer.Exit(1)
+        per_step, full_epoch = float(done.stdout.split()[-2]), int(done.stdout.split()[-1])
         typer.echo(
             f"TF_ENABLE_ONEDNN_OPTS={setting}: {per_step:.3f} s per step, {per_step * full_epoch:.0f} s per epoch of "
             f"{full_epoch} steps (training steps only, without the per-epoch validation)"

@@ -60,8 +60,8 @@ def configure_process() -> None:
     """Environment and logging of a `bloodcell` process: TensorFlow's settings, the run log on stderr,
     quiet libraries."""
     tensorflow_environment()
-    # Google client deprecation notices and setuptools' notice about the way TFX packages the Trainer's module.
     os.environ.setdefault("PIP_QUIET", "1")  # the Trainer pip-installs its packaged module: no pip chatter
+    # Google client deprecation notices and setuptools' notice about the way TFX packages the Trainer's module.
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore:setup.py install is deprecated")
     warnings.filterwarnings("ignore", category=FutureWarning)
     # TensorFlow restores absl's verbosity to absl's default (WARNING) whenever it saves a model, which

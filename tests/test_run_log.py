@@ -59,3 +59,13 @@ def test_tensorflow_runs_on_onednn_kernels_unless_the_user_says_otherwise(user_s
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == in_use
+
+
+def test_the_command_line_imports_tensorflow_only_after_setting_it_up():
+    """`bloodcell`'s entry module loads no TensorFlow, so `configure_process` runs before TensorFlow reads its settings."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys, cli.main; print('tensorflow' in sys.modules)"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"
