@@ -30,19 +30,10 @@ def seconds_per_step(examples: Path, config: Path, overrides: list[str], steps: 
 
     from contracts.artifacts import example_files
     from pipelines.configs import trainer_config
-    from training.model import build_model
-    from training.trainer_module import make_train_dataset
+    from training.trainer_module import training_stream_and_model
 
     trainer = trainer_config(load_config_or_exit(config, overrides))
-    training = trainer.training
-    dataset, full_epoch = make_train_dataset(
-        example_files(str(examples), "train"), trainer.preprocessing, training.batch_size, trainer.augmentation,
-        training.site_weight_power, training.seed, look_pairs=training.look_consistency > 0,
-    )  # fmt: skip
-    model = build_model(
-        len(trainer.classes), trainer.preprocessing.image_size, training.filters, training.dense_units,
-        training.dropout, training.learning_rate, training.mixstyle, training.look_consistency,
-    )  # fmt: skip
+    dataset, full_epoch, model = training_stream_and_model(example_files(str(examples), "train"), trainer)
     ends: list[float] = []
     noting_ends = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: ends.append(time.monotonic()))
     model.fit(dataset, steps_per_epoch=steps, epochs=1 + epochs, verbose=0, callbacks=[noting_ends])
@@ -74,7 +65,8 @@ def main(
         if done.returncode:
             typer.echo(f"the timing process with TF_ENABLE_ONEDNN_OPTS={setting} failed:\n{done.stderr[-3000:]}", err=True)
             raise typer.Exit(1)
-        per_step, full_epoch = float(done.stdout.split()[-2]), int(done.stdout.split()[-1])
+        per_step, full_epoch = done.stdout.split()[-2:]
+        per_step, full_epoch = float(per_step), int(full_epoch)
         typer.echo(
             f"TF_ENABLE_ONEDNN_OPTS={setting}: {per_step:.3f} s per step, {per_step * full_epoch:.0f} s per epoch of "
             f"{full_epoch} steps (training steps only, without the per-epoch validation)"

@@ -198,13 +198,9 @@ class WeightAverage(keras.callbacks.Callback):
         self.model.set_weights([average.numpy() for average in self.average])
 
 
-def fit(
-    train_files: list[str], eval_files: list[str], config: TrainerConfig, epochs: int
-) -> tuple[keras.Model, list[dict[str, float]], tf.data.Dataset]:
-    """Trains the CNN with early stopping and learning-rate reduction, and with `training.weight_average` the
-    average of its weights over the last steps: (model, per-epoch history, eval data)."""
-    training, classes = config.training, config.classes
-    keras.utils.set_random_seed(training.seed)
+def training_stream_and_model(train_files: list[str], config: TrainerConfig) -> tuple[tf.data.Dataset, int, keras.Model]:
+    """The configured training batches (`make_train_dataset`), the steps of one epoch, and the compiled CNN."""
+    training = config.training
     train_ds, steps = make_train_dataset(
         train_files,
         config.preprocessing,
@@ -214,9 +210,8 @@ def fit(
         training.seed,
         look_pairs=training.look_consistency > 0,
     )
-    eval_ds = make_dataset(eval_files, config.preprocessing, training.batch_size)
     model = build_model(
-        len(classes),
+        len(config.classes),
         config.preprocessing.image_size,
         training.filters,
         training.dense_units,
@@ -225,6 +220,18 @@ def fit(
         training.mixstyle,
         training.look_consistency,
     )
+    return train_ds, steps, model
+
+
+def fit(
+    train_files: list[str], eval_files: list[str], config: TrainerConfig, epochs: int
+) -> tuple[keras.Model, list[dict[str, float]], tf.data.Dataset]:
+    """Trains the CNN with early stopping and learning-rate reduction, and with `training.weight_average` the
+    average of its weights over the last steps: (model, per-epoch history, eval data)."""
+    training, classes = config.training, config.classes
+    keras.utils.set_random_seed(training.seed)
+    train_ds, steps, model = training_stream_and_model(train_files, config)
+    eval_ds = make_dataset(eval_files, config.preprocessing, training.batch_size)
     epoch_log = EpochLog(epochs)
     monitor = "val_selection_loss" if training.grayscale_validation else "val_loss"
     callbacks = [
