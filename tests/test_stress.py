@@ -103,3 +103,20 @@ def test_swap_stains_leaves_an_image_without_stain_as_it_is():
     blank = np.full((40, 40, 3), 235, np.uint8)
     assert stress.swap_stains(blank, stains) is blank
     assert stress.fit_stains([blank]) is None
+
+
+def test_distinct_colours_rebuild_the_image_and_give_its_per_pixel_statistics():
+    image = np.random.default_rng(1).integers(0, 4, (30, 40, 3), dtype=np.uint8) * 60  # 64 colours, repeated
+    colours, counts, inverse = stress.distinct_colours(image)
+    assert len(colours) == len(np.unique(image.reshape(-1, 3), axis=0)) and counts.sum() == 30 * 40
+    assert np.array_equal(colours[inverse].reshape(image.shape), image)
+    per_pixel = stress.lab_statistics(stress.rgb_to_lab(image))
+    assert stress.stain_statistics(image) == pytest.approx(per_pixel, abs=1e-9)
+
+
+def test_stained_count_counts_pixels_dark_enough_in_every_channel():
+    background, stain = (230, 225, 235), (120, 60, 160)
+    od = -np.log((np.array([background, stain]) + 1.0) / stress.TRANSMITTED)
+    assert not np.all(od[0] >= stress.BACKGROUND_OD) and np.all(od[1] >= stress.BACKGROUND_OD)
+    pixels = np.array([background] * 7 + [stain] * 5 + [(120, 230, 160)] * 3, np.uint8)  # one bright channel: not
+    assert stress.stained_count(pixels) == 5

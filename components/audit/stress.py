@@ -49,23 +49,44 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(c * 255), 0, 255).astype(np.uint8)
 
 
-def lab_statistics(lab: np.ndarray) -> np.ndarray:
-    """[[mean L, mean a, mean b], [std L, std a, std b]] of an image in CIELAB."""
+def distinct_colours(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(The distinct colours [U, 3] uint8 of an image, the pixel count of each, each pixel's index into them.)
+    A per-pixel colour map computed on the distinct colours and gathered back is the same map, for about a
+    sixth of the work on a smear (some 25,000 colours in 130,000 to 160,000 pixels)."""
+    pixels = image.reshape(-1, 3).astype(np.int32)
+    codes = pixels[:, 0] << 16 | pixels[:, 1] << 8 | pixels[:, 2]
+    unique, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
+    colours = np.stack([unique >> 16, unique >> 8 & 255, unique & 255], axis=-1).astype(np.uint8)
+    return colours, counts, inverse
+
+
+def lab_statistics(lab: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+    """[[mean L, mean a, mean b], [std L, std a, std b]] of an image in CIELAB, or of colours [U, 3] that
+    `counts` pixels have each."""
     lab = lab.reshape(-1, 3)
-    return np.stack([lab.mean(axis=0), lab.std(axis=0)])
+    mean = np.average(lab, axis=0, weights=counts)
+    return np.stack([mean, np.sqrt(np.average((lab - mean) ** 2, axis=0, weights=counts))])
+
+
+def stain_statistics(image: np.ndarray) -> np.ndarray:
+    """`lab_statistics` of a uint8 RGB image, computed on its distinct colours."""
+    colours, counts, _ = distinct_colours(image)
+    return lab_statistics(rgb_to_lab(colours), counts)
 
 
 def reference_stain(images: list[np.ndarray]) -> np.ndarray:
     """The median stain statistics of a set of images: the one stain every image is mapped to."""
-    return np.median(np.stack([lab_statistics(rgb_to_lab(image)) for image in images]), axis=0)
+    return np.median(np.stack([stain_statistics(image) for image in images]), axis=0)
 
 
 def normalise_stain(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Reinhard colour transfer: each CIELAB channel shifted and scaled to the reference's mean and spread."""
-    lab = rgb_to_lab(image)
-    own = lab_statistics(lab)
+    """Reinhard colour transfer: each CIELAB channel shifted and scaled to the reference's mean and spread.
+    Computed on the image's distinct colours (`distinct_colours`)."""
+    colours, counts, inverse = distinct_colours(image)
+    lab = rgb_to_lab(colours)
+    own = lab_statistics(lab, counts)
     lab = (lab - own[0]) / np.maximum(own[1], 1e-6) * reference[1] + reference[0]
-    return lab_to_rgb(lab)
+    return lab_to_rgb(lab)[inverse].reshape(image.shape)
 
 
 def rescale(image: np.ndarray, scale: float, size: tuple[int, int]) -> np.ndarray:
@@ -84,16 +105,21 @@ def rescale(image: np.ndarray, scale: float, size: tuple[int, int]) -> np.ndarra
     return np.ascontiguousarray(resized[top : top + out_h, left : left + out_w])
 
 
+_histogram_transfer = tf.function(histogram_transfer, reduce_retracing=True)  # a third faster than eager, per image
+
+
 def take_colours(image: np.ndarray, look: np.ndarray) -> np.ndarray:
     """The image with each channel's histogram matched to `look`'s (any size): its cells in another
     image's colours (`training.augmentation.histogram_transfer`, the training augmentation's own code)."""
-    moved = histogram_transfer(tf.constant(image[None] / 255.0, tf.float32), tf.constant(look[None] / 255.0, tf.float32))
+    moved = _histogram_transfer(tf.constant(image[None] / 255.0, tf.float32), tf.constant(look[None] / 255.0, tf.float32))
     return np.clip(np.rint(moved[0].numpy() * 255), 0, 255).astype(np.uint8)
 
 
 def stained_count(pixels: np.ndarray) -> int:
-    """How many pixels ([..., 3] uint8) reach BACKGROUND_OD optical density in every channel."""
-    return int(np.all(-np.log((pixels.reshape(-1, 3) + 1.0) / TRANSMITTED) >= BACKGROUND_OD, axis=-1).sum())
+    """How many pixels ([..., 3] uint8) reach BACKGROUND_OD optical density, -log((level + 1) / TRANSMITTED),
+    in every channel: those at or under the level where it does, in each channel."""
+    level = TRANSMITTED * np.exp(-BACKGROUND_OD) - 1.0
+    return int(np.all(pixels.reshape(-1, 3) <= level, axis=-1).sum())
 
 
 def fit_stains(images: list[np.ndarray], step: int = 4) -> NumpyMacenkoNormalizer | None:
