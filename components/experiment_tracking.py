@@ -63,6 +63,7 @@ def run_metrics(summary: RunSummary) -> dict[str, float]:
         for name, variant in audit["stress"].items():
             metrics[f"stress_{name}_accuracy"] = variant["accuracy"]
             metrics[f"stress_{name}_drop"] = variant["drop"]
+            metrics[f"stress_{name}_{critical}_alert_recall"] = variant.get("critical_alert_recall")
     operating_point = summary.operating_point
     if operating_point:
         metrics["alert_threshold"] = operating_point["threshold"]

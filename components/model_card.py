@@ -91,15 +91,16 @@ def render_model_card(summary: RunSummary, model_name: str, pipeline_run_id: str
     lines += [
         "",
         f"Stress variants of the test split (bar: accuracy drop <= {100 * bars['max_stress_drop']:.0f} points and "
-        f"{critical} recall >= {_pct(bars['min_stress_critical_recall'])}):",
+        f"{critical} recall >= {_pct(bars['min_stress_critical_recall'])}, of the top class; \"alert raised\": the "
+        f"{critical} images for which the served `{critical}_alert` of the operating point below is raised):",
         "",
-        f"| variant | accuracy | drop (points) | {critical} recall | passes |",
-        "|---|---|---|---|---|",
+        f"| variant | accuracy | drop (points) | {critical} recall | {critical} alert raised | passes |",
+        "|---|---|---|---|---|---|",
     ]
     for name, v in audit["stress"].items():
         lines.append(
             f"| {name} | {_pct(v['accuracy'])} | {100 * v['drop']:.2f} | {_pct(v['critical_recall'])} | "
-            f"{'yes' if v['passes'] else 'NO'} |"
+            f"{_pct(v.get('critical_alert_recall'))} | {'yes' if v['passes'] else 'NO'} |"
         )
     lines += [
         "",

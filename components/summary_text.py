@@ -122,9 +122,10 @@ def audit_lines(audit: dict[str, Any], critical: str) -> list[str]:
     for group, g in audit["groups"].items():
         lines.append(f"  group {group}: {g['count']} images, accuracy {g['accuracy']:.4f}")
     for name, v in audit["stress"].items():
-        recall = "n/a" if v["critical_recall"] is None else f"{v['critical_recall']:.4f}"
+        alert = v.get("critical_alert_recall")  # absent from audits written before it was measured
         lines.append(
-            f"  stress {name}: accuracy {v['accuracy']:.4f} (drop {v['drop']:+.4f}), {critical} recall {recall}"
+            f"  stress {name}: accuracy {v['accuracy']:.4f} (drop {v['drop']:+.4f}), {critical} recall "
+            f"{_figure(v['critical_recall'])}" + ("" if alert is None else f", alert raised for {alert:.4f}")
             + ("" if v["passes"] else "  FAILS the bar")
         )
     return lines

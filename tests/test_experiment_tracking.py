@@ -40,6 +40,8 @@ def test_per_site_and_held_out_figures_are_metrics():
     assert metrics["site_munich_myeloblast_recall"] == 1.0 and metrics["site_barcelona_monocyte_recall"] == 0.96
     assert metrics["holdout_accuracy"] == 0.8 and metrics["holdout_monocyte_recall"] == 0.7
     assert metrics["holdout_monocyte_called_myeloblast"] == 2.0
+    assert metrics["stress_grayscale_myeloblast_alert_recall"] == 0.975
+    assert "stress_stain_normalised_myeloblast_alert_recall" not in metrics  # an audit from before the figure
 
 
 def test_flatten_nests_with_dots_and_lists_as_json():

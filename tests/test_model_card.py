@@ -17,7 +17,8 @@ def test_model_card_carries_the_runs_figures():
     assert "| erythroblast | 1.0000 | 0.9000 | 0.9000 | 10 |" in card
     assert "scores 71.23% on this test split" in card
     assert "| 400x400 neutral | 20 | 90.00% | myeloblast 100.00%, seg_neutrophil 80.00% |" in card
-    assert "| grayscale | 88.11% | 5.89 | 95.00% | NO |" in card
+    assert "| grayscale | 88.11% | 5.89 | 95.00% | 97.50% | NO |" in card
+    assert "| stain_normalised | 93.22% | 0.78 | 100.00% | n/a | yes |" in card  # an audit from before the figure
     assert "at least 0.0412" in card and "100.00% recall at 83.33% precision" in card
     assert "T = 1.732" in card and "0.0543 before, 0.0121 after" in card
     assert "Fails the stress bar on: grayscale." in card

@@ -51,7 +51,11 @@ def test_report_text_shows_operating_point_audit_and_tracking():
     assert "ECE 0.0543 -> 0.0121 (temperature 1.732)" in text
     assert "shortcut audit: colour-histogram baseline 0.7123 (CNN 0.9400)" in text
     assert "group 400x400 neutral: 20 images, accuracy 0.9000" in text
-    assert "stress grayscale: accuracy 0.8811 (drop +0.0589), myeloblast recall 0.9500  FAILS the bar" in text
+    assert (
+        "stress grayscale: accuracy 0.8811 (drop +0.0589), myeloblast recall 0.9500, alert raised for 0.9750  FAILS the bar"
+        in text
+    )
+    assert "stress stain_normalised: accuracy 0.9322 (drop +0.0078), myeloblast recall 1.0000\n" in text
     assert "MLflow: run abc in sqlite:///x.db, registered version 3" in text
     failed = summary(blessed=True, tracking={"uri": "http://mlflow:5000", "error": "MlflowException: down"})
     assert "MLflow: NOT logged to http://mlflow:5000: MlflowException: down" in render_summary(failed, "/runs/7")

@@ -28,10 +28,12 @@ def two_source_set(n: int, seed: int):
     return images, labels
 
 
-def background_classifier(encoded: list[bytes]) -> np.ndarray:
-    """A 'model' that learned the source: class b when the border is not warm."""
+def background_classifier(encoded: list[bytes]) -> shortcut_audit.Predictions:
+    """A 'model' that learned the source: class b when the border is not warm. Its alert for b is also raised
+    when the border is only a little warm (warmth under 40)."""
     decoded = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in encoded]
-    return np.array([int(int(i[0, 0, 0]) - int(i[0, 0, 2]) < 25) for i in decoded])
+    warmth = np.array([int(i[0, 0, 0]) - int(i[0, 0, 2]) for i in decoded])
+    return shortcut_audit.Predictions((warmth < 25).astype(int), warmth < 40)
 
 
 def test_colour_histogram_is_normalised_per_channel():
@@ -49,9 +51,13 @@ def test_colour_baseline_learns_background_colour():
 
 
 def test_figures_accuracy_and_recall():
-    result = shortcut_audit.figures([0, 0, 1, 1], [0, 1, 1, 1], CLASSES, "b")
-    assert result == {"count": 4, "accuracy": 0.75, "recall": {"a": 0.5, "b": 1.0}, "critical_recall": 1.0}
-    assert shortcut_audit.figures([0], [0], CLASSES, "b")["critical_recall"] is None
+    result = shortcut_audit.figures([0, 0, 1, 1], [0, 1, 1, 0], CLASSES, "b", alerts=[False, True, True, True])
+    assert result == {
+        "count": 4, "accuracy": 0.5, "recall": {"a": 0.5, "b": 0.5}, "critical_recall": 0.5, "critical_alert_recall": 1.0,
+    }  # fmt: skip
+    assert shortcut_audit.figures([0], [0], CLASSES, "b", alerts=[True])["critical_recall"] is None
+    assert shortcut_audit.figures([0], [0], CLASSES, "b", alerts=[True])["critical_alert_recall"] is None
+    assert shortcut_audit.figures([1], [1], CLASSES, "b")["critical_alert_recall"] is None  # no alerts given
 
 
 def test_swap_targets_pick_the_largest_group_of_another_size():
@@ -91,6 +97,9 @@ def test_audit_exposes_a_model_that_reads_the_background():
     assert result["stress"]["stain_normalised"]["drop"] > 0.03
     # Each image in the other site's colours: the shortcut model calls every one the other class.
     assert result["stress"]["look_swapped"]["accuracy"] == 0.0
+    # ... and raises the b alert for none of the b images, which it raised for all of in their own colours.
+    assert result["clean"]["critical_alert_recall"] == 1.0 and result["sites"]["cool-lab"]["critical_alert_recall"] == 1.0
+    assert result["stress"]["look_swapped"]["critical_alert_recall"] == 0.0
     # Each image in the other group's stains: the unstained background turns neutral, so all read as class b.
     assert result["stress"]["stain_swapped"]["recall"] == {"a": 0.0, "b": 1.0}
     assert not result["passes"]

@@ -12,9 +12,9 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 from bloodcell import ShortcutAuditReport
-from components.audit.shortcut_audit import Predict, run_audit
+from components.audit.shortcut_audit import Predict, Predictions, run_audit
 from contracts.artifacts import AUDIT_FILE, SERVING_FORMAT, example_files
-from contracts.signatures import SERVING_INPUT, SERVING_SIGNATURE
+from contracts.signatures import PREDICTED_INDEX, SERVING_INPUT, SERVING_SIGNATURE, alert_output
 from training.preprocessing import parse_example, parse_site
 
 
@@ -35,16 +35,17 @@ def decode(encoded: Iterable[bytes]) -> Iterator[np.ndarray]:
     return (tf.io.decode_image(b, channels=3, expand_animations=False).numpy() for b in encoded)
 
 
-def saved_model_predictor(model_dir: str, batch_size: int = 64) -> Predict:
-    """Runs the exported model's serving signature (the served path) and returns argmax class indices."""
+def saved_model_predictor(model_dir: str, critical_class: str, batch_size: int = 64) -> Predict:
+    """Runs the exported model's serving signature (the served path): its top class and its critical-class
+    alert for each image."""
     signature = tf.saved_model.load(model_dir).signatures[SERVING_SIGNATURE]
 
-    def predict(encoded: list[bytes]) -> np.ndarray:
-        batches = [
-            signature(**{SERVING_INPUT: tf.constant(encoded[i : i + batch_size])})["predicted_index"].numpy()
-            for i in range(0, len(encoded), batch_size)
-        ]
-        return np.concatenate(batches)
+    def answers(encoded: list[bytes]) -> Predictions:
+        outputs = signature(**{SERVING_INPUT: tf.constant(encoded)})
+        return Predictions(outputs[PREDICTED_INDEX].numpy(), outputs[alert_output(critical_class)].numpy())
+
+    def predict(encoded: list[bytes]) -> Predictions:
+        return Predictions.joined([answers(encoded[i : i + batch_size]) for i in range(0, len(encoded), batch_size)])
 
     return predict
 
@@ -68,7 +69,7 @@ def audit_examples(
         test_labels,
         test_sites,
         test_bytes,
-        saved_model_predictor(model_dir),
+        saved_model_predictor(model_dir, critical_class),
         classes,
         critical_class,
         max_stress_drop,

@@ -18,6 +18,7 @@ import itertools
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,23 @@ STAIN_REFERENCE_IMAGES = 200  # train images whose median stain is the reference
 SCALE_SAMPLE = 60  # images per group whose median red-cell diameter gives the group's scale
 PREDICT_CHUNK = 64  # stress images encoded, then predicted, at a time: a variant's images are never all held
 
-Predict = Callable[[list[bytes]], np.ndarray]  # encoded images -> predicted class indices
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """The served model's answer for each image: the top class's index, and whether the critical-class alert
+    (its calibrated operating point, which may also flag images whose top class is another) was raised."""
+
+    indices: np.ndarray
+    alerts: np.ndarray
+
+    @staticmethod
+    def joined(parts: Sequence[Predictions]) -> Predictions:
+        """The answers of consecutive batches, as one."""
+        return Predictions(np.concatenate([p.indices for p in parts]), np.concatenate([p.alerts for p in parts]))
+
+
+Predict = Callable[[list[bytes]], Predictions]  # encoded images -> the model's answers
 
 
 def colour_histogram(image: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarray:
@@ -63,32 +80,39 @@ def read_train_split(train_images: Iterable[np.ndarray]) -> tuple[np.ndarray, li
     return np.stack(histograms), kept
 
 
-def figures(labels: Sequence[int], predicted: Sequence[int], classes: list[str], critical_class: str) -> dict[str, Any]:
-    """Count, accuracy, recall per class present, and the critical class's recall (None when absent)."""
+def figures(
+    labels: Sequence[int],
+    predicted: Sequence[int],
+    classes: list[str],
+    critical_class: str,
+    alerts: Sequence[bool] | None = None,
+) -> dict[str, Any]:
+    """Count, accuracy, recall per class present, the critical class's recall and, with the model's `alerts`,
+    the share of critical-class images it raised the alert for (each None when there are none)."""
     labels, predicted = np.asarray(labels), np.asarray(predicted)
     recall = {
         name: float(np.mean(predicted[labels == k] == k)) for k, name in enumerate(classes) if np.any(labels == k)
     }
+    critical = labels == classes.index(critical_class)
     return {
         "count": int(len(labels)),
         "accuracy": float(np.mean(labels == predicted)) if len(labels) else float("nan"),
         "recall": recall,
         "critical_recall": recall.get(critical_class),
+        "critical_alert_recall": float(np.mean(np.asarray(alerts)[critical])) if alerts is not None and critical.any() else None,
     }
 
 
 def figures_by(
-    keys: Sequence[str], labels: Sequence[int], predicted: Sequence[int], classes: list[str], critical_class: str
+    keys: Sequence[str], labels: Sequence[int], predictions: Predictions, classes: list[str], critical_class: str
 ) -> dict[str, dict[str, Any]]:
     """`figures` within each value of `keys` (an acquisition group or a site per image), sorted by key."""
+    keys, labels = np.asarray(keys), np.asarray(labels)
     return {
         key: figures(
-            [labels[k] for k, v in enumerate(keys) if v == key],
-            [predicted[k] for k, v in enumerate(keys) if v == key],
-            classes,
-            critical_class,
+            labels[keys == key], predictions.indices[keys == key], classes, critical_class, predictions.alerts[keys == key]
         )
-        for key in sorted(set(keys))
+        for key in sorted(set(keys.tolist()))
     }
 
 
@@ -161,7 +185,7 @@ def run_audit(
     """All audit figures as one JSON-ready dict; `predict` runs the model on encoded images."""
     groups = [acquisition.signature(i) for i in test_images]
     clean_predicted = predict(list(test_bytes))
-    clean = figures(test_labels, clean_predicted, classes, critical_class)
+    clean = figures(test_labels, clean_predicted.indices, classes, critical_class, clean_predicted.alerts)
     train_histograms, reference_images = read_train_split(train_images)
     logging.info("audit: colour-histogram baseline on %d train images", len(train_histograms))
     baseline = figures(test_labels, colour_baseline(train_histograms, train_labels, test_images), classes, critical_class)
@@ -210,8 +234,8 @@ def run_audit(
                 tqdm(zip(test_images, groups, strict=True), total=len(groups), desc=f"stress {name}")
             )
         )
-        predicted = np.concatenate([predict(chunk) for chunk in chunks(encoded, PREDICT_CHUNK)])
-        result = figures(test_labels, predicted, classes, critical_class)
+        predicted = Predictions.joined([predict(chunk) for chunk in chunks(encoded, PREDICT_CHUNK)])
+        result = figures(test_labels, predicted.indices, classes, critical_class, predicted.alerts)
         result["drop"] = clean["accuracy"] - result["accuracy"]
         result["passes"] = bool(
             result["drop"] <= max_stress_drop

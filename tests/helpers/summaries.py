@@ -67,7 +67,10 @@ def summary(blessed: bool, **changes) -> RunSummary:
                 "basophil": "barcelona", "erythroblast": "barcelona", "monocyte": "barcelona", "myeloblast": "munich",
             },
             "stress": {
-                "grayscale": {"accuracy": 0.8811, "drop": 0.0589, "critical_recall": 0.95, "passes": False},
+                "grayscale": {
+                    "accuracy": 0.8811, "drop": 0.0589, "critical_recall": 0.95, "critical_alert_recall": 0.975, "passes": False,
+                },
+                # written before the alert was measured: no critical_alert_recall
                 "stain_normalised": {"accuracy": 0.9322, "drop": 0.0078, "critical_recall": 1.0, "passes": True},
                 "geometry_swapped": {"accuracy": 0.9254, "drop": 0.0146, "critical_recall": 1.0, "passes": True},
             },
