@@ -30,10 +30,14 @@ app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
 
 
 def table_row(label: str, audit: dict) -> str:
-    """One row: clean accuracy and critical recall, then each stress variant with its drop and recall."""
+    """One row: clean accuracy and critical recall, then each stress variant with its drop, its critical recall
+    and the share of critical images the served alert is raised for."""
     cells = [label, f"{audit['clean']['accuracy']:.4f}", f"{audit['clean']['critical_recall']:.4f}"]
     for variant in audit["stress"].values():
-        cells.append(f"{variant['accuracy']:.4f} (drop {variant['drop'] * 100:.1f}, recall {variant['critical_recall']:.2f})")
+        cells.append(
+            f"{variant['accuracy']:.4f} (drop {variant['drop'] * 100:.1f}, recall {variant['critical_recall']:.2f}, "
+            f"alert {variant['critical_alert_recall']:.2f})"
+        )
     return "| " + " | ".join(cells) + " |"
 
 

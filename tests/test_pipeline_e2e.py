@@ -379,6 +379,8 @@ def test_two_trial_search_on_a_tiny_real_subset(tmp_path, monkeypatch):
     audit = json.loads((tmp_path / "ablation" / "audit.json").read_text())
     assert set(audit["stress"]) == {"grayscale", "stain_normalised", "geometry_swapped", "look_swapped", "stain_swapped"}
     assert audit["clean"]["count"] == sum(g["count"] for g in audit["groups"].values())
+    # The served alert is raised at least whenever the top class is the critical one.
+    assert all(v["critical_alert_recall"] >= v["critical_recall"] for v in [audit["clean"], *audit["stress"].values()])
     row = done.stdout.strip().splitlines()[-1]
     assert row.startswith(f"| {' '.join(overrides)} | {audit['clean']['accuracy']:.4f} | ")
     explain32 = tf.saved_model.load(str(tmp_path / "ablation" / "model")).signatures["explain"]
