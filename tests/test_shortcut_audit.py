@@ -4,6 +4,7 @@ classifier that reads the image source instead of the cell."""
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ def two_source_set(n: int, seed: int):
     return images, labels
 
 
-def background_classifier(encoded: list[bytes]) -> shortcut_audit.Predictions:
+def background_classifier(encoded: Iterable[bytes]) -> shortcut_audit.Predictions:
     """A 'model' that learned the source: class b when the border is not warm. Its alert for b is also raised
     when the border is only a little warm (warmth under 40)."""
     decoded = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in encoded]

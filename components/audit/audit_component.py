@@ -1,5 +1,6 @@
 """ShortcutAudit: the audit of `shortcut_audit` as a pipeline step, on the run's splits and model."""
 
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -36,16 +37,19 @@ def decode(encoded: Iterable[bytes]) -> Iterator[np.ndarray]:
 
 
 def saved_model_predictor(model_dir: str, critical_class: str, batch_size: int = 64) -> Predict:
-    """Runs the exported model's serving signature (the served path): its top class and its critical-class
-    alert for each image."""
+    """Runs the exported model's serving signature (the served path) on `batch_size` images at a time, as they
+    come: its top class and its critical-class alert for each image."""
     signature = tf.saved_model.load(model_dir).signatures[SERVING_SIGNATURE]
 
     def answers(encoded: list[bytes]) -> Predictions:
         outputs = signature(**{SERVING_INPUT: tf.constant(encoded)})
         return Predictions(outputs[PREDICTED_INDEX].numpy(), outputs[alert_output(critical_class)].numpy())
 
-    def predict(encoded: list[bytes]) -> Predictions:
-        return Predictions.joined([answers(encoded[i : i + batch_size]) for i in range(0, len(encoded), batch_size)])
+    def predict(encoded: Iterable[bytes]) -> Predictions:
+        items, batches = iter(encoded), []
+        while batch := list(itertools.islice(items, batch_size)):
+            batches.append(answers(batch))
+        return Predictions.joined(batches)
 
     return predict
 

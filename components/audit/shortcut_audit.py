@@ -14,10 +14,9 @@ Four checks on the test split, beside the CNN's clean figures:
 from __future__ import annotations
 
 import io
-import itertools
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +32,6 @@ from components.audit import acquisition, stress
 HISTOGRAM_BINS = 16  # per channel: 48 features
 STAIN_REFERENCE_IMAGES = 200  # train images whose median stain is the reference
 SCALE_SAMPLE = 60  # images per group whose median red-cell diameter gives the group's scale
-PREDICT_CHUNK = 64  # stress images encoded, then predicted, at a time: a variant's images are never all held
 
 
 
@@ -51,7 +49,7 @@ class Predictions:
         return Predictions(np.concatenate([p.indices for p in parts]), np.concatenate([p.alerts for p in parts]))
 
 
-Predict = Callable[[list[bytes]], Predictions]  # encoded images -> the model's answers
+Predict = Callable[[Iterable[bytes]], Predictions]  # encoded images, consumed as they come -> the model's answers
 
 
 def colour_histogram(image: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarray:
@@ -162,12 +160,6 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def chunks(items: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
-    """Consecutive lists of `size` items (the last shorter)."""
-    while chunk := list(itertools.islice(items, size)):
-        yield chunk
-
-
 def run_audit(
     train_images: Iterable[np.ndarray],
     train_labels: Sequence[int],
@@ -182,9 +174,10 @@ def run_audit(
     max_stress_drop: float,
     min_stress_critical_recall: float,
 ) -> dict[str, Any]:
-    """All audit figures as one JSON-ready dict; `predict` runs the model on encoded images."""
+    """All audit figures as one JSON-ready dict; `predict` runs the model on encoded images (a variant's
+    images are encoded as `predict` consumes them, never all held)."""
     groups = [acquisition.signature(i) for i in test_images]
-    clean_predicted = predict(list(test_bytes))
+    clean_predicted = predict(test_bytes)
     clean = figures(test_labels, clean_predicted.indices, classes, critical_class, clean_predicted.alerts)
     train_histograms, reference_images = read_train_split(train_images)
     logging.info("audit: colour-histogram baseline on %d train images", len(train_histograms))
@@ -234,7 +227,7 @@ def run_audit(
                 tqdm(zip(test_images, groups, strict=True), total=len(groups), desc=f"stress {name}")
             )
         )
-        predicted = Predictions.joined([predict(chunk) for chunk in chunks(encoded, PREDICT_CHUNK)])
+        predicted = predict(encoded)
         result = figures(test_labels, predicted.indices, classes, critical_class, predicted.alerts)
         result["drop"] = clean["accuracy"] - result["accuracy"]
         result["passes"] = bool(
