@@ -13,6 +13,7 @@ import typer
 from cli.kfp import app as kfp_app
 from cli.options import CONFIG_OPTION, OVERRIDES_OPTION, load_config_or_exit
 from cli.run_log import configure_process
+from cli.scoring import app as scoring_app
 from cli.serving import app as serving_app
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ def _commands() -> None:
 
 
 app.add_typer(serving_app)
+app.add_typer(scoring_app)
 app.add_typer(kfp_app)
 
 

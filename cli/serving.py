@@ -18,6 +18,12 @@ from contracts.config import Config
 app = typer.Typer()
 
 SERVER_HELP = "TF Serving gRPC address HOST:PORT [default: serving.grpc_target]."
+SERVER_OPTION = typer.Option(None, help=SERVER_HELP)
+MODEL_OPTION = typer.Option(None, help="Model name [default: model_name in config].")
+VERSION_OPTION = typer.Option(None, help="A specific model version [default: the latest served].")
+BATCH_SIZE_OPTION = typer.Option(None, help="Images per request [default: serving.batch_size].")
+TLS_OPTION = typer.Option(False, help="Use TLS for the gRPC channel.")
+ROOT_CERT_OPTION = typer.Option(None, help="PEM root certificates for --tls [default: system roots].")
 EXIT_SERVING_ERROR, EXIT_NOT_CLASSIFIED = 1, 3
 
 
@@ -27,9 +33,10 @@ class OutputFormat(str, enum.Enum):
     json = "json"
 
 
-def _client(
+def serving_client(
     config: Config, server: Optional[str], model: Optional[str], version: Optional[int], tls: bool, root_cert: Optional[Path]
 ):
+    """A gRPC client of TF Serving with the config's timeouts, retries and message size."""
     from serving.client import ServingClient
 
     return ServingClient(
@@ -44,7 +51,8 @@ def _client(
     )
 
 
-def _limits(config: Config):
+def image_limits(config: Config):
+    """What an image sent to the served model may be: its pixels, smallest side and file size."""
     from contracts.image_check import Limits
 
     return Limits(config.serving.max_image_pixels, config.ingestion.min_side, config.ingestion.max_file_bytes)
@@ -122,13 +130,13 @@ def _print_table(rows: list[dict], critical_class: str) -> None:
 @app.command()
 def predict(
     paths: List[Path] = typer.Argument(..., help="Image files or folders (every file under a folder)."),
-    server: Optional[str] = typer.Option(None, help=SERVER_HELP),
-    model: Optional[str] = typer.Option(None, help="Model name [default: model_name in config]."),
-    version: Optional[int] = typer.Option(None, help="A specific model version [default: the latest served]."),
+    server: Optional[str] = SERVER_OPTION,
+    model: Optional[str] = MODEL_OPTION,
+    version: Optional[int] = VERSION_OPTION,
     out: OutputFormat = typer.Option(OutputFormat.table, help="table for people; csv or json for scripts."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per request [default: serving.batch_size]."),
-    tls: bool = typer.Option(False, help="Use TLS for the gRPC channel."),
-    root_cert: Optional[Path] = typer.Option(None, help="PEM root certificates for --tls [default: system roots]."),
+    batch_size: Optional[int] = BATCH_SIZE_OPTION,
+    tls: bool = TLS_OPTION,
+    root_cert: Optional[Path] = ROOT_CERT_OPTION,
     config_path: Path = CONFIG_OPTION,
     overrides: Optional[List[str]] = OVERRIDES_OPTION,
 ) -> None:
@@ -142,11 +150,11 @@ def predict(
 
     config = load_config_or_exit(config_path, overrides)
     files = _expand(paths)
-    limits = _limits(config)
+    limits = image_limits(config)
     size = batch_size or config.serving.batch_size
     outcomes = []
     try:
-        with _client(config, server, model, version, tls, root_cert) as client, tqdm(
+        with serving_client(config, server, model, version, tls, root_cert) as client, tqdm(
             total=len(files), unit="img", disable=len(files) <= size, file=sys.stderr
         ) as bar:
             for start in range(0, len(files), size):  # reads one batch of files at a time
@@ -191,13 +199,13 @@ def explain(
         raise typer.Exit(2)
     data = image.read_bytes()
     try:
-        check_image(data, _limits(config))
+        check_image(data, image_limits(config))
     except ImageRejectedError as err:
         typer.echo(f"error: {image}: {err}", err=True)
         raise typer.Exit(2) from None
     try:
         if server:
-            with _client(config, server, None, None, False, None) as client:
+            with serving_client(config, server, None, None, False, None) as client:
                 explanation = client.explain(data)
         else:
             base = Path(config.paths.serving_root) / config.model_name
@@ -216,9 +224,9 @@ def explain(
 
 @app.command()
 def status(
-    server: Optional[str] = typer.Option(None, help=SERVER_HELP),
-    model: Optional[str] = typer.Option(None, help="Model name [default: model_name in config]."),
-    tls: bool = typer.Option(False, help="Use TLS for the gRPC channel."),
+    server: Optional[str] = SERVER_OPTION,
+    model: Optional[str] = MODEL_OPTION,
+    tls: bool = TLS_OPTION,
     root_cert: Optional[Path] = typer.Option(None, help="PEM root certificates for --tls."),
     config_path: Path = CONFIG_OPTION,
 ) -> None:
@@ -227,7 +235,7 @@ def status(
 
     config = load_config_or_exit(config_path)
     try:
-        with _client(config, server, model, None, tls, root_cert) as client:
+        with serving_client(config, server, model, None, tls, root_cert) as client:
             versions = client.status()
             typer.echo(f"model {client.model_name} at {client.target}")
             for v in versions:
@@ -281,7 +289,7 @@ def serve(
 @app.command()
 def web(
     grpc_target: Optional[str] = typer.Option(None, "--grpc", help=SERVER_HELP),
-    model: Optional[str] = typer.Option(None, help="Model name [default: model_name in config]."),
+    model: Optional[str] = MODEL_OPTION,
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 in a container)."),
     port: int = typer.Option(8000, help="HTTP port."),
     config_path: Path = CONFIG_OPTION,
@@ -292,7 +300,7 @@ def web(
     from serving.web_app import create_app, upload_limits
 
     config = load_config_or_exit(config_path)
-    client = _client(config, grpc_target, model, None, False, None)
+    client = serving_client(config, grpc_target, model, None, False, None)
     app = create_app(client, config.critical_class, upload_limits(config))
     # Past web_max_connections uvicorn answers 503 at once; slow uploads hold a connection, not a worker.
     uvicorn.run(app, host=host, port=port, limit_concurrency=config.serving.web_max_connections)

@@ -63,13 +63,16 @@ def _join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
 
-def find_candidates(roots: list[DataRoot], classes: list[str]) -> tuple[list[Candidate], list[str]]:
+def find_candidates(
+    roots: list[DataRoot], classes: list[str], every_class: bool = True
+) -> tuple[list[Candidate], list[str]]:
     """Lists every file in the class folders of every root (recursively), with its site, and every stray file.
 
     Returns the candidates, sorted by root and path, and the top-level files that are not in any folder
     (documentation such as PROVENANCE.md, MANIFEST.csv) as `<root name>/<file>`: not images of the dataset.
     A root may lack some classes (a site that sent none). Raises IngestionError naming the root when a root
-    is missing, or the roots when a class has a folder in none of them.
+    is missing, or, with `every_class` (training needs them all), the roots when a class has a folder in none
+    of them.
     """
     candidates, loose = [], []
     missing = set(classes)
@@ -87,7 +90,7 @@ def find_candidates(roots: list[DataRoot], classes: list[str]) -> tuple[list[Can
             for listed in list_files(_join(top, name)):
                 relpath = f"{name}/{listed.relpath}"
                 candidates.append(Candidate(root, relpath, label, sites.site_of(relpath), listed.problem))
-    if missing:
+    if missing and every_class:
         where = ", ".join(r.path for r in roots)
         raise IngestionError(f"data root {where}: class folders missing: {', '.join(c for c in classes if c in missing)}")
     return candidates, loose
@@ -98,21 +101,32 @@ def perceptual_hash(image: Image.Image) -> str:
     return str(imagehash.phash(image, hash_size=16))
 
 
-def _read_checked(candidate: Candidate, limits: Limits) -> ImageRecord | Rejection:
+def listing_problem(candidate: Candidate) -> str:
+    """Why a listed file cannot be taken before it is read: unlistable, no class or no site ("" = none)."""
     if candidate.problem:
-        return Rejection(candidate.key, candidate.problem)
+        return candidate.problem
     if candidate.label_name is None:
-        return Rejection(candidate.key, f"unknown class folder '{candidate.relpath.split('/')[0]}'")
+        return f"unknown class folder '{candidate.relpath.split('/')[0]}'"
     if candidate.site is None:
-        return Rejection(
-            candidate.key,
-            f"no site: not listed in {candidate.root.name}/{MANIFEST_FILE} and no site given for the root in the config",
-        )
+        return f"no site: not listed in {candidate.root.name}/{MANIFEST_FILE} and no site given for the root in the config"
+    return ""
+
+
+def read_candidate(candidate: Candidate, limits: Limits) -> bytes:
+    """The file's bytes. Raises ImageRejectedError for a file over `limits.max_file_bytes` (checked before it
+    is read into memory) and UnreadableFileError for one that cannot be read."""
+    size = file_size(candidate.path)
+    if size > limits.max_file_bytes:
+        raise ImageRejectedError(f"file too large: {size} bytes > max_file_bytes {limits.max_file_bytes}")
+    return read_file(candidate.path)
+
+
+def _read_checked(candidate: Candidate, limits: Limits) -> ImageRecord | Rejection:
+    problem = listing_problem(candidate)
+    if problem:
+        return Rejection(candidate.key, problem)
     try:
-        size = file_size(candidate.path)
-        if size > limits.max_file_bytes:  # checked before reading the file into memory
-            return Rejection(candidate.key, f"file too large: {size} bytes > max_file_bytes {limits.max_file_bytes}")
-        data = read_file(candidate.path)
+        data = read_candidate(candidate, limits)
         checked = check_image(data, limits)
     except (UnreadableFileError, ImageRejectedError) as err:
         return Rejection(candidate.key, str(err))

@@ -104,14 +104,24 @@ def decide(
             failures.append(
                 f"{label} = {candidate[key]:.4f}, served model {served[key]:.4f}: drop > max_regression {max_regression}"
             )
-    for site, figures in (sites or {}).items():
-        for key, (label, bar) in bars.items():
-            value = figures[key]
-            if value is not None and not value >= bar:
-                failures.append(f"site {site}: {label} = {value:.4f} on {figures['count']} test images, required >= {bar}")
+    failures += site_failures(sites or {}, min_accuracy, min_critical_recall, critical_class, "test images")
     if hold_out:
         failures.append(f"hold-out run: trained without {hold_out!r}, for measurement only, not for serving")
     return failures
+
+
+def site_failures(
+    sites: dict[str, dict[str, Any]], min_accuracy: float, min_critical_recall: float, critical_class: str, what: str
+) -> list[str]:
+    """Each site's accuracy and critical-class recall below its bar, in words (`what` names the images); a
+    site without critical-class images is judged on accuracy alone."""
+    bars = {ACCURACY: ("accuracy", min_accuracy), CRITICAL_RECALL: (f"{critical_class} recall", min_critical_recall)}
+    return [
+        f"site {site}: {label} = {figures[key]:.4f} on {figures['count']} {what}, required >= {bar}"
+        for site, figures in sites.items()
+        for key, (label, bar) in bars.items()
+        if figures[key] is not None and not figures[key] >= bar
+    ]
 
 
 def gate_result(

@@ -1,0 +1,197 @@
+"""`bloodcell score`: the served model's figures on labelled images of a lab's own, over gRPC, per site."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, List, Optional
+
+import typer
+
+from cli.options import CONFIG_OPTION, OVERRIDES_OPTION, load_config_or_exit
+from cli.serving import (
+    BATCH_SIZE_OPTION,
+    EXIT_NOT_CLASSIFIED,
+    EXIT_SERVING_ERROR,
+    MODEL_OPTION,
+    ROOT_CERT_OPTION,
+    SERVER_OPTION,
+    TLS_OPTION,
+    VERSION_OPTION,
+    image_limits,
+    serving_client,
+)
+from contracts.config import Config
+
+if TYPE_CHECKING:  # imported when a command runs: `bloodcell web` needs neither
+    from components.image_verification import Candidate
+    from components.labelled_scores import ScoredImage, ScoreReport
+    from serving.client import ServingClient
+
+app = typer.Typer()
+
+EXIT_BARS_MISSED = 4
+
+
+class ReportFormat(str, enum.Enum):
+    table = "table"
+    json = "json"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _print_report(report: ScoreReport, classes: list[str], critical_class: str, target: str, bars: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from components.labelled_scores import called_instead
+
+    console = Console(highlight=False)
+    versions = ", ".join(map(str, report.model_versions)) or "none"
+    console.print(
+        f"Served model version {versions} at {target}: {report.pooled['count']} of {len(report.images)} image(s) scored"
+    )
+    summary = Table(title="Per site (top class; the alert is the served myeloblast_alert)")
+    for column in ("site", "images", "accuracy", f"{critical_class} recall", "alert raised", "alert on other cells"):
+        summary.add_column(column, justify="left" if column == "site" else "right")
+    rows = list(report.sites.items()) + ([("all", report.pooled)] if len(report.sites) > 1 else [])
+    for site, figures in rows:
+        summary.add_row(
+            site,
+            str(figures["count"]),
+            _percent(figures["accuracy"]),
+            _percent(figures["critical_recall"]),
+            _percent(figures["critical_alert_recall"]),
+            _percent(figures["other_alert_rate"]),
+        )
+    console.print(summary)
+    for site, figures in report.sites.items():
+        table = Table(title=f"site {site}: per class")
+        for column in ("class", "images", "recall", "precision", "called instead"):
+            table.add_column(column, justify="left" if column in ("class", "called instead") else "right")
+        for name in classes:
+            if name not in figures["support"]:
+                continue
+            wrong = ", ".join(f"{other} {count}" for other, count in called_instead(figures, classes, name))
+            table.add_row(
+                name,
+                str(figures["support"][name]),
+                _percent(figures["recall"][name]),
+                _percent(figures["precision"].get(name)),
+                wrong,
+            )
+        console.print(table)
+    if report.failures:
+        console.print(f"[bold red]Bars missed ({bars}):")
+        for failure in report.failures:
+            console.print(f"  {failure}")
+    else:
+        console.print(f"[green]Every site meets the bars ({bars}).")
+    if report.not_scored:
+        console.print(f"[yellow]{len(report.not_scored)} image(s) not scored:")
+        for image in report.not_scored:
+            console.print(f"  {image.path}: {image.error}")
+
+
+def _score(client: ServingClient, candidates: list[Candidate], config: Config, size: int) -> list[ScoredImage]:
+    """Each candidate as a ScoredImage: the served answer, or why there is none. Reads `size` files at a time."""
+    from tqdm import tqdm
+
+    from components.image_verification import UnreadableFileError, listing_problem, read_candidate
+    from components.labelled_scores import ScoredImage
+    from contracts.image_check import ImageRejectedError
+    from serving.screening import RequestCaps, screen_images
+
+    limits, caps = image_limits(config), RequestCaps.of(config.serving, size)
+    images = []
+    with tqdm(total=len(candidates), unit="img", disable=len(candidates) <= size, file=sys.stderr) as bar:
+        for start in range(0, len(candidates), size):
+            chunk = candidates[start : start + size]
+            scored = [ScoredImage(c.key, c.site, c.label_name) for c in chunk]
+            ready = []
+            for k, candidate in enumerate(chunk):
+                problem = listing_problem(candidate)
+                if not problem:
+                    try:
+                        ready.append((k, read_candidate(candidate, limits)))
+                    except (UnreadableFileError, ImageRejectedError) as err:
+                        problem = str(err)
+                if problem:
+                    scored[k] = dataclasses.replace(scored[k], error=problem)
+            outcomes = screen_images(client, [(chunk[k].key, data) for k, data in ready], limits, caps)
+            for (k, _), outcome in zip(ready, outcomes, strict=True):
+                p = outcome.prediction
+                scored[k] = dataclasses.replace(
+                    scored[k],
+                    predicted_class=p.predicted_class if p else "",
+                    alert=p.alert(config.critical_class) if p else False,
+                    model_version=p.model_version if p else None,
+                    error=outcome.error,
+                )
+            images += scored
+            bar.update(len(chunk))
+    return images
+
+
+@app.command()
+def score(
+    roots: List[str] = typer.Argument(
+        ..., help="Folders of labelled images, PATH or PATH=SITE: one sub-folder per class, as a data root."
+    ),
+    server: Optional[str] = SERVER_OPTION,
+    model: Optional[str] = MODEL_OPTION,
+    version: Optional[int] = VERSION_OPTION,
+    out: ReportFormat = typer.Option(ReportFormat.table, help="table for people; json (every image too) for scripts."),
+    batch_size: Optional[int] = BATCH_SIZE_OPTION,
+    tls: bool = TLS_OPTION,
+    root_cert: Optional[Path] = ROOT_CERT_OPTION,
+    config_path: Path = CONFIG_OPTION,
+    overrides: Optional[List[str]] = OVERRIDES_OPTION,
+) -> None:
+    """Score the model in TF Serving on labelled images of your own scanner (gRPC Predict): accuracy, recall
+    and precision per class, what each class was called instead, myeloblast recall by the top class and by
+    the alert, per site, judged by the serving gate's bars (evaluation.min_accuracy, min_critical_recall).
+
+    A site's images are named by the folder's MANIFEST.csv `site` column, else by PATH=SITE, else by the
+    folder's name. Every file is scored or listed with the reason it was not. Exit codes: 0 every site meets
+    the bars, 1 serving error, 2 bad arguments, 3 bars met but some images not scored, 4 a site misses a bar."""
+    from components.image_verification import IngestionError, find_candidates
+    from components.labelled_scores import score_report
+    from contracts.data_roots import DataRootError, check_roots, parse_data_root
+    from serving.client import ServingError
+
+    config = load_config_or_exit(config_path, overrides)
+    try:
+        data_roots = [parse_data_root(root) for root in roots]
+        check_roots(data_roots)
+        candidates, _ = find_candidates(data_roots, config.classes, every_class=False)
+    except (DataRootError, IngestionError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if not candidates:
+        typer.echo(f"error: no files in class folders ({', '.join(config.classes)}) under {', '.join(roots)}", err=True)
+        raise typer.Exit(2)
+    try:
+        with serving_client(config, server, model, version, tls, root_cert) as client:
+            images = _score(client, candidates, config, batch_size or config.serving.batch_size)
+    except ServingError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(EXIT_SERVING_ERROR) from None
+    evaluation = config.evaluation
+    report = score_report(
+        images, config.classes, config.critical_class, evaluation.min_accuracy, evaluation.min_critical_recall
+    )
+    if out == ReportFormat.json:
+        typer.echo(json.dumps(report.as_dict(), indent=1))
+    else:
+        bars = f"accuracy >= {evaluation.min_accuracy}, {config.critical_class} recall >= {evaluation.min_critical_recall}"
+        _print_report(report, config.classes, config.critical_class, server or config.serving.grpc_target, bars)
+    if report.failures:
+        raise typer.Exit(EXIT_BARS_MISSED)
+    if report.not_scored:
+        raise typer.Exit(EXIT_NOT_CLASSIFIED)

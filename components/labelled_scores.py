@@ -1,0 +1,90 @@
+"""A served model's figures on labelled images of a lab's own (the data-root layout), per site, judged by the
+serving gate's bars: what `bloodcell score` reports before a lab trusts the model with its scanner's images."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from typing import Any
+
+from components.evaluation import matrix_figures
+from components.serving_gate import site_failures
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredImage:
+    """One listed file: its class folder and site, and the served model's answer, or why it has none."""
+
+    path: str  # <root name>/<class folder>/...
+    site: str | None
+    true_class: str | None
+    predicted_class: str = ""  # "" when not scored
+    alert: bool = False  # the served `<critical class>_alert`
+    model_version: int | None = None
+    error: str = ""  # why the image was not scored ("" = scored)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreReport:
+    images: list[ScoredImage]
+    pooled: dict[str, Any]  # the figures of every scored image (`figures`)
+    sites: dict[str, dict[str, Any]]  # the figures of each site's scored images, by site
+    failures: list[str]  # the gate's bars a site misses, in words (empty: every site meets them)
+
+    @property
+    def not_scored(self) -> list[ScoredImage]:
+        return [i for i in self.images if i.error]
+
+    @property
+    def model_versions(self) -> list[int]:
+        return sorted({i.model_version for i in self.images if i.model_version is not None})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model_versions": self.model_versions,
+            "pooled": self.pooled,
+            "sites": self.sites,
+            "failures": self.failures,
+            "images": [dataclasses.asdict(i) for i in self.images],
+        }
+
+
+def figures(images: list[ScoredImage], classes: list[str], critical_class: str) -> dict[str, Any]:
+    """Of scored images: count, accuracy, recall, precision and support per class present, the confusion
+    matrix (rows: true class), the critical class's recall by the top class and by the served alert, and
+    the share of the other images the alert is raised for (None where there are no such images)."""
+    index = {name: k for k, name in enumerate(classes)}
+    matrix = [[0] * len(classes) for _ in classes]
+    for image in images:
+        matrix[index[image.true_class]][index[image.predicted_class]] += 1
+    result = matrix_figures(matrix, classes, critical_class)
+    called = {name: sum(row[k] for row in matrix) for k, name in enumerate(classes)}
+    result["precision"] = {name: matrix[k][k] / called[name] for k, name in enumerate(classes) if called[name]}
+    critical = [i.alert for i in images if i.true_class == critical_class]
+    others = [i.alert for i in images if i.true_class != critical_class]
+    result["critical_alert_recall"] = sum(critical) / len(critical) if critical else None
+    result["other_alert_rate"] = sum(others) / len(others) if others else None
+    return result
+
+
+def called_instead(figures_of: dict[str, Any], classes: list[str], true_class: str) -> list[tuple[str, int]]:
+    """The classes a class's images were called instead, most often first, with their counts."""
+    row = figures_of["confusion_matrix"][classes.index(true_class)]
+    wrong = Counter({name: row[k] for k, name in enumerate(classes) if name != true_class and row[k]})
+    return wrong.most_common()
+
+
+def score_report(
+    images: list[ScoredImage], classes: list[str], critical_class: str, min_accuracy: float, min_critical_recall: float
+) -> ScoreReport:
+    """Pooled and per-site figures of the scored images, and every site's bars missed (a site without
+    critical-class images is judged on accuracy alone, as by the gate)."""
+    scored = [i for i in images if not i.error]
+    sites = {
+        site: figures([i for i in scored if i.site == site], classes, critical_class)
+        for site in sorted({str(i.site) for i in scored})
+    }
+    failures = site_failures(sites, min_accuracy, min_critical_recall, critical_class, "images")
+    if not scored:
+        failures.append(f"no image could be scored ({len(images)} listed)")
+    return ScoreReport(images, figures(scored, classes, critical_class), sites, failures)
