@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # imported when a command runs: `bloodcell web` needs neither
 app = typer.Typer()
 
 EXIT_BARS_MISSED = 4
+SCORE_FILE = "score.json"
 
 
 class ReportFormat(str, enum.Enum):
@@ -138,6 +140,21 @@ def _score(client: ServingClient, candidates: list[Candidate], config: Config, s
     return images
 
 
+def _save(report: ScoreReport, classes: list[str], folder: Path) -> None:
+    from components.plots import confusion_matrix_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SCORE_FILE).write_text(json.dumps(report.as_dict(), indent=1))
+    for site, figures in report.sites.items():
+        title = f"site {site}: {figures['count']} images, accuracy {figures['accuracy']:.3f}"
+        confusion_matrix_png(figures["confusion_matrix"], classes, str(folder / confusion_file(site)), title)
+
+
+def confusion_file(site: str) -> str:
+    """`confusion_matrix_<site>.png`, with any character unsafe in a file name replaced by `_`."""
+    return f"confusion_matrix_{re.sub(r'[^A-Za-z0-9_.-]', '_', site)}.png"
+
+
 @app.command()
 def score(
     roots: List[str] = typer.Argument(
@@ -150,6 +167,9 @@ def score(
     batch_size: Optional[int] = BATCH_SIZE_OPTION,
     tls: bool = TLS_OPTION,
     root_cert: Optional[Path] = ROOT_CERT_OPTION,
+    save: Optional[Path] = typer.Option(
+        None, "--save", help="Folder to write score.json (every image's answer) and each site's confusion matrix PNG."
+    ),
     config_path: Path = CONFIG_OPTION,
     overrides: Optional[List[str]] = OVERRIDES_OPTION,
 ) -> None:
@@ -186,6 +206,8 @@ def score(
     report = score_report(
         images, config.classes, config.critical_class, evaluation.min_accuracy, evaluation.min_critical_recall
     )
+    if save:
+        _save(report, config.classes, save)
     if out == ReportFormat.json:
         typer.echo(json.dumps(report.as_dict(), indent=1))
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+from PIL import Image
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -49,8 +50,12 @@ def test_score_judges_the_served_answers_per_site_and_accounts_for_every_file(mo
     }
     assert len(report["images"]) == 8  # README.txt is not in a class folder: not an image of the set
 
-    table = runner.invoke(app, ["score", str(lab), "--server", model_server.target])
+    saved = tmp_path / "saved"
+    table = runner.invoke(app, ["score", str(lab), "--server", model_server.target, "--save", str(saved)])
     assert table.exit_code == 4, table.output
+    assert json.loads((saved / "score.json").read_text())["sites"]["lab"]["confusion_matrix"] == paris["confusion_matrix"]
+    with Image.open(saved / "confusion_matrix_lab.png") as png:
+        assert png.format == "PNG" and png.width > 300
     assert "site lab: accuracy = 0.5000 on 6 images, required >= 0.95" in table.output  # the folder names the site
     assert "myeloblast 3" in table.output and "2 image(s) not scored" in table.output
 
