@@ -117,7 +117,8 @@ def render_model_card(summary: RunSummary, model_name: str, pipeline_run_id: str
         "",
         "## Limitations",
         "- Trained and tested on images from the sites above only; the test figures do not show performance on "
-        "another hospital's images (a held-out run, `bloodcell run --hold-out-site`, estimates it).",
+        "another hospital's images (a held-out run, `bloodcell run --hold-out-site`, estimates it). Before use "
+        "with another scanner, score the served model on labelled cells of that scanner: `bloodcell score`.",
         "- Single, centred white cells only; smears with several or no white cells are out of scope.",
         "- Input is resized to the training resolution; fine chromatin detail below it is not seen.",
     ]

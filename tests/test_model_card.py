@@ -23,6 +23,7 @@ def test_model_card_carries_the_runs_figures():
     assert "T = 1.732" in card and "0.0543 before, 0.0121 after" in card
     assert "Fails the stress bar on: grayscale." in card
     assert "Blessed and pushed." in card
+    assert "score the served model on labelled cells of that scanner: `bloodcell score`" in card
     assert "seg_neutrophil: barcelona, munich" in card
     assert "| barcelona | 35 | 94.29% | n/a |" in card and "| munich | 15 | 93.33% | 100.00% |" in card
     assert "seg_neutrophil 80.00% (5)" in card
