@@ -43,7 +43,7 @@ class ReportFormat(str, enum.Enum):
     json = "json"
 
 
-def _percent(value: float | None) -> str:
+def _fraction(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
@@ -66,10 +66,10 @@ def _print_report(report: ScoreReport, classes: list[str], critical_class: str, 
         summary.add_row(
             site,
             str(figures["count"]),
-            _percent(figures["accuracy"]),
-            _percent(figures["critical_recall"]),
-            _percent(figures["critical_alert_recall"]),
-            _percent(figures["other_alert_rate"]),
+            _fraction(figures["accuracy"]),
+            _fraction(figures["critical_recall"]),
+            _fraction(figures["critical_alert_recall"]),
+            _fraction(figures["other_alert_rate"]),
         )
     console.print(summary)
     for site, figures in report.sites.items():
@@ -83,8 +83,8 @@ def _print_report(report: ScoreReport, classes: list[str], critical_class: str, 
             table.add_row(
                 name,
                 str(figures["support"][name]),
-                _percent(figures["recall"][name]),
-                _percent(figures["precision"].get(name)),
+                _fraction(figures["recall"][name]),
+                _fraction(figures["precision"].get(name)),
                 wrong,
             )
         console.print(table)
