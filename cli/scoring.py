@@ -98,6 +98,8 @@ def _print_report(report: ScoreReport, classes: list[str], critical_class: str, 
         console.print(f"[yellow]{len(report.not_scored)} image(s) not scored:")
         for image in report.not_scored:
             console.print(f"  {image.path}: {image.error}")
+    if report.outside_class_folders:
+        console.print(f"Not in a class folder, not images of the set: {', '.join(report.outside_class_folders)}")
 
 
 def _score(client: ServingClient, candidates: list[Candidate], config: Config, size: int) -> list[ScoredImage]:
@@ -189,7 +191,7 @@ def score(
     try:
         data_roots = [parse_data_root(root) for root in roots]
         check_roots(data_roots)
-        candidates, _ = find_candidates(data_roots, config.classes, every_class=False)
+        candidates, loose = find_candidates(data_roots, config.classes, every_class=False)
     except (DataRootError, IngestionError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
@@ -204,7 +206,7 @@ def score(
         raise typer.Exit(EXIT_SERVING_ERROR) from None
     evaluation = config.evaluation
     report = score_report(
-        images, config.classes, config.critical_class, evaluation.min_accuracy, evaluation.min_critical_recall
+        images, config.classes, config.critical_class, evaluation.min_accuracy, evaluation.min_critical_recall, loose
     )
     if save:
         _save(report, config.classes, save)

@@ -30,6 +30,7 @@ class ScoreReport:
     pooled: dict[str, Any]  # the figures of every scored image (`figures`)
     sites: dict[str, dict[str, Any]]  # the figures of each site's scored images, by site
     failures: list[str]  # the gate's bars a site misses, in words (empty: every site meets them)
+    outside_class_folders: list[str]  # `<root name>/<file>` beside the class folders (documentation): not images
 
     @property
     def not_scored(self) -> list[ScoredImage]:
@@ -45,6 +46,7 @@ class ScoreReport:
             "pooled": self.pooled,
             "sites": self.sites,
             "failures": self.failures,
+            "outside_class_folders": self.outside_class_folders,
             "images": [dataclasses.asdict(i) for i in self.images],
         }
 
@@ -75,7 +77,12 @@ def called_instead(figures_of: dict[str, Any], classes: list[str], true_class: s
 
 
 def score_report(
-    images: list[ScoredImage], classes: list[str], critical_class: str, min_accuracy: float, min_critical_recall: float
+    images: list[ScoredImage],
+    classes: list[str],
+    critical_class: str,
+    min_accuracy: float,
+    min_critical_recall: float,
+    outside_class_folders: list[str] | None = None,
 ) -> ScoreReport:
     """Pooled and per-site figures of the scored images, and every site's bars missed (a site without
     critical-class images is judged on accuracy alone, as by the gate)."""
@@ -87,4 +94,5 @@ def score_report(
     failures = site_failures(sites, min_accuracy, min_critical_recall, critical_class, "images")
     if not scored:
         failures.append(f"no image could be scored ({len(images)} listed)")
-    return ScoreReport(images, figures(scored, classes, critical_class), sites, failures)
+    pooled = figures(scored, classes, critical_class)
+    return ScoreReport(images, pooled, sites, failures, list(outside_class_folders or []))

@@ -55,8 +55,9 @@ def test_images_not_scored_are_kept_with_their_reason_and_count_in_no_figure():
     refused = ScoredImage("lab/basophil/empty.jpg", "paris", "basophil", error="empty file (0 bytes)")
     unknown = ScoredImage("lab/lymphocyte/a.jpg", "paris", None, error="unknown class folder 'lymphocyte'")
     images = answers("paris", "basophil", ["basophil"] * 4) + [refused, unknown]
-    report = score_report(images, CLASSES, CRITICAL, 0.95, 0.99)
+    report = score_report(images, CLASSES, CRITICAL, 0.95, 0.99, ["lab/MANIFEST.csv"])
     assert report.not_scored == [refused, unknown]
+    assert report.as_dict()["outside_class_folders"] == ["lab/MANIFEST.csv"]
     assert report.pooled["count"] == 4 and report.failures == []
     assert len(report.as_dict()["images"]) == 6
 

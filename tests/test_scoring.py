@@ -49,6 +49,7 @@ def test_score_judges_the_served_answers_per_site_and_accounts_for_every_file(mo
         "lab/lymphocyte/a.jpg": "unknown class folder 'lymphocyte'",
     }
     assert len(report["images"]) == 8  # README.txt is not in a class folder: not an image of the set
+    assert report["outside_class_folders"] == ["lab/README.txt"]
 
     saved = tmp_path / "saved"
     table = runner.invoke(app, ["score", str(lab), "--server", model_server.target, "--save", str(saved)])
@@ -58,6 +59,7 @@ def test_score_judges_the_served_answers_per_site_and_accounts_for_every_file(mo
         assert png.format == "PNG" and png.width > 300
     assert "site lab: accuracy = 0.5000 on 6 images, required >= 0.95" in table.output  # the folder names the site
     assert "myeloblast 3" in table.output and "2 image(s) not scored" in table.output
+    assert "Not in a class folder, not images of the set: lab/README.txt" in table.output
 
 
 def test_score_reads_the_site_from_the_manifest_and_passes_a_model_that_meets_the_bars(model_server, model_exports, tmp_path):
