@@ -4,6 +4,8 @@ classifier that reads the image source instead of the cell."""
 from __future__ import annotations
 
 import io
+import threading
+import time
 from collections.abc import Iterable
 
 import numpy as np
@@ -35,6 +37,37 @@ def background_classifier(encoded: Iterable[bytes]) -> shortcut_audit.Prediction
     decoded = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in encoded]
     warmth = np.array([int(i[0, 0, 0]) - int(i[0, 0, 2]) for i in decoded])
     return shortcut_audit.Predictions((warmth < 25).astype(int), warmth < 40)
+
+
+def test_prefetched_keeps_the_order_and_computes_at_most_ahead_of_the_consumer():
+    started, lock = [], threading.Lock()
+
+    def slow_square(k: int) -> int:
+        with lock:
+            started.append(k)
+        time.sleep(0.02 if k % 3 == 0 else 0.001)  # later items finish first
+        return k * k
+
+    taken = []
+    for value in shortcut_audit.prefetched(slow_square, ((k,) for k in range(40)), workers=2, ahead=5):
+        with lock:
+            assert len(started) <= len(taken) + 5  # never more than 5 made and not yet taken
+        taken.append(value)
+        time.sleep(0.005)
+    assert taken == [k * k for k in range(40)]
+
+
+def test_prefetched_raises_the_error_of_the_item_that_failed():
+    def failing_at_7(k: int) -> int:
+        if k == 7:
+            raise ValueError("item 7 is broken")
+        return k
+
+    taken = []
+    with pytest.raises(ValueError, match="item 7"):
+        for value in shortcut_audit.prefetched(failing_at_7, ((k,) for k in range(20)), workers=2, ahead=4):
+            taken.append(value)
+    assert taken == list(range(7))
 
 
 def test_colour_histogram_is_normalised_per_channel():

@@ -138,6 +138,14 @@ def parse_site(serialized: tf.Tensor) -> tf.Tensor:
     return tf.io.parse_single_example(serialized, SITE_SPEC)[features.SITE]
 
 
+def labelled_examples(files: list[str]) -> tf.data.Dataset:
+    """A split's gzipped tf.Example files -> (encoded image bytes, label index, site) per example, in file
+    order, parsed in parallel."""
+    return tf.data.TFRecordDataset(files, compression_type="GZIP").map(
+        lambda s: (*parse_example(s), parse_site(s)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+
+
 def parse_image_batch(serialized: tf.Tensor) -> tf.Tensor:
     """A batch of serialised tf.Examples [N] -> their encoded image bytes [N]."""
     return tf.io.parse_example(serialized, {features.IMAGE: FEATURE_SPEC[features.IMAGE]})[features.IMAGE]

@@ -16,18 +16,16 @@ from bloodcell import ShortcutAuditReport
 from components.audit.shortcut_audit import Predict, Predictions, run_audit
 from contracts.artifacts import AUDIT_FILE, SERVING_FORMAT, example_files
 from contracts.signatures import PREDICTED_INDEX, SERVING_INPUT, SERVING_SIGNATURE, alert_output
-from training.preprocessing import parse_example, parse_site
+from training.preprocessing import labelled_examples
 
 
 def load_split(examples_uri: str, split: str) -> tuple[list[bytes], list[int], list[str]]:
     """Encoded images, labels and sites of one split written by ImageExampleGen."""
-    files = example_files(examples_uri, split)
     encoded, labels, sites = [], [], []
-    for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
-        image, label = parse_example(record)
-        encoded.append(image.numpy())
+    for image, label, site in labelled_examples(example_files(examples_uri, split)).as_numpy_iterator():
+        encoded.append(image)
         labels.append(int(label))
-        sites.append(parse_site(record).numpy().decode())
+        sites.append(site.decode())
     return encoded, labels, sites
 
 

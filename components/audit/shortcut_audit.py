@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import io
 import logging
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -32,6 +33,10 @@ from components.audit import acquisition, stress
 HISTOGRAM_BINS = 16  # per channel: 48 features
 STAIN_REFERENCE_IMAGES = 200  # train images whose median stain is the reference
 SCALE_SAMPLE = 60  # images per group whose median red-cell diameter gives the group's scale
+VARIANT_WORKERS = 2  # threads making stress variants while the model answers the ones made before
+VARIANT_AHEAD = 32  # variants made ahead of the model at most (a 400 px PNG is 480 kB)
+
+T = TypeVar("T")
 
 
 
@@ -160,6 +165,20 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def prefetched(function: Callable[..., T], arguments: Iterable[tuple], workers: int, ahead: int) -> Iterator[T]:
+    """`function(*a)` for each `a` of `arguments`, in order, computed by `workers` threads at most `ahead`
+    results before the consumer takes them: numpy, PIL and TensorFlow release the GIL, so the stress
+    variants are made on the cores the model's batches leave idle."""
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque[Future[T]] = deque()
+        for item in arguments:
+            pending.append(pool.submit(function, *item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def run_audit(
     train_images: Iterable[np.ndarray],
     train_labels: Sequence[int],
@@ -219,15 +238,15 @@ def run_audit(
         "look_swapped": look_swapped,
         "stain_swapped": stain_swapped,
     }
+    def stressed(transform: Callable[[np.ndarray, str, int], np.ndarray], index: int, group: str) -> bytes:
+        return encode_png(transform(test_images[index], group, index))
+
     variants = {}
     for name, transform in transforms.items():
-        encoded = (
-            encode_png(transform(image, group, index))
-            for index, (image, group) in enumerate(
-                tqdm(zip(test_images, groups, strict=True), total=len(groups), desc=f"stress {name}")
-            )
+        encoded = prefetched(
+            stressed, ((transform, index, group) for index, group in enumerate(groups)), VARIANT_WORKERS, VARIANT_AHEAD
         )
-        predicted = predict(encoded)
+        predicted = predict(tqdm(encoded, total=len(groups), desc=f"stress {name}"))
         result = figures(test_labels, predicted.indices, classes, critical_class, predicted.alerts)
         result["drop"] = clean["accuracy"] - result["accuracy"]
         result["passes"] = bool(
