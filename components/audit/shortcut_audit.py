@@ -238,7 +238,9 @@ def run_audit(
         "look_swapped": look_swapped,
         "stain_swapped": stain_swapped,
     }
+
     def stressed(transform: Callable[[np.ndarray, str, int], np.ndarray], index: int, group: str) -> bytes:
+        """One test image's variant, as the PNG bytes the served signature takes."""
         return encode_png(transform(test_images[index], group, index))
 
     variants = {}
