@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tfx import v1 as tfx
+from tfx.orchestration.data_types import RuntimeParameter
+from tfx.orchestration.kubeflow.v2.kubeflow_v2_dag_runner import KubeflowV2DagRunner, KubeflowV2DagRunnerConfig
 
 from contracts.config import Config
 from pipelines.configs import RunSettings, run_settings
@@ -41,9 +42,8 @@ def kubeflow_config(config: Config) -> Config:
 
 def runtime_parameters(config: Config) -> RunSettings:
     """The run's settings as Kubeflow runtime parameters, the config's values as defaults."""
-    parameter = tfx.dsl.experimental.RuntimeParameter
     values = parameter_values(config)
-    return RunSettings(**{name: parameter(name=name, ptype=type(value), default=value) for name, value in values.items()})
+    return RunSettings(**{name: RuntimeParameter(name=name, ptype=type(value), default=value) for name, value in values.items()})
 
 
 def _pipeline_spec(pipeline_job: dict[str, Any], cluster: Config) -> dict[str, Any]:
@@ -78,12 +78,12 @@ def compile_pipeline(config: Config, output: str | Path, image: str | None = Non
     pipeline = create_pipeline(
         cluster, pipeline_root=cluster.paths.output_root, settings=runtime_parameters(cluster), trainer_code=TRAINER_CODE
     )
-    runner_config = tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+    runner_config = KubeflowV2DagRunnerConfig(
         default_image=image or config.kubeflow.image, use_pipeline_spec_2_1=True
     )
     with tempfile.TemporaryDirectory() as tmp:
         job_file = Path(tmp) / "pipeline_job.json"
-        tfx.orchestration.experimental.KubeflowV2DagRunner(runner_config, output_filename=str(job_file)).run(pipeline)
+        KubeflowV2DagRunner(runner_config, output_filename=str(job_file)).run(pipeline)
         pipeline_job = json.loads(job_file.read_text())
     spec = _pipeline_spec(pipeline_job, cluster)
     Path(output).write_text(yaml.safe_dump_all([spec, _platform_spec(spec, config)], sort_keys=False))

@@ -12,8 +12,10 @@ import tempfile
 from typing import IO, Iterator
 
 from ml_metadata.metadata_store import metadata_store
-from tfx import v1 as tfx
 from tfx.dsl.placeholder import placeholder as ph
+from tfx.orchestration import metadata
+from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+from tfx.orchestration.pipeline import Pipeline
 
 from bloodcell import RunSummary as RunSummaryArtifact
 from components.image_example_gen import code_fingerprint
@@ -40,7 +42,7 @@ def pipeline_root(config: Config) -> str:
 def latest_summary(config: Config) -> tuple[RunSummary, str]:
     """The newest RunSummary artifact in ML Metadata: its summary.json and its folder."""
     store = metadata_store.MetadataStore(
-        tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path(config))
+        metadata.sqlite_metadata_connection_config(metadata_path(config))
     )
     artifacts = sorted(store.get_artifacts_by_type(RunSummaryArtifact.TYPE_NAME), key=lambda a: a.id)
     if not artifacts:
@@ -111,17 +113,17 @@ def _run(config: Config, enable_cache: bool) -> tuple[RunSummary, str]:
         settings=run_settings(config),
         trainer_code=TrainerCode(module_file=TRAINER_MODULE),
         pipeline_run_id=ph.execution_invocation().pipeline_run_id,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path(config)),
+        metadata_connection_config=metadata.sqlite_metadata_connection_config(metadata_path(config)),
         input_fingerprint=input_fingerprint,
         serving_state=serving_state(serving_dir(config)),
         enable_cache=enable_cache,
     )
     package_module_files(pipeline)
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+    LocalDagRunner().run(pipeline)
     return latest_summary(config)
 
 
-def package_module_files(pipeline: tfx.dsl.Pipeline) -> None:
+def package_module_files(pipeline: Pipeline) -> None:
     """Builds the wheels of the Trainer's (and Tuner's) module file before the run, as the runner would,
     with the output of TFX's `setup.py bdist_wheel` subprocess held back (about 40 lines; shown if the
     build fails). The runner then finds them built."""

@@ -6,8 +6,13 @@ import dataclasses
 import json
 import os
 
-from tfx import v1 as tfx
+# TFX's own modules rather than `tfx.v1`, which also imports the Google Cloud extensions (Vertex AI, BigQuery):
+# 5.5 s more at every start of a run, a step or a test process on a 2-core CPU.
+from tfx.components import Evaluator, ExampleValidator, StatisticsGen, Trainer, Tuner
+from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 from tfx.dsl.placeholder import placeholder as ph
+from tfx.orchestration.pipeline import Pipeline
+from tfx.proto import pusher_pb2, trainer_pb2
 
 from components.atomic_pusher import AtomicPusher
 from components.audit.audit_component import ShortcutAudit
@@ -45,7 +50,7 @@ def create_pipeline(
     input_fingerprint: str = "",
     serving_state: str = "",
     enable_cache: bool = True,
-) -> tfx.dsl.Pipeline:
+) -> Pipeline:
     """Ingestion -> validation -> [tuning] -> training -> evaluation (per site) + [held-out evaluation] +
     shortcut audit -> serving gate -> push -> run report (model card, MLflow).
 
@@ -69,9 +74,9 @@ def create_pipeline(
         hold_out=hold_out,
         input_fingerprint=input_fingerprint,
     )
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=os.path.join(config.paths.schema_dir, "schema.pbtxt"))
-    example_validator = tfx.components.ExampleValidator(
+    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = ImportSchemaGen(schema_file=os.path.join(config.paths.schema_dir, "schema.pbtxt"))
+    example_validator = ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
     )
     anomalies_gate = AnomaliesGate(
@@ -81,10 +86,10 @@ def create_pipeline(
         classes_json=classes_json,
         hold_out=hold_out,
     )
-    splits = {"train_args": tfx.proto.TrainArgs(splits=["train"]), "eval_args": tfx.proto.EvalArgs(splits=["eval"])}
+    splits = {"train_args": trainer_pb2.TrainArgs(splits=["train"]), "eval_args": trainer_pb2.EvalArgs(splits=["eval"])}
     tuner = None
     if config.tuning.enabled:
-        tuner = tfx.components.Tuner(
+        tuner = Tuner(
             module_file=trainer_code.module_file,
             tuner_fn=trainer_code.tuner_fn,
             examples=example_gen.outputs["examples"],
@@ -94,7 +99,7 @@ def create_pipeline(
             **splits,
         )
         tuner.add_upstream_node(anomalies_gate)
-    trainer = tfx.components.Trainer(
+    trainer = Trainer(
         module_file=trainer_code.module_file,
         run_fn=trainer_code.run_fn,
         examples=example_gen.outputs["examples"],
@@ -104,7 +109,7 @@ def create_pipeline(
     )
     trainer.add_upstream_node(anomalies_gate)
     eval_config = build_eval_config(config.classes, config.critical_class)
-    evaluator = tfx.components.Evaluator(
+    evaluator = Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         example_splits=["test"],
@@ -112,7 +117,7 @@ def create_pipeline(
     )
     # A held-out root or site: the honest estimate for a new hospital, scored by TFMA like the test split.
     hold_out_evaluator = (
-        tfx.components.Evaluator(
+        Evaluator(
             examples=example_gen.outputs["examples"],
             model=trainer.outputs["model"],
             example_splits=[HOLDOUT],
@@ -145,8 +150,8 @@ def create_pipeline(
     pusher = AtomicPusher(
         model=trainer.outputs["model"],
         model_blessing=serving_gate.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_dir(config))
+        push_destination=pusher_pb2.PushDestination(
+            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=serving_dir(config))
         ),
     ).with_id("Pusher")
     run_report = RunReport(
@@ -172,7 +177,7 @@ def create_pipeline(
         trainer, evaluator, *([hold_out_evaluator] if hold_out_evaluator else []), audit, serving_gate, pusher,
         run_report,
     ]  # fmt: skip
-    return tfx.dsl.Pipeline(
+    return Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=pipeline_root,
         components=components,

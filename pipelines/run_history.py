@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from ml_metadata.metadata_store import metadata_store
-from tfx import v1 as tfx
+from tfx.orchestration import metadata
 
 from bloodcell import RunSummary as RunSummaryArtifact
 from contracts.artifacts import SUMMARY_FILE, read_json
@@ -39,7 +39,7 @@ class RunRecord:
 def _store(metadata_path: str) -> metadata_store.MetadataStore:
     if not os.path.exists(metadata_path):
         raise FileNotFoundError(f"no ML Metadata store at {metadata_path}: no local run yet")
-    return metadata_store.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path))
+    return metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(metadata_path))
 
 
 def list_runs(metadata_path: str) -> list[RunRecord]:
