@@ -3,13 +3,18 @@ sharpening, JPEG encoding, a random convolution and another site's magnification
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
 
 from training.augmentation import (
     ColourJitter,
     RandomConvolution,
+    RandomGeometry,
+    affine_geometry,
     at_another_magnification,
     cross_site_partners,
     gaussian_blur,
@@ -28,6 +33,31 @@ IMAGES = tf.constant(RNG.uniform(0.05, 1.0, (4, 16, 16, 3)).astype(np.float32))
 
 def roughness(image: np.ndarray) -> float:
     return float(np.mean(np.abs(np.diff(image, axis=0))))
+
+
+def test_one_resampling_does_what_keras_rotation_zoom_and_translation_do_in_turn():
+    images = tf.constant(RNG.uniform(0.0, 1.0, (2, 33, 33, 3)).astype(np.float32))
+    geometry = {"fill_mode": "reflect", "interpolation": "nearest"}
+    keras_layers = keras.Sequential([
+        keras.layers.RandomRotation((0.25, 0.25), **geometry),  # a quarter turn
+        keras.layers.RandomZoom((1.0, 1.0), **geometry),  # twice the field of view
+        keras.layers.RandomTranslation((3 / 33, 3 / 33), (-3 / 33, -3 / 33), **geometry),  # 3 px down, 3 px left
+    ])  # fmt: skip
+    expected = keras_layers(images, training=True).numpy()
+    fused = affine_geometry(images, tf.fill([2], math.pi / 2), tf.fill([2], 2.0), tf.constant([[3 / 33, -3 / 33]] * 2))
+    # the same pixels wherever no step reached past a border (mirrored once here, after each step there)
+    np.testing.assert_array_equal(fused.numpy()[:, 11:28, 5:22], expected[:, 11:28, 5:22])
+    assert np.mean(fused.numpy() == expected) > 0.8
+
+
+def test_random_geometry_moves_each_image_its_own_way_and_only_in_training():
+    layer = RandomGeometry(0.5, 0.35, 0.1)
+    moved = layer(IMAGES, training=True).numpy()
+    assert moved.shape == IMAGES.shape
+    assert all(not np.array_equal(moved[i], IMAGES.numpy()[i]) for i in range(len(moved)))
+    assert set(np.unique(moved)) <= set(np.unique(IMAGES.numpy()))  # nearest neighbour: no new values
+    np.testing.assert_array_equal(layer(IMAGES, training=False).numpy(), IMAGES.numpy())
+    assert RandomGeometry.from_config(layer.get_config()).get_config() == layer.get_config()
 
 
 def test_stain_jitter_is_the_identity_at_scale_one_and_moves_one_stain_otherwise():

@@ -75,7 +75,7 @@ def test_augmentation_only_in_training():
     assert 0.0 <= float(tf.reduce_min(augmented)) and float(tf.reduce_max(augmented)) <= 1.0
     np.testing.assert_array_equal(augmenter(images, training=False).numpy(), images.numpy())
     assert [layer.__class__.__name__ for layer in augmenter.layers] == [
-        "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "ColourJitter",
+        "RandomFlip", "RandomGeometry", "ColourJitter",
     ]
     with_convolution = build_augmenter(dataclasses.replace(CONFIG.augmentation, random_convolution=0.5), seed=1)
     assert with_convolution.layers[-1].__class__.__name__ == "RandomConvolution"
