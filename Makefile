@@ -9,7 +9,7 @@ CHROMIUM := /usr/bin/chromium
 .PHONY: install run test lint
 
 # Bytecode compiled at install: where PYTHONDONTWRITEBYTECODE is set (this project's CI), every process
-# compiled TF, TFX and Beam from source again (`bloodcell run` started in 47 s, 19 s compiled; 2-core CPU).
+# compiled TF, TFX and Beam from source again (the local runner imported in 47 s, 19 s compiled; 2-core CPU).
 $(STAMP): requirements.lock setup.py
 	$(PYTHON) -m pip install -q "uv==0.13.9"
 	$(UV) venv -q --seed --allow-existing -p $(PYTHON) $(VENV)
