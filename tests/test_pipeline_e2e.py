@@ -21,7 +21,7 @@ import tensorflow as tf
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from mlflow import MlflowClient
-from tfx import v1 as tfx
+from tfx.orchestration import metadata
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -95,7 +95,7 @@ def log_lines(text: str) -> list[str]:
 
 
 def store_of(config):
-    return metadata_store.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path(config)))
+    return metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(metadata_path(config)))
 
 
 def last_execution_state(store, type_name):
