@@ -21,11 +21,14 @@ from training.augmentation import (
     histogram_transfer,
     in_another_sites_colours,
     magnification_choices,
+    per_image_colour_map,
     random_convolution,
     rescale_about_centre,
     site_look,
-    stain_jitter,
+    stain_and_gamma,
+    to_grayscale,
 )
+from training.stains import HED_FROM_RGB, RGB_FROM_HED
 
 RNG = np.random.default_rng(0)
 IMAGES = tf.constant(RNG.uniform(0.05, 1.0, (4, 16, 16, 3)).astype(np.float32))
@@ -50,8 +53,23 @@ def test_one_resampling_does_what_keras_rotation_zoom_and_translation_do_in_turn
     assert np.mean(fused.numpy() == expected) > 0.8
 
 
+def test_the_same_resampling_mirrors_as_keras_flips_before_the_rest():
+    images = tf.constant(RNG.uniform(0.0, 1.0, (3, 33, 33, 3)).astype(np.float32))
+    mirrored = tf.stack([
+        tf.image.flip_left_right(images[0]), tf.image.flip_up_down(images[1]), tf.image.flip_up_down(images[2][:, ::-1]),
+    ])  # fmt: skip
+    geometry = {"fill_mode": "reflect", "interpolation": "nearest"}
+    rotation = keras.layers.RandomRotation((0.25, 0.25), **geometry)  # a quarter turn
+    expected = rotation(mirrored, training=True).numpy()
+    mirrors = tf.constant([[1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+    fused = affine_geometry(images, tf.fill([3], math.pi / 2), tf.ones([3]), tf.zeros([3, 2]), mirrors).numpy()
+    np.testing.assert_array_equal(fused, expected)  # a quarter turn of the whole square: no border reached
+    flipped_only = affine_geometry(images, tf.zeros([3]), tf.ones([3]), tf.zeros([3, 2]), mirrors).numpy()
+    np.testing.assert_array_equal(flipped_only, mirrored.numpy())
+
+
 def test_random_geometry_moves_each_image_its_own_way_and_only_in_training():
-    layer = RandomGeometry(0.5, 0.35, 0.1)
+    layer = RandomGeometry(0.5, 0.35, 0.1, ["horizontal", "vertical"])
     moved = layer(IMAGES, training=True).numpy()
     assert moved.shape == IMAGES.shape
     assert all(not np.array_equal(moved[i], IMAGES.numpy()[i]) for i in range(len(moved)))
@@ -60,11 +78,57 @@ def test_random_geometry_moves_each_image_its_own_way_and_only_in_training():
     assert RandomGeometry.from_config(layer.get_config()).get_config() == layer.get_config()
 
 
-def test_stain_jitter_is_the_identity_at_scale_one_and_moves_one_stain_otherwise():
-    ones, zeros = tf.ones([4, 1, 1, 3]), tf.zeros([4, 1, 1, 3])
-    np.testing.assert_allclose(stain_jitter(IMAGES, ones, zeros), IMAGES, atol=1e-5)
-    more_haematoxylin = stain_jitter(IMAGES, tf.constant([[[[1.5, 1.0, 1.0]]]] * 4), zeros)
+def test_flips_alone_give_each_of_the_four_mirror_images():
+    image = IMAGES.numpy()[0]
+    mirror_images = [image, image[:, ::-1], image[::-1], image[::-1, ::-1]]
+    seen = set()
+    for _ in range(8):
+        for out in RandomGeometry(0.0, 0.0, 0.0, ["horizontal", "vertical"])(tf.stack([image] * 8), training=True).numpy():
+            seen.add(next(k for k, m in enumerate(mirror_images) if np.array_equal(out, m)))
+    assert seen == {0, 1, 2, 3}
+    for _ in range(4):  # one axis named: never the other
+        out = RandomGeometry(0.0, 0.0, 0.0, ["horizontal"])(tf.stack([image] * 8), training=True).numpy()
+        assert all(np.array_equal(o, image) or np.array_equal(o, image[:, ::-1]) for o in out)
+
+
+def stain_then_gamma_pixel_by_pixel(images: np.ndarray, scale: np.ndarray, shift: np.ndarray, exponent: np.ndarray):
+    """The two steps the long way: each pixel's stain amounts moved, back to colour, then x ** e per channel."""
+    stains = -np.log(np.clip(images, 1e-3, 1.0)) @ HED_FROM_RGB * scale[:, None, None] + shift[:, None, None]
+    return np.clip(np.exp(-stains @ RGB_FROM_HED), 1e-4, 1.0) ** exponent[:, None, None]
+
+
+def test_stain_and_gamma_are_one_colour_map_in_optical_density():
+    ones, zeros = np.ones([4, 3], np.float32), np.zeros([4, 3], np.float32)
+    np.testing.assert_allclose(stain_and_gamma(IMAGES, ones, zeros, ones), IMAGES, atol=1e-5)
+    ranges = ((0.7, 1.3), (-0.015, 0.015), (0.67, 1.5))
+    scale, shift, exponent = (RNG.uniform(lo, hi, (4, 3)).astype(np.float32) for lo, hi in ranges)
+    expected = stain_then_gamma_pixel_by_pixel(IMAGES.numpy(), scale, shift, exponent)
+    np.testing.assert_allclose(stain_and_gamma(IMAGES, scale, shift, exponent), expected, atol=1e-5)
+    more_haematoxylin = stain_and_gamma(IMAGES, np.tile([[1.5, 1.0, 1.0]], [4, 1]).astype(np.float32), zeros, ones)
     assert float(tf.reduce_mean(more_haematoxylin)) < float(tf.reduce_mean(IMAGES))  # more stain, darker
+
+
+def test_per_image_colour_map_and_grayscale():
+    matrices = RNG.normal(size=(4, 3, 3)).astype(np.float32)
+    offsets = RNG.normal(size=(4, 3)).astype(np.float32)
+    expected = np.einsum("nhwc,ncd->nhwd", IMAGES.numpy(), matrices) + offsets[:, None, None]
+    np.testing.assert_allclose(per_image_colour_map(IMAGES, matrices, offsets), expected, atol=1e-5)
+    np.testing.assert_allclose(to_grayscale(IMAGES), tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(IMAGES)), atol=1e-6)
+
+
+def test_contrast_brightness_and_grayscale_of_the_colour_jitter():
+    mid = IMAGES * 0.5 + 0.25  # away from the clip at 0 and 1
+    gray = ColourJitter(0.0, 0.0, 0.0, 0.0, grayscale=1.0)(mid, training=True)
+    np.testing.assert_allclose(gray, to_grayscale(mid), atol=1e-5)
+    contrasted = ColourJitter(0.0, 0.4, 0.0, 0.0)(mid, training=True).numpy()
+    for before, after in zip(mid.numpy(), contrasted, strict=True):
+        np.testing.assert_allclose(after.mean(), before.mean(), atol=1e-5)  # about the image's mean
+        factor = np.std(after) / np.std(before)
+        assert 0.6 <= factor <= 1.4
+        np.testing.assert_allclose(after - after.mean(), (before - before.mean()) * factor, atol=1e-5)
+    brightened = ColourJitter(0.1, 0.0, 0.0, 0.0)(mid, training=True).numpy() - mid.numpy()
+    for shift in brightened:  # one shift per image, every pixel and channel alike
+        assert np.ptp(shift) < 1e-5 and abs(shift.mean()) <= 0.1
 
 
 def test_colour_jitter_changes_colour_per_image_and_only_in_training():

@@ -67,7 +67,7 @@ def test_png_and_jpeg_of_the_same_pixels_are_served_alike(tmp_path):
 
 
 def test_augmentation_only_in_training():
-    augmenter = build_augmenter(CONFIG.augmentation, seed=1)
+    augmenter = build_augmenter(CONFIG.augmentation)
     images = tf.random.stateless_uniform([8, SIZE, SIZE, 3], seed=[1, 2])
     augmented = augmenter(images, training=True)
     assert augmented.shape == images.shape
@@ -75,9 +75,9 @@ def test_augmentation_only_in_training():
     assert 0.0 <= float(tf.reduce_min(augmented)) and float(tf.reduce_max(augmented)) <= 1.0
     np.testing.assert_array_equal(augmenter(images, training=False).numpy(), images.numpy())
     assert [layer.__class__.__name__ for layer in augmenter.layers] == [
-        "RandomFlip", "RandomGeometry", "ColourJitter",
+        "RandomGeometry", "ColourJitter",
     ]
-    with_convolution = build_augmenter(dataclasses.replace(CONFIG.augmentation, random_convolution=0.5), seed=1)
+    with_convolution = build_augmenter(dataclasses.replace(CONFIG.augmentation, random_convolution=0.5))
     assert with_convolution.layers[-1].__class__.__name__ == "RandomConvolution"
 
 

@@ -13,18 +13,34 @@ import tf_keras as keras
 from contracts.config import Augmentation
 from training.stains import HED_FROM_RGB, RGB_FROM_HED
 
+LUMA = (0.2989, 0.5870, 0.1140)  # ITU-R 601 weights of red, green and blue, as tf.image.rgb_to_grayscale
+TO_GRAY = tf.constant([[weight] * 3 for weight in LUMA], tf.float32)  # a pixel's colour times this: its luminance x3
+
+
+def per_image_colour_map(images: tf.Tensor, matrices: tf.Tensor, offsets: tf.Tensor) -> tf.Tensor:
+    """Images [N, H, W, 3] with each pixel's colour (a row) times its image's matrix ([N, 3, 3]) plus its
+    image's offset ([N, 3]): one batched matrix product, where broadcasting per-image factors over the pixels
+    costs several times as much on a CPU."""
+    shape = tf.shape(images)
+    mapped = tf.linalg.matmul(tf.reshape(images, [shape[0], -1, 3]), matrices) + offsets[:, None, :]
+    return tf.reshape(mapped, shape)
+
 
 def to_grayscale(images: tf.Tensor) -> tf.Tensor:
     """ITU-R 601 luminance in all three channels: what a grayscale scanner or camera delivers."""
-    return tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(images))
+    n = tf.shape(images)[0]
+    return per_image_colour_map(images, tf.tile(TO_GRAY[None], [n, 1, 1]), tf.zeros([n, 3]))
 
 
-def stain_jitter(images: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
+def stain_and_gamma(images: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor, exponent: tf.Tensor) -> tf.Tensor:
     """Images [N, H, W, 3] in [0, 1] with each stain's amount (haematoxylin, eosin, residual; optical
-    density, per pixel) multiplied by `scale` and moved by `shift` ([N, 1, 1, 3] each): another lab's stain."""
+    density, per pixel) multiplied by `scale` and moved by `shift` (another lab's stain), then each channel
+    raised to the power `exponent` (a scanner's response curve: x ** e multiplies the optical density by e);
+    [N, 3] each. Both are linear in optical density, so they are one colour map there."""
     density = -tf.math.log(tf.clip_by_value(images, 1e-3, 1.0))
-    stains = tf.einsum("nhwc,cd->nhwd", density, HED_FROM_RGB) * scale + shift
-    return tf.exp(-tf.einsum("nhwd,dc->nhwc", stains, RGB_FROM_HED))
+    matrices = tf.einsum("cd,nd,de,ne->nce", HED_FROM_RGB, scale, RGB_FROM_HED, exponent)
+    offsets = tf.einsum("nd,dc,nc->nc", shift, RGB_FROM_HED, exponent)
+    return tf.exp(-tf.maximum(per_image_colour_map(density, matrices, offsets), 0.0))  # no brighter than white
 
 
 LEVELS = 256  # grey levels per channel of the histogram transfer
@@ -98,20 +114,25 @@ class ColourJitter(keras.layers.Layer):
             looks = tf.gather(images, tf.random.shuffle(tf.range(n)))
             moved = tf.random.uniform([n, 1, 1, 1]) < self.transfer
             images = tf.where(moved, histogram_transfer(images, looks), images)
-        if self.stain:
-            jitter = tf.random.uniform([n, 1, 1, 3], -self.stain, self.stain)
-            images = stain_jitter(images, 1.0 + jitter, tf.random.uniform([n, 1, 1, 3], -0.05, 0.05) * self.stain)
-        if self.gamma:
-            exponent = tf.exp(tf.random.uniform([n, 1, 1, 3], -self.gamma, self.gamma))  # x ** e as exp(e log x):
-            images = tf.exp(tf.math.log(tf.clip_by_value(images, 1e-4, 1.0)) * exponent)  # broadcast pow: 2x slower
+        if self.stain or self.gamma:
+            images = stain_and_gamma(
+                images,
+                1.0 + tf.random.uniform([n, 3], -self.stain, self.stain),
+                tf.random.uniform([n, 3], -0.05, 0.05) * self.stain,
+                tf.exp(tf.random.uniform([n, 3], -self.gamma, self.gamma)),
+            )
         hsv = tf.image.rgb_to_hsv(tf.clip_by_value(images, 0.0, 1.0))
         hue = tf.math.floormod(hsv[..., :1] + factor(self.hue), 1.0)
         saturation = tf.clip_by_value(hsv[..., 1:2] * (1.0 + factor(self.saturation)), 0.0, 1.0)
         images = tf.image.hsv_to_rgb(tf.concat([hue, saturation, hsv[..., 2:]], axis=-1))
-        mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
-        images = (images - mean) * (1.0 + factor(self.contrast)) + mean + factor(self.brightness)
-        gray = tf.random.uniform([n, 1, 1, 1]) < self.grayscale
-        images = tf.where(gray, to_grayscale(images), images)
+        # contrast about the image's mean, brightness, then grayscale or not: one affine colour map per image
+        contrast = 1.0 + tf.random.uniform([n], -self.contrast, self.contrast)
+        brightness = tf.random.uniform([n], -self.brightness, self.brightness)
+        level = tf.reduce_mean(images, axis=[1, 2, 3]) * (1.0 - contrast) + brightness
+        gray = tf.random.uniform([n]) < self.grayscale
+        mixing = tf.where(gray[:, None, None], TO_GRAY[None], tf.eye(3)[None])  # [N, 3, 3]
+        offsets = level[:, None] * tf.reduce_sum(mixing, axis=1)  # the map of a grey of that level
+        images = per_image_colour_map(images, contrast[:, None, None] * mixing, offsets)
         return tf.clip_by_value(images, 0.0, 1.0)
 
     def get_config(self) -> dict[str, Any]:
@@ -239,22 +260,26 @@ def at_another_magnification(image: tf.Tensor, choices: tf.Tensor, probability: 
     return tf.cond(tf.random.uniform([]) < probability, lambda: rescale_about_centre(image, factor), lambda: image)
 
 
-def affine_geometry(images: tf.Tensor, angles: tf.Tensor, zooms: tf.Tensor, shifts: tf.Tensor) -> tf.Tensor:
-    """Images [N, H, W, C] rotated by `angles` [N] (radians) about the centre, then zoomed by `zooms` [N] (the
-    output shows `zooms` times the field of view), then shifted by `shifts` [N, 2] (fractions of the height
-    and width), in one nearest-neighbour resampling with mirrored borders: what Keras' RandomRotation,
-    RandomZoom and RandomTranslation do one after another, at half the cost (one pass, not three)."""
+def affine_geometry(
+    images: tf.Tensor, angles: tf.Tensor, zooms: tf.Tensor, shifts: tf.Tensor, mirrors: tf.Tensor | None = None
+) -> tf.Tensor:
+    """Images [N, H, W, C] mirrored where `mirrors` [N, 2] is -1 (top to bottom, left to right; 1 leaves
+    them), rotated by `angles` [N] (radians) about the centre, then zoomed by `zooms` [N] (the output shows
+    `zooms` times the field of view), then shifted by `shifts` [N, 2] (fractions of the height and width), in
+    one nearest-neighbour resampling with mirrored borders: what Keras' RandomFlip, RandomRotation, RandomZoom
+    and RandomTranslation do one after another, at a third of the cost (one pass, not four)."""
     shape = tf.shape(images)
     height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
     centre_x, centre_y = (width - 1.0) / 2.0, (height - 1.0) / 2.0
-    # input point = zoom * rotation @ (output point - centre - shift) + centre
+    # input point = centre + mirror * zoom * rotation @ (output point - centre - shift)
+    mirror_y, mirror_x = (mirrors[:, :1], mirrors[:, 1:]) if mirrors is not None else (1.0, 1.0)
     cos, sin = zooms * tf.cos(angles), zooms * tf.sin(angles)
     from_x, from_y = centre_x + shifts[:, 1] * width, centre_y + shifts[:, 0] * height
-    transforms = tf.stack(
-        [cos, -sin, centre_x - cos * from_x + sin * from_y, sin, cos, centre_y - sin * from_x - cos * from_y,
-         tf.zeros_like(cos), tf.zeros_like(cos)],
-        axis=1,
-    )  # fmt: skip
+    rows = [mirror_x * tf.stack([cos, -sin, -cos * from_x + sin * from_y], axis=1),
+            mirror_y * tf.stack([sin, cos, -sin * from_x - cos * from_y], axis=1)]  # fmt: skip
+    transforms = tf.concat(
+        [rows[0] + [0.0, 0.0, centre_x], rows[1] + [0.0, 0.0, centre_y], tf.zeros([shape[0], 2])], axis=1
+    )
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
         interpolation="NEAREST", fill_mode="REFLECT",
@@ -262,14 +287,16 @@ def affine_geometry(images: tf.Tensor, angles: tf.Tensor, zooms: tf.Tensor, shif
 
 
 class RandomGeometry(keras.layers.Layer):
-    """Per image, a random rotation up to `rotation` of a full turn either way, zoom by 1 +- `zoom` and shift
-    up to `shift` of each side (`affine_geometry`). Nearest-neighbour, not bilinear: interpolation blurs every
-    augmented training image, which the clean eval and served images never are, and batch-norm statistics then
-    disagree between the two (eval accuracy swung between 0.6 and 0.97 with bilinear; about 0.99 with nearest)."""
+    """Per image, a mirror image half of the time along each axis that `flips` names ("horizontal",
+    "vertical", both or neither), a random rotation up to `rotation` of a full turn either way, zoom by 1 +-
+    `zoom` and shift up to `shift` of each side (`affine_geometry`). Nearest-neighbour, not bilinear:
+    interpolation blurs every augmented training image, which the clean eval and served images never are,
+    and batch-norm statistics then disagree between the two (eval accuracy swung between 0.6 and 0.97 with
+    bilinear; about 0.99 with nearest)."""
 
-    def __init__(self, rotation: float, zoom: float, shift: float, **kwargs: Any):
+    def __init__(self, rotation: float, zoom: float, shift: float, flips: Sequence[str] = (), **kwargs: Any):
         super().__init__(**kwargs)
-        self.rotation, self.zoom, self.shift = rotation, zoom, shift
+        self.rotation, self.zoom, self.shift, self.flips = rotation, zoom, shift, tuple(flips)
 
     def call(self, images: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         if not training:
@@ -277,24 +304,23 @@ class RandomGeometry(keras.layers.Layer):
         n = tf.shape(images)[0]
         angles = tf.random.uniform([n], -self.rotation, self.rotation) * 2.0 * math.pi
         zooms = 1.0 + tf.random.uniform([n], -self.zoom, self.zoom)
-        return affine_geometry(images, angles, zooms, tf.random.uniform([n, 2], -self.shift, self.shift))
+        flipping = tf.constant([["vertical" in self.flips, "horizontal" in self.flips]])
+        mirrors = tf.where(flipping & (tf.random.uniform([n, 2]) < 0.5), -1.0, 1.0)
+        return affine_geometry(images, angles, zooms, tf.random.uniform([n, 2], -self.shift, self.shift), mirrors)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "rotation": self.rotation, "zoom": self.zoom, "shift": self.shift}
+        return {
+            **super().get_config(), "rotation": self.rotation, "zoom": self.zoom, "shift": self.shift,
+            "flips": list(self.flips),
+        }  # fmt: skip
 
 
-def build_augmenter(settings: Augmentation, seed: int | None = None) -> keras.Sequential:
+def build_augmenter(settings: Augmentation) -> keras.Sequential:
     """The augmentation stage named in config; apply it with training=True to image batches."""
-    flips = (
-        "horizontal_and_vertical"
-        if settings.horizontal_flip and settings.vertical_flip
-        else ("horizontal" if settings.horizontal_flip else "vertical" if settings.vertical_flip else None)
-    )
+    flips = [name for name, on in (("horizontal", settings.horizontal_flip), ("vertical", settings.vertical_flip)) if on]
     layers: list[keras.layers.Layer] = []
-    if flips:
-        layers.append(keras.layers.RandomFlip(flips, seed=seed))
-    if settings.rotation or settings.zoom or settings.shift:
-        layers.append(RandomGeometry(settings.rotation, settings.zoom, settings.shift))
+    if flips or settings.rotation or settings.zoom or settings.shift:
+        layers.append(RandomGeometry(settings.rotation, settings.zoom, settings.shift, flips))
     layers.append(
         ColourJitter(
             settings.brightness,

@@ -85,7 +85,7 @@ def make_train_dataset(
     images, labels, sites = load_preprocessed(file_patterns, preprocessing)
     names, codes = np.unique(sites, return_inverse=True)
     dataset = balanced_dataset(images, labels, codes, site_power, seed)
-    augmenter = build_augmenter(augmentation, seed=seed) if augmentation.enabled else None
+    augmenter = build_augmenter(augmentation) if augmentation.enabled else None
     if augmenter is not None:
         choices = tf.ragged.constant(magnification_choices(names.tolist(), augmentation.site_magnification))
         look = {
