@@ -71,17 +71,17 @@ def write_split(path: Path, examples: list[tf.train.Example]) -> list[str]:
     return [str(path)]
 
 
-def predicted(model_dir: Path, examples: list[tf.train.Example]) -> np.ndarray:
+def served_outputs(model_dir: Path, examples: list[tf.train.Example]) -> dict[str, np.ndarray]:
+    """The exported model's `serving_examples` answers (every output) for the examples, in order."""
     signature = tf.saved_model.load(str(model_dir)).signatures[EXAMPLES_SIGNATURE]
     batches = [examples[i : i + 64] for i in range(0, len(examples), 64)]
-    return np.concatenate(
-        [signature(**{EXAMPLES_INPUT: tf.constant([e.SerializeToString() for e in b])})[PREDICTED_INDEX].numpy() for b in batches]
-    )
+    answers = [signature(**{EXAMPLES_INPUT: tf.constant([e.SerializeToString() for e in b])}) for b in batches]
+    return {key: np.concatenate([a[key].numpy() for a in answers]) for key in answers[0]}
 
 
 def recall_lines(title: str, examples: list[tf.train.Example], model_dir: Path, classes: list[str]) -> list[str]:
     labels = np.array([e.features.feature[features.LABEL].int64_list.value[0] for e in examples])
-    guesses = predicted(model_dir, examples)
+    guesses = served_outputs(model_dir, examples)[PREDICTED_INDEX]
     lines = [f"{title}: {len(labels)} images, accuracy {np.mean(labels == guesses):.4f}"]
     for index, name in enumerate(classes):
         mine = labels == index

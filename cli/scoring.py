@@ -206,14 +206,19 @@ def score(
         raise typer.Exit(EXIT_SERVING_ERROR) from None
     evaluation = config.evaluation
     report = score_report(
-        images, config.classes, config.critical_class, evaluation.min_accuracy, evaluation.min_critical_recall, loose
-    )
+        images, config.classes, config.critical_class, evaluation.min_accuracy, evaluation.min_critical_recall, loose,
+        evaluation.bars_of_sites(),
+    )  # fmt: skip
     if save:
         _save(report, config.classes, save)
     if out == ReportFormat.json:
         typer.echo(json.dumps(report.as_dict(), indent=1))
     else:
         bars = f"accuracy >= {evaluation.min_accuracy}, {config.critical_class} recall >= {evaluation.min_critical_recall}"
+        bars += "".join(
+            f"; {site}: accuracy >= {own.min_accuracy}, recall >= {own.min_critical_recall}"
+            for site, own in evaluation.bars_of_sites().items()
+        )
         _print_report(report, config.classes, config.critical_class, server or config.serving.grpc_target, bars)
     if report.failures:
         raise typer.Exit(EXIT_BARS_MISSED)

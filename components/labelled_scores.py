@@ -9,6 +9,7 @@ from typing import Any
 
 from components.evaluation import matrix_figures
 from components.serving_gate import site_failures
+from contracts.config import SiteBars
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,15 +84,16 @@ def score_report(
     min_accuracy: float,
     min_critical_recall: float,
     outside_class_folders: list[str] | None = None,
+    site_bars: dict[str, SiteBars] | None = None,
 ) -> ScoreReport:
-    """Pooled and per-site figures of the scored images, and every site's bars missed (a site without
-    critical-class images is judged on accuracy alone, as by the gate)."""
+    """Pooled and per-site figures of the scored images, and every site's bars missed (a site in
+    `site_bars` by its own; a site without critical-class images on accuracy alone, as by the gate)."""
     scored = [i for i in images if not i.error]
     sites = {
         site: figures([i for i in scored if i.site == site], classes, critical_class)
         for site in sorted({str(i.site) for i in scored})
     }
-    failures = site_failures(sites, min_accuracy, min_critical_recall, critical_class, "images")
+    failures = site_failures(sites, min_accuracy, min_critical_recall, critical_class, "images", site_bars)
     if not scored:
         failures.append(f"no image could be scored ({len(images)} listed)")
     pooled = figures(scored, classes, critical_class)

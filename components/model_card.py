@@ -16,6 +16,10 @@ def _recalls(recall: dict[str, float], support: dict[str, int] | None = None) ->
     return ", ".join(f"{name} {_pct(value)}" + (f" ({support[name]})" if support else "") for name, value in recall.items())
 
 
+def _per_site(counts: dict[str, int]) -> str:
+    return ", ".join(f"{site} {n or 'none'}" for site, n in counts.items())
+
+
 def _site_table(sites: dict[str, dict[str, Any]], critical: str) -> list[str]:
     lines = [f"| site | images | accuracy | {critical} recall | recall per class (images) |", "|---|---|---|---|---|"]
     for site, f in sites.items():
@@ -48,8 +52,8 @@ def render_model_card(summary: RunSummary, model_name: str, pipeline_run_id: str
         "**Sites.** Each image comes from a site (hospital and scanner) with its own stain, background, "
         "magnification and JPEG encoding. Where a class comes from one site only, the site's look predicts the "
         "class: a colour-histogram classifier with no shape information scores "
-        f"{_pct(audit['colour_baseline']['accuracy'])} on this test split. Sites of the training images per class: "
-        + "; ".join(f"{c}: {', '.join(s)}" for c, s in audit["train_sites_per_class"].items())
+        f"{_pct(audit['colour_baseline']['accuracy'])} on this test split. Training images per class and site: "
+        + "; ".join(f"{c}: {_per_site(s)}" for c, s in audit["train_sites_per_class"].items())
         + ".",
         "",
         "## Metrics (test split)",
@@ -123,9 +127,11 @@ def render_model_card(summary: RunSummary, model_name: str, pipeline_run_id: str
         "- Input is resized to the training resolution; fine chromatin detail below it is not seen.",
     ]
     for name, site in audit["single_site_classes"].items():
+        others = {s: n for s, n in audit["train_sites_per_class"][name].items() if s != site}
+        lacks = f" (other sites: {_per_site(others)})" if others else ""
         lines.append(
-            f"- Every {name} training image comes from site `{site}`: the model may have learnt that site's look "
-            f"for {name}. Expect lower {name} recall on images from other sites."
+            f"- {name} is trained from site `{site}` alone{lacks}: the model may have learnt that site's look for "
+            f"{name}. Expect lower {name} recall on images from other sites; it lacks {name} images from them."
         )
     failed = [name for name, v in audit["stress"].items() if not v["passes"]]
     if failed:

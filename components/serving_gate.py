@@ -5,6 +5,7 @@ Comparing against the served model, scored on this run's test split, needs no Re
 gate runs under LocalDagRunner and on Kubeflow Pipelines (whose open-source v2 backend has no Resolver).
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,6 +18,8 @@ from tfx.types import standard_artifacts
 
 from components.evaluation import ACCURACY, CRITICAL_RECALL, read_metrics, read_site_figures
 from contracts.artifacts import GATE_FILE, SERVING_FORMAT, example_files, served_versions
+from contracts.config import ConfigError, SiteBars
+from contracts.config import site_bars as typed_site_bars
 from contracts.signatures import EXAMPLES_INPUT, EXAMPLES_SIGNATURE
 from training.preprocessing import parse_example
 
@@ -83,13 +86,15 @@ def decide(
     sites: dict[str, dict[str, Any]] | None = None,
     hold_out: str = "",
     test_images: int | None = None,
+    site_bars: dict[str, SiteBars] | None = None,
 ) -> list[str]:
     """Every failed condition, in words (empty: the candidate may ship).
 
-    The bars hold for the pooled test split and for each site's test images; a site without critical-class
-    test images is judged on accuracy alone. With `test_images` (the records of the test split), the
-    candidate's `count` (the images TFMA scored) must equal it: Beam's DirectRunner with several workers has
-    lost records without an error. A hold-out run (trained without a root or site) never ships."""
+    The bars hold for the pooled test split and for each site's test images (a site in `site_bars` by its
+    own bars); a site without critical-class test images is judged on accuracy alone. With `test_images`
+    (the records of the test split), the candidate's `count` (the images TFMA scored) must equal it: Beam's
+    DirectRunner with several workers has lost records without an error. A hold-out run (trained without a
+    root or site) never ships."""
     failures = []
     if test_images is not None and candidate["count"] != test_images:
         failures.append(
@@ -104,24 +109,33 @@ def decide(
             failures.append(
                 f"{label} = {candidate[key]:.4f}, served model {served[key]:.4f}: drop > max_regression {max_regression}"
             )
-    failures += site_failures(sites or {}, min_accuracy, min_critical_recall, critical_class, "test images")
+    failures += site_failures(sites or {}, min_accuracy, min_critical_recall, critical_class, "test images", site_bars)
     if hold_out:
         failures.append(f"hold-out run: trained without {hold_out!r}, for measurement only, not for serving")
     return failures
 
 
 def site_failures(
-    sites: dict[str, dict[str, Any]], min_accuracy: float, min_critical_recall: float, critical_class: str, what: str
+    sites: dict[str, dict[str, Any]],
+    min_accuracy: float,
+    min_critical_recall: float,
+    critical_class: str,
+    what: str,
+    site_bars: dict[str, SiteBars] | None = None,
 ) -> list[str]:
-    """Each site's accuracy and critical-class recall below its bar, in words (`what` names the images); a
-    site without critical-class images is judged on accuracy alone."""
-    bars = {ACCURACY: ("accuracy", min_accuracy), CRITICAL_RECALL: (f"{critical_class} recall", min_critical_recall)}
-    return [
-        f"site {site}: {label} = {figures[key]:.4f} on {figures['count']} {what}, required >= {bar}"
-        for site, figures in sites.items()
-        for key, (label, bar) in bars.items()
-        if figures[key] is not None and not figures[key] >= bar
-    ]
+    """Each site's accuracy and critical-class recall below its bar, in words (`what` names the images): a
+    site in `site_bars` by its own bars, the others by the pooled ones; a site without critical-class images
+    is judged on accuracy alone."""
+    failures = []
+    for site, figures in sites.items():
+        own = (site_bars or {}).get(site, SiteBars(min_accuracy, min_critical_recall))
+        bars = {ACCURACY: ("accuracy", own.min_accuracy), CRITICAL_RECALL: (f"{critical_class} recall", own.min_critical_recall)}
+        failures += [
+            f"site {site}: {label} = {figures[key]:.4f} on {figures['count']} {what}, required >= {bar}"
+            for key, (label, bar) in bars.items()
+            if figures[key] is not None and not figures[key] >= bar
+        ]
+    return failures
 
 
 def gate_result(
@@ -134,12 +148,13 @@ def gate_result(
     critical_class: str,
     hold_out: str = "",
     test_images: int | None = None,
+    site_bars: dict[str, SiteBars] | None = None,
 ) -> dict[str, Any]:
     """What gate.json holds: the decision, every failed condition, and the figures it was made from. A
     model identical to the served one passes no bar it failed, and is never pushed again."""
     failures = decide(
         candidate, served, thresholds["min_accuracy"], thresholds["min_critical_recall"], thresholds["max_regression"],
-        critical_class, sites, hold_out, test_images,
+        critical_class, sites, hold_out, test_images, site_bars,
     )  # fmt: skip
     return {
         "blessed": not failures and not identical,
@@ -150,6 +165,7 @@ def gate_result(
         "served": served,
         "broken_served_versions": broken,
         "thresholds": thresholds,
+        "site_bars": {site: dataclasses.asdict(bars) for site, bars in (site_bars or {}).items()},
     }
 
 
@@ -166,13 +182,16 @@ def ServingGate(  # noqa: N802 - TFX component names are classes
     max_regression: Parameter[float],
     hold_out: Parameter[str],
     serving_state: Parameter[str],
+    site_bars_json: Parameter[str],
     blessing: OutputArtifact[standard_artifacts.ModelBlessing],
 ):
     """Blesses the candidate (for the Pusher) and writes gate.json with the figures and the reasons: the
     bars hold for the pooled test split and for every site's test images (TFMA's `site` slices).
 
-    `serving_state` names what was served when the run started, so that a cached decision is reused only
-    while the served model is unchanged (the local runner sets it; Kubeflow disables caching for this step).
+    `site_bars_json` (JSON {site: {min_accuracy, min_critical_recall}}) holds the sites judged by bars of
+    their own (config `evaluation.site_bars`). `serving_state` names what was served when the run started,
+    so that a cached decision is reused only while the served model is unchanged (the local runner sets it;
+    Kubeflow disables caching for this step).
     """
     del serving_state  # part of the cache key only
     classes = json.loads(classes_json)
@@ -187,8 +206,12 @@ def ServingGate(  # noqa: N802 - TFX component names are classes
     identical = served is not None and served.pop("digest") == model_digest(os.path.join(model.uri, SERVING_FORMAT))
     thresholds = {"min_accuracy": min_accuracy, "min_critical_recall": min_critical_recall, "max_regression": max_regression}
     test_images = sum(1 for _ in tf.data.TFRecordDataset(test_files, compression_type="GZIP"))
+    try:
+        own_bars = typed_site_bars(json.loads(site_bars_json), "site_bars")
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"site_bars: not JSON ({err}): {site_bars_json!r}") from None
     result = gate_result(
-        candidate_figures, sites, served, broken, identical, thresholds, critical_class, hold_out, test_images
+        candidate_figures, sites, served, broken, identical, thresholds, critical_class, hold_out, test_images, own_bars
     )
     blessed = result["blessed"]
     tf.io.gfile.makedirs(blessing.uri)

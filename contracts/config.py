@@ -95,11 +95,36 @@ class Tuning:
 
 
 @dataclasses.dataclass(frozen=True)
+class SiteBars:
+    """One site's own serving bars, where they differ from the pooled ones."""
+
+    min_accuracy: float
+    min_critical_recall: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Evaluation:
     min_accuracy: float             # overall and at every site
     min_critical_recall: float      # overall and at every site that has critical-class test images
     max_regression: float
     hold_out: str                   # a data root's folder name or a site: scored on, never trained on ("" = none)
+    site_bars: dict[str, dict[str, float]]  # {site: {min_accuracy, min_critical_recall}}: that site's own bars
+
+    def bars_of_sites(self) -> dict[str, SiteBars]:
+        """The sites with bars of their own, typed."""
+        return site_bars(self.site_bars, "evaluation.site_bars")
+
+
+def site_bars(raw: Any, where: str) -> dict[str, SiteBars]:
+    """{site: {min_accuracy, min_critical_recall}} as typed bars; ConfigError names `where` and the site."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: need {{site: {{min_accuracy, min_critical_recall}}}}, got {raw!r}")
+    for site, bars in raw.items():
+        if not isinstance(bars, dict) or set(bars) != {"min_accuracy", "min_critical_recall"}:
+            raise ConfigError(f"{where}.{site}: need {{min_accuracy, min_critical_recall}}, got {bars!r}")
+        if not all(isinstance(v, int | float) and 0 <= v <= 1 for v in bars.values()):
+            raise ConfigError(f"{where}.{site}: bars are fractions between 0 and 1, got {bars!r}")
+    return {site: SiteBars(**bars) for site, bars in raw.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,6 +314,7 @@ def _validate(config: Config) -> None:
     if not 0.0 <= config.training.site_weight_power <= 1.0:
         raise ConfigError("training.site_weight_power: must be between 0 (sites equally often) and 1 (as found)")
     _validate_site_magnification(config.augmentation)
+    site_bars(config.evaluation.site_bars, "evaluation.site_bars")
     if config.augmentation.blur < 0 or config.augmentation.sharpen < 0:
         raise ConfigError("augmentation.blur and augmentation.sharpen: must be 0 (off) or positive")
     quality = config.augmentation.jpeg_quality

@@ -4,6 +4,7 @@ run, runtime parameters on Kubeflow)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -50,6 +51,7 @@ class RunSettings:
     min_accuracy: Any
     min_critical_recall: Any
     max_regression: Any
+    site_bars: Any  # JSON {site: {min_accuracy, min_critical_recall}}: the sites with bars of their own
 
 
 def run_settings(config: Config) -> RunSettings:
@@ -61,4 +63,5 @@ def run_settings(config: Config) -> RunSettings:
         min_accuracy=float(evaluation.min_accuracy),
         min_critical_recall=float(evaluation.min_critical_recall),
         max_regression=float(evaluation.max_regression),
+        site_bars=json.dumps(evaluation.site_bars, sort_keys=True),
     )

@@ -146,6 +146,7 @@ def create_pipeline(
         max_regression=settings.max_regression,
         hold_out=hold_out,
         serving_state=serving_state,
+        site_bars_json=settings.site_bars,
     )
     pusher = AtomicPusher(
         model=trainer.outputs["model"],

@@ -14,14 +14,15 @@ from contracts.data_roots import DataRoot
 from pipelines.configs import run_settings
 
 
-def test_default_config_points_at_the_three_shared_sites():
+def test_default_config_points_at_the_four_shared_roots_of_three_sites():
     config = load_config()
     assert config.classes == ["basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"]
     assert config.critical_index == 3
     shared = (REPO_ROOT.parent / "shared/data").resolve()
     assert config.paths.data_roots == [
-        DataRoot(str(shared / name)) for name in ("blood-cells-5class", "barcelona-extra", "munich-extra")
+        DataRoot(str(shared / name)) for name in ("blood-cells-5class", "barcelona-extra", "munich-extra", "mll-marrow")
     ]
+    assert [Path(r.path).name for r in config.kubeflow.data_roots] == [Path(r.path).name for r in config.paths.data_roots]
     assert config.ingestion.split_ratios == {"train": 0.7, "eval": 0.15, "test": 0.15}
 
 

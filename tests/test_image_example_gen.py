@@ -109,11 +109,11 @@ def test_class_with_no_usable_image_stops_the_run(generated_root, tmp_path):
 
 
 def test_several_roots_each_image_with_its_site_duplicates_across_roots(tmp_path):
-    """Three real site subsets (MANIFEST.csv sites), a root whose site comes from the config, a copy of
-    one root's image in another root, and a file the manifest does not list."""
-    per_class = {"blood-cells-5class": 6, "barcelona-extra": 6, "munich-extra": 3}
+    """Four real site subsets (MANIFEST.csv sites; the marrow root lacks two classes), a root whose site
+    comes from the config, a copy of one root's image in another root, and a file the manifest does not list."""
+    per_class = {"blood-cells-5class": 6, "barcelona-extra": 6, "munich-extra": 3, "mll-marrow": 4}
     subsets = make_site_subsets(tmp_path / "data", per_class)
-    five, barcelona, munich = subsets
+    five, barcelona, munich, marrow = subsets
     lab = tmp_path / "data" / "lab"
     for k, name in enumerate(CLASSES):
         (lab / name).mkdir(parents=True)
@@ -123,7 +123,8 @@ def test_several_roots_each_image_with_its_site_duplicates_across_roots(tmp_path
     (barcelona / "monocyte" / "copy-from-five.jpg").write_bytes(copy.read_bytes())
     (munich / "basophil" / "unlisted.jpg").write_bytes(image_bytes(seed=3))
     # barcelona-extra's unlisted copy takes the root's configured site; munich-extra has none configured.
-    roots = [DataRoot(str(five)), DataRoot(str(barcelona), "barcelona"), DataRoot(str(munich)), DataRoot(str(lab), "lyon")]
+    roots = [DataRoot(str(five)), DataRoot(str(barcelona), "barcelona"), DataRoot(str(munich)), DataRoot(str(marrow))]
+    roots.append(DataRoot(str(lab), "lyon"))
     report = ingest(roots, tmp_path / "out")
 
     listed = [p for root in subsets + [lab] for p in root.rglob("*") if p.is_file() and p.parent != root]
@@ -134,7 +135,9 @@ def test_several_roots_each_image_with_its_site_duplicates_across_roots(tmp_path
     assert report["rejections"][0]["file"] == "munich-extra/basophil/unlisted.jpg"
     assert report["rejections"][0]["reason"].startswith("no site")
     by_site = report["counts_by_site"]
-    assert set(by_site) == {"barcelona", "munich", "lyon"}
+    assert set(by_site) == {"barcelona", "munich", "mll-marrow", "lyon"}
+    marrow_total = {c: sum(n.values()) for c, n in by_site["mll-marrow"].items()}
+    assert marrow_total == {"basophil": 0, "erythroblast": 0, "monocyte": 4, "myeloblast": 4, "seg_neutrophil": 4}
     total = {c: sum(n.values()) for c, n in by_site["barcelona"].items()}
     assert total == {"basophil": 12, "erythroblast": 12, "monocyte": 12, "myeloblast": 0, "seg_neutrophil": 6}
     assert {c: sum(n.values()) for c, n in by_site["lyon"].items()} == {c: 4 for c in CLASSES}
@@ -144,6 +147,7 @@ def test_several_roots_each_image_with_its_site_duplicates_across_roots(tmp_path
     sites = {row[features.RELPATH].decode(): row[features.SITE].decode() for row in rows}
     assert sites[f"blood-cells-5class/myeloblast/{real_files('myeloblast', 1)[0].name}"] == "munich"
     assert sites["lab/basophil/0.png"] == "lyon"
+    assert sites[f"mll-marrow/myeloblast/{real_files('myeloblast', 1, marrow)[0].name}"] == "mll-marrow"
 
 
 def test_a_held_out_site_is_written_as_its_own_split_and_may_take_a_class_away(tmp_path):

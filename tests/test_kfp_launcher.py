@@ -32,7 +32,7 @@ from pipelines.kubeflow_runner import compile_pipeline
 from serving.model_server import start_server
 from tests.helpers import CLASSES, CONFIG, make_site_subsets, real_files
 
-PER_CLASS = {"blood-cells-5class": 20, "barcelona-extra": 6, "munich-extra": 4}
+PER_CLASS = {"blood-cells-5class": 20, "barcelona-extra": 6, "munich-extra": 4, "mll-marrow": 4}
 runner = CliRunner()
 
 
@@ -66,9 +66,10 @@ def volumes(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def default_run(compiled, volumes):
-    """Every runtime parameter at its default but one training epoch and gate bars of 0 (a one-epoch model on
-    a hundred images must still be pushed)."""
+    """Every runtime parameter at its default but one training epoch and gate bars of 0, the marrow site's own
+    too (a one-epoch model on a hundred images must still be pushed)."""
     parameters = {"trainer_config": trainer_parameter(1), "min_accuracy": 0.0, "min_critical_recall": 0.0}
+    parameters["site_bars"] = json.dumps({"mll-marrow": {"min_accuracy": 0.0, "min_critical_recall": 0.0}})
     return launch(compiled, volumes, parameters)
 
 
@@ -105,7 +106,8 @@ def test_ingestion_read_the_default_data_roots_parameter(default_run, volumes):
     report = read_json(default_run.uri("ImageExampleGen", "report"), INGESTION_REPORT_FILE)
     data = Path(volumes[CONFIG.kubeflow.data_pvc])
     assert report["found"] == sum(len(image_files(data / root.name)) for root in CONFIG.paths.data_roots)
-    assert set(report["counts_by_site"]) == {"barcelona", "munich"}
+    assert set(report["counts_by_site"]) == {"barcelona", "munich", "mll-marrow"}
+    assert sum(report["counts_by_site"]["mll-marrow"]["myeloblast"].values()) == PER_CLASS["mll-marrow"]
     assert sum(report["counts_by_site"]["munich"]["basophil"].values()) == PER_CLASS["munich-extra"]
     assert report["found"] == report["ingested"] + report["duplicates"] + report["rejected"]
 

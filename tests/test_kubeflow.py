@@ -60,6 +60,7 @@ def test_images_parameters_caching_and_volumes(compiled):
         "min_accuracy": CONFIG.evaluation.min_accuracy,
         "min_critical_recall": CONFIG.evaluation.min_critical_recall,
         "max_regression": CONFIG.evaluation.max_regression,
+        "site_bars": json.dumps(CONFIG.evaluation.site_bars, sort_keys=True),
     }
     assert json.loads(parameters["trainer_config"]["defaultValue"]) == trainer_config(CONFIG).as_dict()
     tasks = spec["root"]["dag"]["tasks"]
@@ -67,6 +68,7 @@ def test_images_parameters_caching_and_volumes(compiled):
         ("ImageExampleGen", "data_roots_json"): "data_roots",
         ("ServingGate", "min_critical_recall"): "min_critical_recall",
         ("ServingGate", "max_regression"): "max_regression",
+        ("ServingGate", "site_bars_json"): "site_bars",
         ("Trainer", "custom_config"): "trainer_config",
     }
     for (task, name), parameter in wired.items():

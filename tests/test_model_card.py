@@ -24,11 +24,12 @@ def test_model_card_carries_the_runs_figures():
     assert "Fails the stress bar on: grayscale." in card
     assert "Blessed and pushed." in card
     assert "score the served model on labelled cells of that scanner: `bloodcell score`" in card
-    assert "seg_neutrophil: barcelona, munich" in card
+    assert "seg_neutrophil: barcelona 1149, mll-marrow 63, munich 716" in card
     assert "| barcelona | 35 | 94.29% | n/a |" in card and "| munich | 15 | 93.33% | 100.00% |" in card
     assert "seg_neutrophil 80.00% (5)" in card
-    assert "Every monocyte training image comes from site `barcelona`" in card
-    assert "seg_neutrophil training image" not in card
+    assert "- basophil is trained from site `barcelona` alone (other sites: mll-marrow none, munich 6)" in card
+    assert "it lacks erythroblast images from them" in card
+    assert "monocyte is trained from" not in card and "seg_neutrophil is trained from" not in card
 
 
 def test_model_card_of_a_hold_out_run_gives_the_unseen_sites_figures():

@@ -51,8 +51,9 @@ from tests.helpers import CLASSES, make_real_subset, make_site_subsets, real_fil
 pytestmark = pytest.mark.slow
 
 
-# Real images of the three configured sites: the five-class folder, Barcelona's extra classes and Munich's.
-PER_CLASS = {"blood-cells-5class": 40, "barcelona-extra": 12, "munich-extra": 10}
+# Real images of the three configured sites: the five-class folder, Barcelona's extra classes, Munich's, and
+# the marrow site's blasts, monocytes and neutrophils (judged by its own bars, config `evaluation.site_bars`).
+PER_CLASS = {"blood-cells-5class": 40, "barcelona-extra": 12, "munich-extra": 10, "mll-marrow": 8}
 BLOODCELL = os.path.join(os.path.dirname(sys.executable), "bloodcell")
 
 
@@ -127,8 +128,9 @@ def blocked(workspace, no_pytest_argv):
 def pushed(blocked, workspace):
     """Phase 2: thresholds any model passes, on the same data: the model is pushed."""
     config = config_for(
-        workspace, "evaluation.min_accuracy=0.0", "evaluation.min_critical_recall=0.0", "evaluation.max_regression=1.0"
-    )
+        workspace, "evaluation.min_accuracy=0.0", "evaluation.min_critical_recall=0.0", "evaluation.max_regression=1.0",
+        'evaluation.site_bars={"mll-marrow": {"min_accuracy": 0.0, "min_critical_recall": 0.0}}',
+    )  # fmt: skip
     return Phase(config, *run_local(config))
 
 
@@ -173,7 +175,7 @@ def test_a_bar_no_model_passes_blocks_the_push_and_says_why(blocked, workspace):
 def test_every_site_is_scored_in_the_summary_and_in_gate_json(blocked):
     """TFMA's site slice: every site's test images, counted once, and the gate judges each site."""
     summary = blocked.summary
-    assert set(summary.sites) == {"barcelona", "munich"}
+    assert set(summary.sites) == {"barcelona", "munich", "mll-marrow"}
     assert sum(f["count"] for f in summary.sites.values()) == summary.splits["test"]
     assert summary.sites["barcelona"]["critical_recall"] is None  # no myeloblast at this site
     gate_file = glob.glob(os.path.join(blocked.config.paths.output_root, "pipelines", "*", "ServingGate", "*", "*", GATE_FILE))
@@ -182,6 +184,12 @@ def test_every_site_is_scored_in_the_summary_and_in_gate_json(blocked):
     assert gate["sites"] == {site: {k: f[k] for k in keys} for site, f in summary.sites.items()}
     assert gate["candidate"]["count"] == summary.splits["test"]  # TFMA scored every test image
     assert any(f.startswith("site barcelona: accuracy = ") for f in summary.gate_failures)
+    # The marrow site is held to its own bars, the others to the run's.
+    assert gate["site_bars"] == {"mll-marrow": {"min_accuracy": 0.85, "min_critical_recall": 0.97}}
+    marrow = [f for f in summary.gate_failures if f.startswith("site mll-marrow: ")]
+    assert all(f.endswith(("required >= 0.85", "required >= 0.97")) for f in marrow)
+    figures = summary.sites["mll-marrow"]
+    assert bool(marrow) == (figures["accuracy"] < 0.85 or figures["critical_recall"] < 0.97)
 
 
 def test_passing_bars_reuse_ingestion_and_training_and_push_the_model(blocked, pushed):
@@ -225,7 +233,10 @@ def test_the_audit_operating_point_model_card_and_explanation_come_with_the_push
     assert audit["clean"]["accuracy"] == pytest.approx(summary.test_accuracy)
     assert sum(g["count"] for g in audit["groups"].values()) == summary.splits["test"]
     assert audit["sites"].keys() == summary.sites.keys()
-    assert audit["single_site_classes"] == {config.critical_class: "munich"}
+    # Under 30 training images of a class from a site do not make it a source: on this small subset each
+    # class has one (the marrow site's 8 per class, Munich's 10, Barcelona's 12 neutrophils are too few).
+    single = {"basophil": "barcelona", "erythroblast": "barcelona", "monocyte": "barcelona"}
+    assert audit["single_site_classes"] == single | {config.critical_class: "munich", "seg_neutrophil": "munich"}
     assert set(audit["stress"]) == {"grayscale", "stain_normalised", "geometry_swapped", "look_swapped", "stain_swapped"}
     point = summary.operating_point
     assert point["recall"] >= config.screening.alert_recall and 0.0 < point["threshold"] <= 0.5
@@ -430,3 +441,39 @@ def test_train_step_benchmark_times_both_kernel_settings(blocked):
     lines = done.stdout.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == ["TF_ENABLE_ONEDNN_OPTS=0", "TF_ENABLE_ONEDNN_OPTS=1"]
     assert all(float(line.split()[1]) > 0 and " s per epoch of " in line for line in lines)
+
+
+def test_leave_one_site_out_trains_without_the_site_scores_it_and_pushes_nothing(blocked, tmp_path):
+    """benchmarks/leave_one_site_out.py on a run's split: the marrow site held out of training, every one of its
+    images (all splits) scored per class, the table written as JSON and Markdown, no model pushed."""
+    examples_uri = store_of(blocked.config).get_artifacts_by_type("Examples")[0].uri
+    rows = [tf.train.Example.FromString(r.numpy()) for s in ("train", "eval", "test")
+            for r in tf.data.TFRecordDataset(example_files(examples_uri, s), compression_type="GZIP")]  # fmt: skip
+    marrow = [e for e in rows if e.features.feature[features.SITE].bytes_list.value[0] == b"mll-marrow"]
+    out = tmp_path / "loso"
+    overrides = ["training.epochs=1", "preprocessing.image_size=32"]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.leave_one_site_out", examples_uri, "--output", str(out), "--site", "mll-marrow"]
+        + [arg for o in overrides for arg in ("--set", o)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = json.loads((out / "loso.json").read_text())
+    (site,) = table["sites"]
+    assert site["site"] == "mll-marrow" and site["images"] == len(marrow) == 3 * PER_CLASS["mll-marrow"]
+    assert {name: c["images"] for name, c in site["classes"].items()} == dict.fromkeys(
+        ["monocyte", "myeloblast", "seg_neutrophil"], PER_CLASS["mll-marrow"]
+    )
+    for name, figures in site["classes"].items():  # every image right or called something else, once
+        assert figures["right"] + sum(figures["called_instead"].values()) == figures["images"]
+        assert site["recall"][name] == figures["right"] / figures["images"]
+    assert site["untrained_classes"] == [] and 0 <= site["alert_rate_non_critical"] <= 1
+    assert "| `mll-marrow` | 24 | " in (out / "loso.md").read_text() and "| `mll-marrow` | 24 | " in done.stdout
+    assert (out / "mll-marrow" / "model" / "saved_model.pb").exists()
+    assert not os.path.exists(os.path.join(blocked.config.paths.serving_root, blocked.config.model_name))  # nothing pushed
+    held_out_sha = {e.features.feature[features.SHA256].bytes_list.value[0] for e in marrow}
+    trained = tf.data.TFRecordDataset(str(out / "mll-marrow" / "train.gz"), compression_type="GZIP")
+    trained_on = [tf.train.Example.FromString(r.numpy()) for r in trained]
+    assert trained_on and not held_out_sha & {e.features.feature[features.SHA256].bytes_list.value[0] for e in trained_on}

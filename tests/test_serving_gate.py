@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from components.serving_gate import decide, model_digest, newest_loadable, serving_state
 from contracts.artifacts import served_versions
+from contracts.config import DEFAULT_CONFIG, ConfigError, SiteBars, load_config, site_bars
 from tests.helpers import CLASSES, real_files, write_examples
 
 BARS = {"min_accuracy": 0.95, "min_critical_recall": 0.99, "max_regression": 0.01, "critical_class": "myeloblast"}
@@ -57,6 +60,31 @@ def test_one_failing_site_blocks_although_the_pool_passes():
     ]
 
 
+def test_a_site_with_its_own_bars_is_judged_by_them_and_the_others_by_the_pooled_bars():
+    """The marrow site's bars (config `evaluation.site_bars`) are lower; Munich keeps the pooled ones."""
+    own = {"mll-marrow": SiteBars(min_accuracy=0.85, min_critical_recall=0.97)}
+    sites = {
+        "munich": {"count": 310, "accuracy": 0.96, "critical_recall": 0.98},
+        "mll-marrow": {"count": 143, "accuracy": 0.86, "critical_recall": 0.975},
+    }
+    pooled = {"accuracy": 0.975, "critical_recall": 1.0}
+    assert decide(pooled, None, **BARS, sites=sites, site_bars=own) == [
+        "site munich: myeloblast recall = 0.9800 on 310 test images, required >= 0.99"
+    ]
+    sites["mll-marrow"] |= {"accuracy": 0.84, "critical_recall": 0.96}
+    assert decide(pooled, None, **BARS, sites=sites, site_bars=own)[1:] == [
+        "site mll-marrow: accuracy = 0.8400 on 143 test images, required >= 0.85",
+        "site mll-marrow: myeloblast recall = 0.9600 on 143 test images, required >= 0.97",
+    ]
+    # Without its own bars the marrow site would be held to the pooled ones.
+    assert len(decide(pooled, None, **BARS, sites=sites)) == 3
+
+
+def test_the_default_config_gives_the_marrow_site_its_own_bars():
+    bars = load_config(DEFAULT_CONFIG).evaluation.bars_of_sites()
+    assert set(bars) == {"mll-marrow"} and bars["mll-marrow"].min_accuracy < load_config(DEFAULT_CONFIG).evaluation.min_accuracy
+
+
 def test_a_hold_out_run_is_never_blessed():
     assert decide({"accuracy": 1.0, "critical_recall": 1.0}, None, **BARS, hold_out="munich-extra") == [
         "hold-out run: trained without 'munich-extra', for measurement only, not for serving"
@@ -86,3 +114,12 @@ def test_a_candidate_scored_on_fewer_images_than_the_test_split_holds_is_refused
         "the Evaluator scored 830 of the 1165 test images: its Beam job lost some; "
         "run again without the cache (bloodcell run --no-cache)"
     ]
+
+
+def test_site_bars_with_a_missing_or_out_of_range_bar_are_refused():
+    with pytest.raises(ConfigError, match="site_bars: need"):
+        site_bars(["lyon"], "site_bars")  # the gate's runtime parameter, as a dashboard user may type it
+    with pytest.raises(ConfigError, match="evaluation.site_bars.lyon: need"):
+        load_config(DEFAULT_CONFIG, ['evaluation.site_bars={"lyon": {"min_accuracy": 0.9}}'])
+    with pytest.raises(ConfigError, match="evaluation.site_bars.lyon: bars are fractions"):
+        load_config(DEFAULT_CONFIG, ['evaluation.site_bars={"lyon": {"min_accuracy": 90, "min_critical_recall": 1}}'])

@@ -107,6 +107,19 @@ def test_swap_targets_pick_the_largest_group_of_another_size():
     }
 
 
+def test_a_class_is_single_site_when_other_sites_give_it_only_a_few_training_images():
+    labels = [0] * 870 + [0] * 6 + [1] * 1009 + [1] * 214 + [1] * 6 + [2] * 10
+    sites = ["bcn"] * 876 + ["bcn"] * 1009 + ["marrow"] * 214 + ["mun"] * 6 + ["mun"] * 10
+    sites[870:876] = ["mun"] * 6
+    counts = shortcut_audit.images_per_class_and_site(labels, sites, ["a", "b", "c", "d"])
+    assert counts == {
+        "a": {"bcn": 870, "marrow": 0, "mun": 6},
+        "b": {"bcn": 1009, "marrow": 214, "mun": 6},
+        "c": {"bcn": 0, "marrow": 0, "mun": 10},  # "d" has no image: not listed
+    }
+    assert shortcut_audit.single_site_classes(counts) == {"a": "bcn", "c": "mun"}
+
+
 def test_audit_exposes_a_model_that_reads_the_background():
     train, train_labels = two_source_set(20, seed=0)
     test, test_labels = two_source_set(10, seed=1)

@@ -119,12 +119,28 @@ def figures_by(
     }
 
 
-def sites_per_class(labels: Sequence[int], sites: Sequence[str], classes: list[str]) -> dict[str, list[str]]:
-    """The sites each class's images come from (of the classes present)."""
-    found: dict[str, set[str]] = {}
-    for label, site in zip(labels, sites, strict=True):
-        found.setdefault(classes[label], set()).add(site)
-    return {name: sorted(found[name]) for name in classes if name in found}
+MIN_SITE_IMAGES = 30  # a site is a source of a class for the model when training has this many of its images
+
+
+def images_per_class_and_site(labels: Sequence[int], sites: Sequence[str], classes: list[str]) -> dict[str, dict[str, int]]:
+    """Every class's images per site, every site of the images named (0 where a site has none of a class)."""
+    counts = Counter(zip(labels, sites, strict=True))
+    return {
+        name: {site: counts[(index, site)] for site in sorted(set(sites))}
+        for index, name in enumerate(classes)
+        if any(counts[(index, site)] for site in set(sites))
+    }
+
+
+def single_site_classes(per_site: dict[str, dict[str, int]], minimum: int = MIN_SITE_IMAGES) -> dict[str, str]:
+    """The classes that training has from one site only, or from one site and a few images (under `minimum`)
+    of others: {class: that site}."""
+    single = {}
+    for name, counts in per_site.items():
+        sources = [site for site, n in counts.items() if n >= minimum] or [max(counts, key=counts.get)]
+        if len(sources) == 1:
+            single[name] = sources[0]
+    return single
 
 
 def group_geometry(images: Sequence[np.ndarray], groups: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -204,7 +220,7 @@ def run_audit(
 
     per_group = figures_by(groups, test_labels, clean_predicted, classes, critical_class)
     per_site = figures_by(test_sites, test_labels, clean_predicted, classes, critical_class)
-    train_site_coverage = sites_per_class(train_labels, train_sites, classes)
+    train_site_coverage = images_per_class_and_site(train_labels, train_sites, classes)
 
     geometry = group_geometry(test_images, groups)
     targets = swap_targets(geometry)
@@ -264,7 +280,7 @@ def run_audit(
         "groups": per_group,
         "sites": per_site,
         "train_sites_per_class": train_site_coverage,
-        "single_site_classes": {c: s[0] for c, s in train_site_coverage.items() if len(s) == 1},
+        "single_site_classes": single_site_classes(train_site_coverage),
         "geometry": {g: {**info, "swapped_to": targets.get(g)} for g, info in geometry.items()},
         "stain_reference": {"lab_mean": reference[0].tolist(), "lab_std": reference[1].tolist()},
         "stress": variants,

@@ -79,9 +79,9 @@ def make_real_subset(root: Path, per_class: int, source: Path = REAL_DATA) -> Pa
 
 
 def make_site_subsets(root: Path, per_class: dict[str, int]) -> list[Path]:
-    """Real subsets of the configured roots (`per_class` images of each class, by root folder name) in
-    root/<root name>/, each with its MANIFEST.csv rows: several sites, as the default config has."""
-    return [make_real_subset(root / r.name, per_class[r.name], Path(r.path)) for r in DATA_ROOTS]
+    """Real subsets of the configured roots named in `per_class` (that many images of each class, by root
+    folder name) in root/<root name>/, each with its MANIFEST.csv rows: several sites, as the default config has."""
+    return [make_real_subset(root / r.name, per_class[r.name], Path(r.path)) for r in DATA_ROOTS if r.name in per_class]
 
 
 def free_port() -> int:

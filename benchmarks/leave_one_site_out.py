@@ -1,0 +1,206 @@
+"""Leave-one-site-out: what a hospital the model has never seen will get. For each site of a pipeline run's
+split, trains with the Trainer's own code on the other sites' train and eval images, and scores every image
+of the held-out site (all splits) with the exported model's `serving_examples`, as served: per-class recall
+with what each class was called instead, myeloblast precision, and the served alert's rate on non-blasts.
+
+    .venv/bin/python -m benchmarks.leave_one_site_out \\
+        outputs/pipelines/bloodcell/ImageExampleGen/examples/<id> --output outputs/loso [--site munich ...]
+
+Writes `<output>/loso.json` and `<output>/loso.md` (one row per held-out site), after each site so a long
+run can be read as it goes. The held-out models stay under `<output>/<site>/model`: never pushed.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import tensorflow as tf
+import typer
+
+from benchmarks.hold_out_root import read_split, served_outputs, write_split
+from cli.options import CONFIG_OPTION, load_config_or_exit
+from cli.run_log import configure_process
+from contracts import features
+from contracts.config import Config
+from contracts.signatures import PREDICTED_INDEX, alert_output
+from pipelines.configs import trainer_config
+from training.trainer_module import train
+
+app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
+SPLITS = ("train", "eval", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassFigures:
+    """One class of the held-out site: its images, how many were right, and what the rest were called."""
+
+    images: int
+    right: int
+    called_instead: dict[str, int]
+
+    @property
+    def recall(self) -> float:
+        return self.right / self.images
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOutSite:
+    """The figures of one site held out of training and scored as served."""
+
+    site: str
+    images: int
+    accuracy: float
+    classes: dict[str, ClassFigures]  # the classes the site has
+    critical_precision: float | None  # of the argmax answers naming the critical class; None: never named
+    alert_rate_non_critical: float | None  # served alert raised on images of other classes; None: site has none
+    untrained_classes: list[str]  # classes no other site has: the model never saw them
+    trained_sites_test_accuracy: float  # the other sites' test split, same model
+    trained_sites_critical_recall: float | None
+    epochs: int
+    minutes: float
+
+
+def site_of(example: tf.train.Example) -> str:
+    return example.features.feature[features.SITE].bytes_list.value[0].decode()
+
+
+def label_of(example: tf.train.Example) -> int:
+    return example.features.feature[features.LABEL].int64_list.value[0]
+
+
+def score_site(
+    labels: np.ndarray, predicted: np.ndarray, alerts: np.ndarray, classes: list[str], critical_index: int
+) -> tuple[float, dict[str, ClassFigures], float | None, float | None]:
+    """(accuracy, per-class figures, critical-class precision, alert rate on the other classes)."""
+    figures = {}
+    for index, name in enumerate(classes):
+        mine = labels == index
+        if mine.any():
+            wrong = collections.Counter(classes[g] for g in predicted[mine] if g != index)
+            figures[name] = ClassFigures(int(mine.sum()), int((predicted[mine] == index).sum()), dict(wrong.most_common()))
+    named = predicted == critical_index
+    precision = float((labels[named] == critical_index).mean()) if named.any() else None
+    others = labels != critical_index
+    alert_rate = float(alerts[others].mean()) if others.any() else None
+    return float((labels == predicted).mean()), figures, precision, alert_rate
+
+
+def held_out_figures(
+    site: str, examples: dict[str, list[tf.train.Example]], output: Path, cfg: Config
+) -> HeldOutSite:
+    """Trains without `site` (its images in every split) and scores it and the other sites' test split."""
+    classes, critical = list(cfg.classes), cfg.critical_class
+    held = [e for rows in examples.values() for e in rows if site_of(e) == site]
+    kept = {split: [e for e in rows if site_of(e) != site] for split, rows in examples.items()}
+    start = time.monotonic()
+    model_dir = output / site / "model"
+    history = train(
+        write_split(output / site / "train.gz", kept["train"]),
+        write_split(output / site / "eval.gz", kept["eval"]),
+        trainer_config(cfg),
+        str(model_dir),
+        str(output / site / "run"),
+    )
+    minutes = (time.monotonic() - start) / 60
+    critical_index = classes.index(critical)
+    answers = served_outputs(model_dir, held)
+    labels = np.array([label_of(e) for e in held])
+    accuracy, figures, precision, alert_rate = score_site(
+        labels, answers[PREDICTED_INDEX], answers[alert_output(critical)], classes, critical_index
+    )
+    test_labels = np.array([label_of(e) for e in kept["test"]])
+    test_predicted = served_outputs(model_dir, kept["test"])[PREDICTED_INDEX]
+    test_critical = test_labels == critical_index
+    trained = {classes[label_of(e)] for e in kept["train"]}
+    return HeldOutSite(
+        site=site,
+        images=len(held),
+        accuracy=accuracy,
+        classes=figures,
+        critical_precision=precision,
+        alert_rate_non_critical=alert_rate,
+        untrained_classes=sorted(set(figures) - trained),
+        trained_sites_test_accuracy=float((test_labels == test_predicted).mean()),
+        trained_sites_critical_recall=float((test_predicted[test_critical] == critical_index).mean())
+        if test_critical.any()
+        else None,
+        epochs=len(history),
+        minutes=round(minutes, 1),
+    )
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def markdown_table(rows: list[HeldOutSite], classes: list[str], critical: str, note: str) -> str:
+    """The site x class table, then what each class was called instead."""
+    head = ["held-out site", "images", "accuracy", *classes, f"{critical} precision", "alert on non-blasts"]
+    head += ["trained sites' test accuracy / recall", "epochs, min"]
+    lines = [note, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [f"`{row.site}`", str(row.images), f"{row.accuracy:.3f}"]
+        for name in classes:
+            fig = row.classes.get(name)
+            untrained = " (untrained)" if name in row.untrained_classes else ""
+            cells.append("–" if fig is None else f"{fig.recall:.3f} ({fig.right}/{fig.images}){untrained}")
+        cells += [_share(row.critical_precision), _share(row.alert_rate_non_critical)]
+        cells += [f"{row.trained_sites_test_accuracy:.3f} / {_share(row.trained_sites_critical_recall)}"]
+        cells += [f"{row.epochs}, {row.minutes}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "What each class of the held-out site was called instead:", ""]
+    for row in rows:
+        wrong = "; ".join(
+            f"{name}: " + ", ".join(f"{n} {other}" for other, n in fig.called_instead.items())
+            for name, fig in row.classes.items()
+            if fig.called_instead
+        )
+        lines.append(f"- `{row.site}`: {wrong or 'none wrong'}")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(output: Path, rows: list[HeldOutSite], classes: list[str], critical: str, note: str) -> None:
+    as_json = [dict(dataclasses.asdict(r), recall={k: v.recall for k, v in r.classes.items()}) for r in rows]
+    (output / "loso.json").write_text(json.dumps({"note": note, "sites": as_json}, indent=1) + "\n")
+    (output / "loso.md").write_text(markdown_table(rows, classes, critical, note))
+
+
+@app.command()
+def main(
+    examples: Path = typer.Argument(..., exists=True, file_okay=False, help="ImageExampleGen output (Split-*)."),
+    output: Path = typer.Option(..., "--output", help="Folder for the table, the held-out models and their splits."),
+    sites: Optional[List[str]] = typer.Option(None, "--site", help="Site to hold out, repeatable (default: every site)."),
+    config: Path = CONFIG_OPTION,
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help="Config override KEY=VALUE, repeatable."),
+) -> None:
+    cfg = load_config_or_exit(config, overrides)
+    splits = {split: read_split(examples, split) for split in SPLITS}
+    present = sorted({site_of(e) for rows in splits.values() for e in rows})
+    unknown = sorted(set(sites or []) - set(present))
+    if unknown:
+        typer.echo(f"error: no image of the split comes from site(s) {unknown}; the split has {present}", err=True)
+        raise typer.Exit(2)
+    if len(present) < 2:
+        typer.echo(f"error: the split has one site ({present}): nothing to train on without it", err=True)
+        raise typer.Exit(2)
+    output.mkdir(parents=True, exist_ok=True)
+    note = f"Leave-one-site-out on `{examples}`, --set {' '.join(overrides or []) or '(none)'}; held-out models are never pushed."
+    rows: list[HeldOutSite] = []
+    for site in sites or present:
+        logging.info("leave-one-site-out: training without %s", site)
+        rows.append(held_out_figures(site, splits, output, cfg))
+        write_table(output, rows, list(cfg.classes), cfg.critical_class, note)
+        logging.info("leave-one-site-out: %s scored (%d images, accuracy %.4f)", site, rows[-1].images, rows[-1].accuracy)
+    typer.echo(markdown_table(rows, list(cfg.classes), cfg.critical_class, note))
+
+
+if __name__ == "__main__":
+    configure_process()  # the run log of a `bloodcell` process: one line per epoch, library noise filtered
+    app()
