@@ -63,6 +63,7 @@ class HeldOutSite:
     untrained_classes: list[str]  # classes no other site has: the model never saw them
     trained_sites_test_accuracy: float  # the other sites' test split, same model
     trained_sites_critical_recall: float | None
+    trained_sites_test_by_site: dict[str, float]  # that accuracy at each trained site
     epochs: int
     minutes: float
 
@@ -118,6 +119,8 @@ def held_out_figures(
     test_labels = np.array([label_of(e) for e in kept["test"]])
     test_predicted = served_outputs(model_dir, kept["test"])[PREDICTED_INDEX]
     test_critical = test_labels == critical_index
+    test_sites = np.array([site_of(e) for e in kept["test"]])
+    by_site = {s: float((test_labels == test_predicted)[test_sites == s].mean()) for s in sorted(set(test_sites))}
     trained = {classes[label_of(e)] for e in kept["train"]}
     return HeldOutSite(
         site=site,
@@ -131,6 +134,7 @@ def held_out_figures(
         trained_sites_critical_recall=float((test_predicted[test_critical] == critical_index).mean())
         if test_critical.any()
         else None,
+        trained_sites_test_by_site=by_site,
         epochs=len(history),
         minutes=round(minutes, 1),
     )
@@ -143,7 +147,7 @@ def _share(value: float | None) -> str:
 def markdown_table(rows: list[HeldOutSite], classes: list[str], critical: str, note: str) -> str:
     """The site x class table, then what each class was called instead."""
     head = ["held-out site", "images", "accuracy", *classes, f"{critical} precision", "alert on non-blasts"]
-    head += ["trained sites' test accuracy / recall", "epochs, min"]
+    head += [f"trained sites' test accuracy (per site) / {critical} recall", "epochs, min"]
     lines = [note, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [f"`{row.site}`", str(row.images), f"{row.accuracy:.3f}"]
@@ -152,7 +156,8 @@ def markdown_table(rows: list[HeldOutSite], classes: list[str], critical: str, n
             untrained = " (untrained)" if name in row.untrained_classes else ""
             cells.append("–" if fig is None else f"{fig.recall:.3f} ({fig.right}/{fig.images}){untrained}")
         cells += [_share(row.critical_precision), _share(row.alert_rate_non_critical)]
-        cells += [f"{row.trained_sites_test_accuracy:.3f} / {_share(row.trained_sites_critical_recall)}"]
+        per_site = ", ".join(f"{s} {a:.3f}" for s, a in row.trained_sites_test_by_site.items())
+        cells += [f"{row.trained_sites_test_accuracy:.3f} ({per_site}) / {_share(row.trained_sites_critical_recall)}"]
         cells += [f"{row.epochs}, {row.minutes}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "What each class of the held-out site was called instead:", ""]

@@ -40,14 +40,14 @@ def test_a_site_without_blasts_has_no_precision_when_never_called_and_an_alert_r
 
 def test_the_table_and_json_hold_every_held_out_site(tmp_path):
     _, figures, precision, alert_rate = score_site(*marrow_like(), CLASSES, MYELOBLAST)
-    row = HeldOutSite("mll-marrow", 20, 0.7, figures, precision, alert_rate, [], 0.98, 1.0, 12, 3.5)
-    no_blasts = HeldOutSite("barcelona", 3, 1.0, {}, None, 0.0, ["basophil"], 0.95, None, 8, 1.0)
+    row = HeldOutSite("mll-marrow", 20, 0.7, figures, precision, alert_rate, [], 0.98, 1.0, {"a": 0.97, "b": 1.0}, 12, 3.5)
+    no_blasts = HeldOutSite("barcelona", 3, 1.0, {}, None, 0.0, ["basophil"], 0.95, None, {"c": 0.95}, 8, 1.0)
     write_table(tmp_path, [row, no_blasts], CLASSES, "myeloblast", "note")
     table = (tmp_path / "loso.md").read_text()
     assert table == markdown_table([row, no_blasts], CLASSES, "myeloblast", "note")
     marrow = "| `mll-marrow` | 20 | 0.700 | – | – | 0.500 (5/10) | 0.833 (5/6) | 1.000 (4/4) | 0.556 | 0.357 | "
-    assert marrow + "0.980 / 1.000 | 12, 3.5 |" in table
-    assert "| `barcelona` | 3 | 1.000 | " in table and "| – | 0.000 | 0.950 / – | 8, 1.0 |" in table
+    assert marrow + "0.980 (a 0.970, b 1.000) / 1.000 | 12, 3.5 |" in table
+    assert "| `barcelona` | 3 | 1.000 | " in table and "| – | 0.000 | 0.950 (c 0.950) / – | 8, 1.0 |" in table
     assert "- `mll-marrow`: monocyte: 4 myeloblast, 1 seg_neutrophil; myeloblast: 1 monocyte" in table
     assert "- `barcelona`: none wrong" in table
     saved = json.loads((tmp_path / "loso.json").read_text())
