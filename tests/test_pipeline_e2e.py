@@ -189,7 +189,8 @@ def test_every_site_is_scored_in_the_summary_and_in_gate_json(blocked):
     marrow = [f for f in summary.gate_failures if f.startswith("site mll-marrow: ")]
     assert all(f.endswith(("required >= 0.85", "required >= 0.97")) for f in marrow)
     figures = summary.sites["mll-marrow"]
-    assert bool(marrow) == (figures["accuracy"] < 0.85 or figures["critical_recall"] < 0.97)
+    recall = figures["critical_recall"]  # None where the subset's split left no marrow blast in the test split
+    assert bool(marrow) == (figures["accuracy"] < 0.85 or (recall is not None and recall < 0.97))
 
 
 def test_passing_bars_reuse_ingestion_and_training_and_push_the_model(blocked, pushed):
@@ -452,6 +453,8 @@ def test_leave_one_site_out_trains_without_the_site_scores_it_and_pushes_nothing
     marrow = [e for e in rows if e.features.feature[features.SITE].bytes_list.value[0] == b"mll-marrow"]
     out = tmp_path / "loso"
     overrides = ["training.epochs=1", "preprocessing.image_size=32"]
+    served = os.path.join(blocked.config.paths.serving_root, blocked.config.model_name, "*")
+    versions = sorted(glob.glob(served))
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.leave_one_site_out", examples_uri, "--output", str(out), "--site", "mll-marrow"]
         + [arg for o in overrides for arg in ("--set", o)],
@@ -472,7 +475,7 @@ def test_leave_one_site_out_trains_without_the_site_scores_it_and_pushes_nothing
     assert site["untrained_classes"] == [] and 0 <= site["alert_rate_non_critical"] <= 1
     assert "| `mll-marrow` | 24 | " in (out / "loso.md").read_text() and "| `mll-marrow` | 24 | " in done.stdout
     assert (out / "mll-marrow" / "model" / "saved_model.pb").exists()
-    assert not os.path.exists(os.path.join(blocked.config.paths.serving_root, blocked.config.model_name))  # nothing pushed
+    assert sorted(glob.glob(served)) == versions  # nothing pushed
     held_out_sha = {e.features.feature[features.SHA256].bytes_list.value[0] for e in marrow}
     trained = tf.data.TFRecordDataset(str(out / "mll-marrow" / "train.gz"), compression_type="GZIP")
     trained_on = [tf.train.Example.FromString(r.numpy()) for r in trained]
