@@ -324,6 +324,7 @@ def test_a_held_out_site_is_scored_per_class_and_never_pushed_with_a_clean_log(w
         BLOODCELL, "run", *[a for d in data for a in ("--data-root", str(d))], "--hold-out-site", "munich-extra",
         "--output-root", str(out / "holdout"), "--epochs", "1",
         "--set", "evaluation.min_accuracy=0", "--set", "evaluation.min_critical_recall=0",
+        "--set", 'evaluation.site_bars={"mll-marrow": {"min_accuracy": 0, "min_critical_recall": 0}}',
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, timeout=1200)  # bytes: "\r" stays a redraw, not a line
     stdout, stderr = result.stdout.decode(), result.stderr.decode()
