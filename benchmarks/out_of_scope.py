@@ -15,10 +15,11 @@ scope and the share that raised the myeloblast alert (alert and not out of scope
 exposure site are scored on their test split; those of other sites (never trained on) on every split.
 
     .venv/bin/python -m benchmarks.out_of_scope outputs/.../ImageExampleGen/examples/<id> \\
-        OTHER_CELLS_EXAMPLES --output outputs/out_of_scope [--exposure-site barcelona]
+        ../shared/data/other-cells --output outputs/out_of_scope [--exposure-site barcelona]
 
-OTHER_CELLS_EXAMPLES: ImageExampleGen's output for `../shared/data/other-cells` ingested with its own folders
-as classes (any label; the cell type is read from `label_name`). Writes `<output>/out_of_scope.json` and `.md`.
+The out-of-scope folder (one sub-folder per cell type, sites as for a data root) goes through the pipeline's
+own ingestion (`run_ingestion`, same verification, split ratios and seed) into `<output>/other_cells`. Writes
+`<output>/out_of_scope.json` and `<output>/out_of_scope.md`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ from benchmarks.hold_out_root import read_split, write_split
 from benchmarks.leave_one_site_out import SPLITS, label_of, site_of
 from cli.options import CONFIG_OPTION, load_config_or_exit
 from cli.run_log import configure_process
+from components.image_example_gen import run_ingestion
 from contracts import features
+from contracts.config import Config
+from contracts.data_roots import parse_data_root
+from contracts.image_check import Limits
 from contracts.signatures import PROBABILITIES, alert_output
 from pipelines.configs import trainer_config
 from training.export import ServingModule
@@ -143,6 +148,23 @@ def trained(
     return model, module
 
 
+def ingested(folder: Path, cfg: Config, output: Path) -> dict[str, list[tf.train.Example]]:
+    """The folder's images through the pipeline's ingestion, its sub-folders as the classes: the splits."""
+    cell_types = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    ingestion = cfg.ingestion
+    run_ingestion(  # logs what it ingested and rejected
+        [parse_data_root(str(folder))],
+        cell_types,
+        Limits(ingestion.max_pixels, ingestion.min_side, ingestion.max_file_bytes),
+        ingestion.split_ratios,
+        ingestion.split_seed,
+        "",
+        str(output / "examples"),
+        str(output / "ingestion_report.json"),
+    )
+    return {split: read_split(output / "examples", split) for split in SPLITS}
+
+
 def relabelled(example: tf.train.Example, label: int) -> tf.train.Example:
     copy = tf.train.Example()
     copy.CopyFrom(example)
@@ -206,7 +228,7 @@ def markdown_table(rows: list[MethodFigures], note: str) -> str:
 @app.command()
 def main(
     examples: Path = typer.Argument(..., exists=True, file_okay=False, help="ImageExampleGen output of the five classes."),
-    other_cells: Path = typer.Argument(..., exists=True, file_okay=False, help="ImageExampleGen output of other-cells."),
+    other_cells: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of out-of-scope cell types."),
     output: Path = typer.Option(..., "--output", help="Folder for the table and the training splits."),
     exposure_sites: Optional[List[str]] = typer.Option(
         None, "--exposure-site", help="Site whose out-of-scope images outlier exposure learns (repeatable; default barcelona)."
@@ -220,7 +242,8 @@ def main(
     base_config = trainer_config(cfg)
     in_scope, critical_index = len(base_config.classes), base_config.critical_index
     splits = {split: read_split(examples, split) for split in SPLITS}
-    others = {split: read_split(other_cells, split) for split in SPLITS}
+    output.mkdir(parents=True, exist_ok=True)
+    others = ingested(other_cells, cfg, output / "other_cells")
     groups: dict[str, list[tf.train.Example]] = collections.defaultdict(list)
     for split, rows in others.items():
         for e in rows:
@@ -231,7 +254,6 @@ def main(
     groups = dict(sorted(groups.items()))
     labels = {split: np.array([label_of(e) for e in rows]) for split, rows in splits.items()}
     sites = {split: np.array([site_of(e) for e in rows]) for split, rows in splits.items()}
-    output.mkdir(parents=True, exist_ok=True)
 
     model, module = trained(splits, base_config, output / "five_classes")
     base = {name: answers_of(model, module, rows, in_scope) for name, rows in {**splits, **groups}.items()}
