@@ -34,6 +34,7 @@ from pipelines.configs import trainer_config
 from training.trainer_module import train
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
+LOG = logging.getLogger("benchmarks")  # shown by the run log (cli.run_log.RunLog)
 SPLITS = ("train", "eval", "test")
 
 
@@ -199,10 +200,10 @@ def main(
     note = f"Leave-one-site-out on `{examples}`, --set {' '.join(overrides or []) or '(none)'}; held-out models are never pushed."
     rows: list[HeldOutSite] = []
     for site in sites or present:
-        logging.info("leave-one-site-out: training without %s", site)
+        LOG.info("leave-one-site-out: training without %s", site)
         rows.append(held_out_figures(site, splits, output, cfg))
         write_table(output, rows, list(cfg.classes), cfg.critical_class, note)
-        logging.info("leave-one-site-out: %s scored (%d images, accuracy %.4f)", site, rows[-1].images, rows[-1].accuracy)
+        LOG.info("leave-one-site-out: %s scored (%d images, accuracy %.4f)", site, rows[-1].images, rows[-1].accuracy)
     typer.echo(markdown_table(rows, list(cfg.classes), cfg.critical_class, note))
 
 

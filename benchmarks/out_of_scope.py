@@ -54,6 +54,7 @@ from training.trainer_config import TrainerConfig
 from training.trainer_module import choose_operating_point, fit
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
+LOG = logging.getLogger("benchmarks")  # shown by the run log (cli.run_log.RunLog)
 OUT_OF_SCOPE = "out_of_scope"
 NEIGHBOURS = 10
 
@@ -144,7 +145,7 @@ def trained(
         config.training.epochs,
     )
     module = ServingModule(model, config, choose_operating_point(model, eval_ds, config))
-    logging.info("out of scope: %s trained, %d epochs, %.1f min", folder.name, len(history), (time.monotonic() - start) / 60)
+    LOG.info("out of scope: %s trained, %d epochs, %.1f min", folder.name, len(history), (time.monotonic() - start) / 60)
     return model, module
 
 

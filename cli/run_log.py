@@ -41,7 +41,7 @@ class RunLog(logging.Filter):
                 return False
             self.warned.add(message)
             return True
-        return record.name.startswith(("components", "pipelines", "training")) or message.startswith(
+        return record.name.startswith(("components", "pipelines", "training", "benchmarks")) or message.startswith(
             ("ImageExampleGen", "Trainer", "epoch ", "data root", "operating point")
         )
 

@@ -38,6 +38,8 @@ def test_a_warning_is_said_once_and_chatter_is_dropped():
     assert not log.filter(record("Using deployment config:\n executor_specs {...}"))
     assert log.filter(record("epoch 1/2  loss 1.2", name="training.trainer_module"))
     assert log.filter(record("data roots /a, fingerprint 1234", name="root"))
+    assert log.filter(record("leave-one-site-out: training without munich", name="benchmarks"))
+    assert not log.filter(record("leave-one-site-out: training without munich", name="root"))
 
 
 ONEDNN_IN_USE = (

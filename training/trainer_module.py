@@ -210,7 +210,13 @@ def training_stream_and_model(train_files: list[str], config: TrainerConfig) -> 
         training.seed,
         look_pairs=training.look_consistency > 0,
     )
-    model = build_model(
+    return train_ds, steps, configured_model(config)
+
+
+def configured_model(config: TrainerConfig) -> keras.Model:
+    """The compiled CNN of the config (untrained)."""
+    training = config.training
+    return build_model(
         len(config.classes),
         config.preprocessing.image_size,
         training.filters,
@@ -220,7 +226,6 @@ def training_stream_and_model(train_files: list[str], config: TrainerConfig) -> 
         training.mixstyle,
         training.look_consistency,
     )
-    return train_ds, steps, model
 
 
 def fit(
