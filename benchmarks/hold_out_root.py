@@ -20,7 +20,7 @@ import collections
 import logging
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -71,12 +71,20 @@ def write_split(path: Path, examples: list[tf.train.Example]) -> list[str]:
     return [str(path)]
 
 
+def answers_in_batches(
+    serve_examples: Callable[[tf.Tensor], dict[str, tf.Tensor]], examples: list[tf.train.Example]
+) -> dict[str, np.ndarray]:
+    """A `serving_examples` function's answers (every output) for the examples, in order, 64 at a time: the
+    exported signature, or `ServingModule.serve_examples` of a model in memory."""
+    batches = [examples[i : i + 64] for i in range(0, len(examples), 64)]
+    answers = [serve_examples(tf.constant([e.SerializeToString() for e in b])) for b in batches]
+    return {key: np.concatenate([a[key].numpy() for a in answers]) for key in answers[0]}
+
+
 def served_outputs(model_dir: Path, examples: list[tf.train.Example]) -> dict[str, np.ndarray]:
     """The exported model's `serving_examples` answers (every output) for the examples, in order."""
     signature = tf.saved_model.load(str(model_dir)).signatures[EXAMPLES_SIGNATURE]
-    batches = [examples[i : i + 64] for i in range(0, len(examples), 64)]
-    answers = [signature(**{EXAMPLES_INPUT: tf.constant([e.SerializeToString() for e in b])}) for b in batches]
-    return {key: np.concatenate([a[key].numpy() for a in answers]) for key in answers[0]}
+    return answers_in_batches(lambda batch: signature(**{EXAMPLES_INPUT: batch}), examples)
 
 
 def recall_lines(title: str, examples: list[tf.train.Example], model_dir: Path, classes: list[str]) -> list[str]:

@@ -37,7 +37,7 @@ import tensorflow as tf
 import tf_keras as keras
 import typer
 
-from benchmarks.hold_out_root import read_split, write_split
+from benchmarks.hold_out_root import answers_in_batches, read_split, write_split
 from benchmarks.leave_one_site_out import SPLITS, label_of, site_of
 from cli.options import CONFIG_OPTION, load_config_or_exit
 from cli.run_log import configure_process
@@ -90,22 +90,18 @@ class MethodFigures:
 
 def answers_of(model: keras.Model, module: ServingModule, examples: list[tf.train.Example], in_scope: int) -> Answers:
     """The served outputs (as `serving_examples` gives them) and the pooled features, in batches of 64."""
+    served = answers_in_batches(module.serve_examples, examples)
     pooled = keras.Model(model.inputs, model.get_layer("gap").output)
-    critical = alert_output(module.critical_class)
-    parts = collections.defaultdict(list)
+    features = []
     for start in range(0, len(examples), 64):
         serialized = tf.constant([e.SerializeToString() for e in examples[start : start + 64]])
-        served = module.serve_examples(serialized)
         images, _ = preprocess_batch(parse_image_batch(serialized), module.config.preprocessing)
-        parts["probabilities"].append(served[PROBABILITIES].numpy())
-        parts["alerts"].append(served[critical].numpy())
-        parts["features"].append(pooled(images, training=False).numpy())
-    probabilities = np.concatenate(parts["probabilities"])
+        features.append(pooled(images, training=False).numpy())
     return Answers(
-        probabilities=probabilities,
-        predicted=probabilities[:, :in_scope].argmax(axis=1),
-        alerts=np.concatenate(parts["alerts"]),
-        features=np.concatenate(parts["features"]),
+        probabilities=served[PROBABILITIES],
+        predicted=served[PROBABILITIES][:, :in_scope].argmax(axis=1),
+        alerts=served[alert_output(module.critical_class)],
+        features=np.concatenate(features),
     )
 
 
@@ -149,9 +145,20 @@ def trained(
     return model, module
 
 
+def cell_types_of(folder: Path, classes: list[str]) -> list[str]:
+    """The folder's sub-folders: its cell types; ValueError when it has none or one is among `classes`."""
+    cell_types = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not cell_types:
+        raise ValueError(f"{folder}: no sub-folder; expected one per out-of-scope cell type")
+    mixed = sorted(set(cell_types) & set(classes))
+    if mixed:
+        raise ValueError(f"{folder}: sub-folder(s) {mixed} are among the five classes, not out of scope")
+    return cell_types
+
+
 def ingested(folder: Path, cfg: Config, output: Path) -> dict[str, list[tf.train.Example]]:
     """The folder's images through the pipeline's ingestion, its sub-folders as the classes: the splits."""
-    cell_types = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    cell_types = cell_types_of(folder, list(cfg.classes))
     ingestion = cfg.ingestion
     run_ingestion(  # logs what it ingested and rejected
         [parse_data_root(str(folder))],
@@ -244,7 +251,15 @@ def main(
     in_scope, critical_index = len(base_config.classes), base_config.critical_index
     splits = {split: read_split(examples, split) for split in SPLITS}
     output.mkdir(parents=True, exist_ok=True)
-    others = ingested(other_cells, cfg, output / "other_cells")
+    try:
+        others = ingested(other_cells, cfg, output / "other_cells")
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    present = sorted({site_of(e) for e in others["train"]})
+    if not exposed <= set(present):
+        typer.echo(f"error: no out-of-scope train image comes from {sorted(exposed - set(present))}; sites: {present}", err=True)
+        raise typer.Exit(2)
     groups: dict[str, list[tf.train.Example]] = collections.defaultdict(list)
     for split, rows in others.items():
         for e in rows:

@@ -24,7 +24,7 @@ import tensorflow as tf
 import tf_keras as keras
 import typer
 
-from benchmarks.hold_out_root import read_split
+from benchmarks.hold_out_root import answers_in_batches, read_split
 from benchmarks.leave_one_site_out import SPLITS, ClassFigures, label_of, score_site, site_of
 from cli.options import CONFIG_OPTION, load_config_or_exit
 from cli.run_log import configure_process
@@ -67,14 +67,6 @@ def preprocessed(examples: list[tf.train.Example], config: TrainerConfig) -> np.
     return preprocess_batch(parse_image_batch(serialized), config.preprocessing)[0].numpy()
 
 
-def served(module: ServingModule, examples: list[tf.train.Example]) -> dict[str, np.ndarray]:
-    parts = [
-        module.serve_examples(tf.constant([e.SerializeToString() for e in examples[i : i + 64]]))
-        for i in range(0, len(examples), 64)
-    ]
-    return {key: np.concatenate([p[key].numpy() for p in parts]) for key in parts[0]}
-
-
 def site_figures(
     site: str, examples: list[tf.train.Example], model_dir: Path, config: TrainerConfig, blocks: list[int]
 ) -> list[AdaptedFigures]:
@@ -83,7 +75,8 @@ def site_figures(
     base = restored_model(str(model_dir), config)
     adapt, score = halves(examples)
     images = preprocessed(adapt, config)
-    predicted = served(ServingModule(base, config, point), adapt)[PREDICTED_INDEX]
+    unadapted = ServingModule(base, config, point)  # held: its tf.function method keeps only a weak reference
+    predicted = answers_in_batches(unadapted.serve_examples, adapt)[PREDICTED_INDEX]
     variants: list[tuple[str, keras.Model]] = [("none", base)]
     for k in blocks:
         first = f"first {k} block{'s' if k > 1 else ''}"
@@ -93,11 +86,11 @@ def site_figures(
     rows = []
     for name, model in variants:
         module = ServingModule(model, config, point)
-        answers = served(module, score)
+        answers = answers_in_batches(module.serve_examples, score)
         accuracy, figures, precision, alert_rate = score_site(
             labels, answers[PREDICTED_INDEX], answers[alert_output(config.critical_class)], config.classes, config.critical_index
         )
-        share = float(np.mean(served(module, adapt)[PREDICTED_INDEX] == config.critical_index))
+        share = float(np.mean(answers_in_batches(module.serve_examples, adapt)[PREDICTED_INDEX] == config.critical_index))
         rows.append(AdaptedFigures(site, name, len(score), accuracy, figures, precision, alert_rate, share))
         LOG.info("site adaptation: %s, %s: accuracy %.4f", site, name, accuracy)
     return rows
@@ -134,6 +127,11 @@ def main(
     overrides: Optional[List[str]] = typer.Option(None, "--set", help="Config override KEY=VALUE, as the LOSO run."),
 ) -> None:
     cfg = trainer_config(load_config_or_exit(config, overrides))
+    depth = len(cfg.training.filters)
+    wrong = sorted(k for k in blocks or [] if not 1 <= k <= depth)
+    if wrong:
+        typer.echo(f"error: --blocks {wrong}: the model has blocks 1 to {depth}", err=True)
+        raise typer.Exit(2)
     rows_by_site: dict[str, list[tf.train.Example]] = {}
     for split in SPLITS:
         for e in read_split(examples, split):
@@ -149,7 +147,7 @@ def main(
     )
     rows: list[AdaptedFigures] = []
     for site in sites:
-        rows += site_figures(site, rows_by_site[site], loso / site / "model", cfg, blocks or [1, len(cfg.training.filters)])
+        rows += site_figures(site, rows_by_site[site], loso / site / "model", cfg, blocks or [1, depth])
         as_json = [dict(dataclasses.asdict(r), recall={k: v.recall for k, v in r.classes.items()}) for r in rows]
         (output / "adaptation.json").write_text(json.dumps({"note": note, "rows": as_json}, indent=1) + "\n")
         (output / "adaptation.md").write_text(markdown_table(rows, cfg.classes, cfg.critical_class, note))

@@ -4,11 +4,13 @@ method (training and the real data: run by hand, figures in docs/results.md)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from benchmarks.out_of_scope import (
     Answers,
     cell_type,
+    cell_types_of,
     mahalanobis_score,
     markdown_table,
     method_figures,
@@ -16,6 +18,7 @@ from benchmarks.out_of_scope import (
     relabelled,
 )
 from contracts import features
+from tests.helpers import CLASSES
 
 MYELOBLAST = 3
 
@@ -84,3 +87,16 @@ def test_an_out_of_scope_example_is_relabelled_and_keeps_its_cell_type():
     copy = relabelled(example, 5)
     assert copy.features.feature[features.LABEL].int64_list.value[:] == [5] and cell_type(copy) == "lymphocyte"
     assert example.features.feature[features.LABEL].int64_list.value[:] == [2]
+
+
+def test_an_out_of_scope_folder_without_cell_types_or_with_one_of_the_five_is_refused(tmp_path):
+    empty, mixed = tmp_path / "empty", tmp_path / "mixed"
+    empty.mkdir()
+    for name in ("lymphocyte", "myeloblast"):
+        (mixed / name).mkdir(parents=True)
+    with pytest.raises(ValueError, match="empty: no sub-folder"):
+        cell_types_of(empty, CLASSES)
+    with pytest.raises(ValueError, match=r"mixed: sub-folder\(s\) \['myeloblast'\] are among the five classes"):
+        cell_types_of(mixed, CLASSES)
+    (mixed / "myeloblast").rmdir()
+    assert cell_types_of(mixed, CLASSES) == ["lymphocyte"]

@@ -8,8 +8,9 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+from typer.testing import CliRunner
 
-from benchmarks.site_adaptation import halves
+from benchmarks.site_adaptation import app, halves
 from contracts import features
 from tests.helpers import TRAINER_CONFIG
 from training.export import export_serving_model
@@ -81,3 +82,11 @@ def test_the_halves_split_a_site_by_content_hash_without_labels():
     adapt, score = halves(examples)
     assert len(adapt) + len(score) == 40 and len(adapt) == 20
     assert halves(list(reversed(examples)))[0] == list(reversed(adapt))  # the order does not choose the half
+
+
+def test_the_benchmark_refuses_blocks_the_model_does_not_have(tmp_path):
+    done = CliRunner().invoke(
+        app, [str(tmp_path), str(tmp_path), "--output", str(tmp_path / "out"), "--blocks", "0", "--blocks", "9"]
+    )
+    assert done.exit_code == 2 and "--blocks [0, 9]: the model has blocks 1 to 5" in done.output
+    assert not (tmp_path / "out").exists()

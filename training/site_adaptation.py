@@ -32,17 +32,11 @@ def restored_model(export_dir: str, config: TrainerConfig) -> keras.Model:
 
 def _group_moments(inputs: keras.Model, images: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per group: the per-channel mean and mean square of the layer input, each image weighing the same."""
-    count = groups.max() + 1
-    sums, squares = None, None
-    for start in range(0, len(images), BATCH):
-        x = inputs(images[start : start + BATCH], training=False).numpy()
-        mean, square = x.mean(axis=(1, 2)), (x**2).mean(axis=(1, 2))  # [batch, channels]
-        if sums is None:
-            sums, squares = np.zeros((count, x.shape[-1])), np.zeros((count, x.shape[-1]))
-        np.add.at(sums, groups[start : start + BATCH], mean)
-        np.add.at(squares, groups[start : start + BATCH], square)
-    sizes = np.bincount(groups, minlength=count)[:, None]
-    return sums / sizes, squares / sizes
+    batches = (inputs(images[i : i + BATCH], training=False).numpy() for i in range(0, len(images), BATCH))
+    moments = [(x.mean(axis=(1, 2)), (x**2).mean(axis=(1, 2))) for x in batches]  # [batch, channels] each
+    means, squares = (np.concatenate(parts) for parts in zip(*moments, strict=True))
+    members = [groups == g for g in range(groups.max() + 1)]
+    return np.stack([means[m].mean(axis=0) for m in members]), np.stack([squares[m].mean(axis=0) for m in members])
 
 
 def adapted_to_site(model: keras.Model, images: np.ndarray, blocks: int, balance_by: np.ndarray | None = None) -> keras.Model:
