@@ -46,7 +46,7 @@ from contracts import features
 from contracts.config import Config
 from contracts.data_roots import parse_data_root
 from contracts.image_check import Limits
-from contracts.signatures import PROBABILITIES, alert_output
+from contracts.signatures import OUT_OF_SCOPE_PROBABILITY, PROBABILITIES, alert_output
 from pipelines.configs import trainer_config
 from training.export import ServingModule
 from training.preprocessing import parse_image_batch, preprocess_batch
@@ -55,7 +55,6 @@ from training.trainer_module import choose_operating_point, fit
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
 LOG = logging.getLogger("benchmarks")  # shown by the run log (cli.run_log.RunLog)
-OUT_OF_SCOPE = "out_of_scope"
 NEIGHBOURS = 10
 
 
@@ -63,7 +62,8 @@ NEIGHBOURS = 10
 class Answers:
     """A model's answers for a list of examples: served outputs and the pooled last-block features."""
 
-    probabilities: np.ndarray  # [N, classes] served (calibrated, test-time views)
+    probabilities: np.ndarray  # [N, classes] served (calibrated, test-time views, given in scope)
+    out_of_scope: np.ndarray  # [N] served out-of-scope probability (0 for the five-class model)
     predicted: np.ndarray  # served argmax over the five classes
     alerts: np.ndarray  # served myeloblast alert
     features: np.ndarray  # [N, D] pooled features of the last conv block, one view
@@ -88,7 +88,7 @@ class MethodFigures:
     cells: dict[str, CellFigures]  # "<cell type> @ <site> (<splits>)"
 
 
-def answers_of(model: keras.Model, module: ServingModule, examples: list[tf.train.Example], in_scope: int) -> Answers:
+def answers_of(model: keras.Model, module: ServingModule, examples: list[tf.train.Example]) -> Answers:
     """The served outputs (as `serving_examples` gives them) and the pooled features, in batches of 64."""
     served = answers_in_batches(module.serve_examples, examples)
     pooled = keras.Model(model.inputs, model.get_layer("gap").output)
@@ -99,7 +99,8 @@ def answers_of(model: keras.Model, module: ServingModule, examples: list[tf.trai
         features.append(pooled(images, training=False).numpy())
     return Answers(
         probabilities=served[PROBABILITIES],
-        predicted=served[PROBABILITIES][:, :in_scope].argmax(axis=1),
+        out_of_scope=served[OUT_OF_SCOPE_PROBABILITY],
+        predicted=served[PROBABILITIES].argmax(axis=1),
         alerts=served[alert_output(module.critical_class)],
         features=np.concatenate(features),
     )
@@ -247,7 +248,7 @@ def main(
 ) -> None:
     cfg = load_config_or_exit(config, overrides)
     exposed = set(exposure_sites or ["barcelona"])
-    base_config = trainer_config(cfg)
+    base_config = trainer_config(cfg, out_of_scope=False)
     in_scope, critical_index = len(base_config.classes), base_config.critical_index
     splits = {split: read_split(examples, split) for split in SPLITS}
     output.mkdir(parents=True, exist_ok=True)
@@ -272,7 +273,7 @@ def main(
     sites = {split: np.array([site_of(e) for e in rows]) for split, rows in splits.items()}
 
     model, module = trained(splits, base_config, output / "five_classes")
-    base = {name: answers_of(model, module, rows, in_scope) for name, rows in {**splits, **groups}.items()}
+    base = {name: answers_of(model, module, rows) for name, rows in {**splits, **groups}.items()}
     rows = [
         method_figures(method, score, base, groups, labels, sites, budget, critical_index)
         for method, score in [
@@ -281,17 +282,17 @@ def main(
             (f"{NEIGHBOURS}-th neighbour (label-free)", neighbour_score(base["train"])),
         ]
     ]
-    exposure_config = dataclasses.replace(base_config, classes=[*base_config.classes, OUT_OF_SCOPE])
+    exposure_config = dataclasses.replace(base_config, out_of_scope=True)
     with_others = {
         split: rows + [relabelled(e, in_scope) for e in others[split] if site_of(e) in exposed]
         for split, rows in splits.items()
         if split != "test"
     }
     model, module = trained(with_others, exposure_config, output / "outlier_exposure")
-    exposure = {name: answers_of(model, module, rows, in_scope) for name, rows in {**splits, **groups}.items()}
+    exposure = {name: answers_of(model, module, rows) for name, rows in {**splits, **groups}.items()}
     rows.append(
         method_figures(
-            "outlier exposure", lambda a: a.probabilities[:, in_scope], exposure, groups, labels, sites, budget, critical_index
+            "outlier exposure", lambda a: a.out_of_scope, exposure, groups, labels, sites, budget, critical_index
         )
     )
     note = (

@@ -12,7 +12,7 @@ import typer
 
 from cli.options import CONFIG_OPTION, OVERRIDES_OPTION, load_config_or_exit
 from contracts.config import Config
-from contracts.data_roots import parse_data_root, roots_to_json
+from contracts.data_roots import roots_to_json, with_roots_given
 
 app = typer.Typer()
 kfp_app = typer.Typer(help="Drive Kubeflow Pipelines: upload, run, schedule retraining.", no_args_is_help=True)
@@ -58,7 +58,8 @@ def _connection(host: Optional[str], namespace: str, token: Optional[str]):
 DATA_ROOTS_OPTION = typer.Option(
     None,
     "--data-root",
-    help="Data root in the cluster, PATH or PATH=SITE; repeat for several [default: kubeflow.data_roots].",
+    help="Data root of the five classes in the cluster, PATH or PATH=SITE; repeat for several [default: "
+    "kubeflow.data_roots]; the out-of-scope roots of kubeflow.data_roots are kept.",
 )
 
 
@@ -67,8 +68,8 @@ def _run_parameters(config: Config, data_roots: Optional[List[str]]) -> dict:
     from pipelines.kubeflow_runner import kubeflow_config, parameter_values
 
     values = parameter_values(kubeflow_config(config))
-    if data_roots:
-        values["data_roots"] = roots_to_json([parse_data_root(r) for r in data_roots])
+    if data_roots:  # the compiled Trainer reads the out-of-scope splits: their roots stay
+        values["data_roots"] = roots_to_json(with_roots_given(config.kubeflow.data_roots, data_roots, None))
     return values
 
 

@@ -15,6 +15,7 @@ from cli.options import CONFIG_OPTION, OVERRIDES_OPTION, load_config_or_exit
 from cli.run_log import configure_process
 from cli.scoring import app as scoring_app
 from cli.serving import app as serving_app
+from contracts.data_roots import roots_to_json, with_roots_given
 
 app = typer.Typer(
     help="Leukemia screening of blood-cell images: a TFX pipeline for local runs and Kubeflow.",
@@ -40,7 +41,14 @@ def run(
     data_roots: Optional[List[str]] = typer.Option(
         None,
         "--data-root",
-        help="Folder with one sub-folder per class, as PATH or PATH=SITE; repeat for several (replaces paths.data_roots).",
+        help="Folder with one sub-folder per class, as PATH or PATH=SITE; repeat for several (replaces the roots of "
+        "the classes in paths.data_roots).",
+    ),
+    out_of_scope_roots: Optional[List[str]] = typer.Option(
+        None,
+        "--out-of-scope-root",
+        help="Folder with one sub-folder per cell type that is none of the classes, as PATH or PATH=SITE; repeat for "
+        "several (replaces the out-of-scope roots in paths.data_roots).",
     ),
     hold_out_site: Optional[str] = typer.Option(
         None,
@@ -55,8 +63,12 @@ def run(
     """Run the full pipeline locally: ingest, validate, [tune], train, evaluate (per site) and audit, gate, push.
 
     With --hold-out-site, the run measures how the model does on a site it has not seen, and pushes nothing."""
+    roots = None
+    if data_roots or out_of_scope_roots:
+        configured = load_config_or_exit(config_path, list(overrides or [])).paths.data_roots
+        roots = roots_to_json(with_roots_given(configured, data_roots, out_of_scope_roots))
     shortcuts = {
-        "paths.data_roots": json.dumps(data_roots) if data_roots else None,
+        "paths.data_roots": roots,
         "evaluation.hold_out": json.dumps(hold_out_site) if hold_out_site else None,
         "paths.output_root": output_root,
         "training.epochs": epochs,

@@ -56,10 +56,12 @@ def _print_report(report: ScoreReport, classes: list[str], critical_class: str, 
     console = Console(highlight=False)
     versions = ", ".join(map(str, report.model_versions)) or "none"
     console.print(
-        f"Served model version {versions} at {target}: {report.pooled['count']} of {len(report.images)} image(s) scored"
+        f"Served model version {versions} at {target}: {len(report.images) - len(report.not_scored)} of "
+        f"{len(report.images)} image(s) scored"
     )
     summary = Table(title="Per site (top class; the alert is the served myeloblast_alert)")
-    for column in ("site", "images", "accuracy", f"{critical_class} recall", "alert raised", "alert on other cells"):
+    columns = ("site", "images", "accuracy", f"{critical_class} recall", "alert raised", "alert on other cells", "out of scope")
+    for column in columns:
         summary.add_column(column, justify="left" if column == "site" else "right")
     rows = list(report.sites.items()) + ([("all", report.pooled)] if len(report.sites) > 1 else [])
     for site, figures in rows:
@@ -70,8 +72,17 @@ def _print_report(report: ScoreReport, classes: list[str], critical_class: str, 
             _fraction(figures["critical_recall"]),
             _fraction(figures["critical_alert_recall"]),
             _fraction(figures["other_alert_rate"]),
+            _fraction(report.out_of_scope.in_scope_called_out.get(site)),
         )
     console.print(summary)
+    if report.out_of_scope.cell_types:
+        outside = Table(title="Cells that are none of the classes (--out-of-scope)")
+        for column in ("cell type @ site", "images", "out of scope", "caught (or review)", "alert raised"):
+            first = column.startswith("cell")
+            outside.add_column(column, justify="left" if first else "right", no_wrap=first)
+        for name, f in report.out_of_scope.cell_types.items():
+            outside.add_row(name, str(f.images), _fraction(f.out_of_scope), _fraction(f.caught), _fraction(f.alerts))
+        console.print(outside)
     for site, figures in report.sites.items():
         table = Table(title=f"site {site}: per class")
         for column in ("class", "images", "recall", "precision", "called instead"):
@@ -134,6 +145,8 @@ def _score(client: ServingClient, candidates: list[Candidate], config: Config, s
                     scored[k],
                     predicted_class=p.predicted_class if p else "",
                     alert=p.alert(config.critical_class) if p else False,
+                    out_of_scope=p.out_of_scope if p else False,
+                    needs_review=p.needs_review if p else False,
                     model_version=p.model_version if p else None,
                     error=outcome.error,
                 )
@@ -169,6 +182,11 @@ def score(
     batch_size: Optional[int] = BATCH_SIZE_OPTION,
     tls: bool = TLS_OPTION,
     root_cert: Optional[Path] = ROOT_CERT_OPTION,
+    out_of_scope_roots: Optional[List[str]] = typer.Option(
+        None,
+        "--out-of-scope",
+        help="Folder of cells that are none of the classes, PATH or PATH=SITE: one sub-folder per cell type; repeatable.",
+    ),
     save: Optional[Path] = typer.Option(
         None, "--save", help="Folder to write score.json (every image's answer) and each site's confusion matrix PNG."
     ),
@@ -177,19 +195,20 @@ def score(
 ) -> None:
     """Score the model in TF Serving on labelled images of your own scanner (gRPC Predict): accuracy, recall
     and precision per class, what each class was called instead, myeloblast recall by the top class and by
-    the alert, per site, judged by the serving gate's bars (evaluation.min_accuracy, min_critical_recall).
+    the alert, per site, judged by the serving gate's bars (evaluation.min_accuracy, min_critical_recall);
+    with --out-of-scope, how its cells are answered (out of scope, caught, alerts), by the gate's out-of-scope bars.
 
     A site's images are named by the folder's MANIFEST.csv `site` column, else by PATH=SITE, else by the
     folder's name. Every file is scored or listed with the reason it was not. Exit codes: 0 every site meets
     the bars, 1 serving error, 2 bad arguments, 3 bars met but some images not scored, 4 a site misses a bar."""
     from components.image_verification import IngestionError, find_candidates
     from components.labelled_scores import score_report
-    from contracts.data_roots import DataRootError, check_roots, parse_data_root
+    from contracts.data_roots import DataRootError, check_roots, with_roots_given
     from serving.client import ServingError
 
     config = load_config_or_exit(config_path, overrides)
     try:
-        data_roots = [parse_data_root(root) for root in roots]
+        data_roots = with_roots_given([], roots, out_of_scope_roots)
         check_roots(data_roots)
         candidates, loose = find_candidates(data_roots, config.classes, every_class=False)
     except (DataRootError, IngestionError) as err:
@@ -207,7 +226,7 @@ def score(
     evaluation = config.evaluation
     report = score_report(
         images, config.classes, config.critical_class, evaluation.min_accuracy, evaluation.min_critical_recall, loose,
-        evaluation.bars_of_sites(),
+        evaluation.bars_of_sites(), evaluation.out_of_scope_bars(),
     )  # fmt: skip
     if save:
         _save(report, config.classes, save)
@@ -218,6 +237,10 @@ def score(
         bars += "".join(
             f"; {site}: accuracy >= {own.min_accuracy}, recall >= {own.min_critical_recall}"
             for site, own in evaluation.bars_of_sites().items()
+        )
+        bars += (
+            f"; out of scope: caught >= {evaluation.min_out_of_scope_caught}, alerts <= "
+            f"{evaluation.max_out_of_scope_alerts}, classes called out <= {evaluation.max_in_scope_called_out}"
         )
         _print_report(report, config.classes, config.critical_class, server or config.serving.grpc_target, bars)
     if report.failures:

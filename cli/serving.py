@@ -81,6 +81,8 @@ def _rows(outcomes, classes: list[str], critical_class: str) -> list[dict]:
             "predicted_class": p.predicted_class if p else "",
             "myeloblast_alert": p.alert(critical_class) if p else "",
             "needs_review": p.needs_review if p else "",
+            "out_of_scope": p.out_of_scope if p else "",
+            "p_out_of_scope": p.out_of_scope_probability if p else "",
             "model_version": p.model_version if p else "",
         }
         row.update({f"p_{c}": p.probabilities.get(c, "") if p else "" for c in classes})
@@ -104,10 +106,12 @@ def _print_table(rows: list[dict], critical_class: str) -> None:
     classified = [r for r in rows if not r["error"]]
     for row in classified:
         alert = row["myeloblast_alert"]
+        answer = "[dim]out of scope" if row["out_of_scope"] else row["predicted_class"]
+        probability = row["p_out_of_scope"] if row["out_of_scope"] else row["p_" + row["predicted_class"]]
         table.add_row(
             row["file"],
-            f"[bold red]{row['predicted_class']}" if alert else row["predicted_class"],
-            f"{row['p_' + row['predicted_class']]:.3f}",
+            f"[bold red]{answer}" if alert else answer,
+            f"{probability:.3f}",
             f"{row['p_' + critical_class]:.3f}",
             "[bold white on red] MYELOBLAST ALERT " if alert else "",
             "[yellow]low confidence" if row["needs_review"] else "",
@@ -120,6 +124,9 @@ def _print_table(rows: list[dict], critical_class: str) -> None:
         console.print(f"[bold red]{flagged}: refer for haematologist review.")
     else:
         console.print(f"No {critical_class} flagged among {len(classified)} classified image(s).")
+    outside = sum(1 for r in classified if r["out_of_scope"])
+    if outside:
+        console.print(f"{outside} image(s) out of scope: none of the classes the model knows, no alert raised for them.")
     failed = [r for r in rows if r["error"]]
     if failed:
         console.print(f"[yellow]{len(failed)} image(s) not classified:")
@@ -219,7 +226,10 @@ def explain(
         raise typer.Exit(EXIT_SERVING_ERROR) from None
     target = out or image.with_name(image.stem + ".gradcam.png")
     target.write_bytes(overlay_png(data, explanation))
-    typer.echo(f"{image}: predicted {explanation.predicted_class}; Grad-CAM overlay written to {target}")
+    answer = explanation.predicted_class
+    if explanation.out_of_scope:
+        answer = f"out of scope (closest class {answer})"
+    typer.echo(f"{image}: predicted {answer}; Grad-CAM overlay written to {target}")
 
 
 @app.command()

@@ -36,7 +36,8 @@ def flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def run_metrics(summary: RunSummary) -> dict[str, float]:
-    """The run's final figures as MLflow metrics (test split, per site, held-out root or site, gate, audit)."""
+    """The run's final figures as MLflow metrics (test split, per site, held-out root or site, cells out of
+    scope, gate, audit)."""
     critical = summary.critical_class
     metrics = {
         "test_accuracy": summary.test_accuracy,
@@ -64,6 +65,11 @@ def run_metrics(summary: RunSummary) -> dict[str, float]:
             metrics[f"stress_{name}_accuracy"] = variant["accuracy"]
             metrics[f"stress_{name}_drop"] = variant["drop"]
             metrics[f"stress_{name}_{critical}_alert_recall"] = variant.get("critical_alert_recall")
+    out_of_scope = summary.out_of_scope
+    if out_of_scope:
+        for site, f in out_of_scope["sites"].items():
+            metrics.update({f"out_of_scope_{site}_{k}": f[k] for k in ("out_of_scope", "caught", "alerts")})
+        metrics.update({f"site_{site}_called_out_of_scope": v for site, v in out_of_scope["in_scope_called_out"].items()})
     operating_point = summary.operating_point
     if operating_point:
         metrics["alert_threshold"] = operating_point["threshold"]

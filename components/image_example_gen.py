@@ -22,11 +22,26 @@ from tfx.types import artifact_utils, standard_artifacts
 
 from bloodcell import IngestionReport
 from components import file_listing, image_verification, site_resolver, splitting
-from components.image_verification import Candidate, ImageRecord, IngestionError, Rejection, find_candidates, verify_image
+from components.image_verification import (
+    Candidate,
+    ImageRecord,
+    IngestionError,
+    Rejection,
+    cell_type,
+    find_candidates,
+    verify_image,
+)
 from components.splitting import Item, SplitPlan, plan_split, split_names
 from contracts import data_roots, features, image_check
-from contracts.artifacts import INGESTION_REPORT_FILE, SPLITS, example_files, split_folder
-from contracts.data_roots import DataRoot, roots_from_json
+from contracts.artifacts import (
+    INGESTION_REPORT_FILE,
+    OUT_OF_SCOPE_PREFIX,
+    SPLITS,
+    example_files,
+    out_of_scope_split,
+    split_folder,
+)
+from contracts.data_roots import DataRoot, has_out_of_scope, roots_from_json
 from contracts.image_check import Limits
 
 # Beam's DirectRunner with several workers has been seen to lose a share of one split's records without an
@@ -34,8 +49,9 @@ from contracts.image_check import Limits
 WRITE_ATTEMPTS = 2
 
 
-def to_example(record: ImageRecord, classes: list[str]) -> bytes:
-    """Serialises one verified image as a tf.Example that keeps its encoded bytes."""
+def to_example(record: ImageRecord, labels: list[str]) -> bytes:
+    """Serialises one verified image as a tf.Example that keeps its encoded bytes; `labels` are the classes,
+    then OUT_OF_SCOPE when some root holds out-of-scope cells."""
 
     def _bytes(value: bytes) -> tf.train.Feature:
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
@@ -47,8 +63,9 @@ def to_example(record: ImageRecord, classes: list[str]) -> bytes:
         features=tf.train.Features(
             feature={
                 features.IMAGE: _bytes(record.image_bytes),
-                features.LABEL: _int(classes.index(record.label_name)),
+                features.LABEL: _int(labels.index(record.label_name)),
                 features.LABEL_NAME: _bytes(record.label_name.encode()),
+                features.CELL_TYPE: _bytes(cell_type(record.relpath).encode()),
                 features.SITE: _bytes(record.site.encode()),
                 features.RELPATH: _bytes(record.relpath.encode()),
                 features.SHA256: _bytes(record.sha256.encode()),
@@ -68,17 +85,22 @@ def build_report(
     loose_files: list[str],
     classes: list[str],
     splits: list[str],
+    written: list[str],
 ) -> dict[str, Any]:
-    """Counts per class and split and per site, class and split; every duplicate, near-duplicate group,
+    """Counts per class (OUT_OF_SCOPE among them, where some root holds such cells) and split, per site,
+    class and split, and per out-of-scope cell type, site and split; every duplicate, near-duplicate group,
     conversion and rejection. Raises IngestionError unless every listed file is accounted for exactly once."""
     meta = {relpath: (label, site) for relpath, label, site, _ in ingested}
     counts = {c: {s: 0 for s in splits} for c in classes}
     by_site: dict[str, dict[str, dict[str, int]]] = {}
+    cell_types: dict[str, dict[str, dict[str, int]]] = {}
     for relpath, split in plan.split_of.items():
         label, site = meta[relpath]
         counts[label][split] += 1
         site_counts = by_site.setdefault(site, {c: {s: 0 for s in splits} for c in classes})
         site_counts[label][split] += 1
+        if label == features.OUT_OF_SCOPE:
+            cell_types.setdefault(cell_type(relpath), {}).setdefault(site, {s: 0 for s in splits})[split] += 1
     rejections = sorted(rejected + list(plan.conflicts.items()))
     check_accounting(listed, [*plan.split_of, *plan.duplicates, *(f for f, _ in rejections)])
     return {
@@ -86,9 +108,11 @@ def build_report(
         "ingested": len(plan.split_of),
         "duplicates": len(plan.duplicates),
         "rejected": len(rejections),
-        "split_totals": {s: sum(counts[c][s] for c in classes) for s in splits},
+        "splits": splits,
+        "split_totals": split_totals(counts, written),
         "counts": counts,
         "counts_by_site": dict(sorted(by_site.items())),
+        "out_of_scope_cell_types": {c: dict(sorted(n.items())) for c, n in sorted(cell_types.items())},
         "rejections": [{"file": f, "reason": r} for f, r in rejections],
         "duplicate_files": [{"file": f, "same_bytes_as": k} for f, k in sorted(plan.duplicates.items())],
         "near_duplicate_groups": plan.near_duplicates,
@@ -96,6 +120,23 @@ def build_report(
         "converted": [{"file": f, "from": c} for f, _, _, c in sorted(ingested) if c and f in plan.split_of],
         "ignored_loose_files": loose_files,
     }
+
+
+def split_totals(counts: dict[str, dict[str, int]], written: list[str]) -> dict[str, int]:
+    """Examples per written split: the classes' in each split, the out-of-scope cells' in the split beside it."""
+    totals = {}
+    for name in written:
+        split = name.removeprefix(OUT_OF_SCOPE_PREFIX)
+        outside = name != split
+        totals[name] = sum(n[split] for c, n in counts.items() if (c == features.OUT_OF_SCOPE) == outside)
+    return totals
+
+
+def written_splits(candidates: list[Candidate], hold_out: str) -> list[str]:
+    """The splits the candidates are written to (`split_names`)."""
+    outside = [c for c in candidates if c.label_name == features.OUT_OF_SCOPE]
+    held = bool(hold_out) and any(hold_out in (c.root.name, c.site) for c in outside)
+    return split_names(hold_out, bool(outside), held)
 
 
 def check_accounting(listed: list[str], accounted: list[str]) -> None:
@@ -115,8 +156,9 @@ def _is_record(result: ImageRecord | Rejection, _: int) -> int:
     return 0 if isinstance(result, ImageRecord) else 1
 
 
-def _in_split(record: ImageRecord, plan: SplitPlan, split: str) -> bool:
-    return plan.split_of.get(record.relpath) == split
+def _in_split(record: ImageRecord, plan: SplitPlan, split: str, out_of_scope: bool) -> bool:
+    """Whether the record goes to `split` (the plan's) or, with `out_of_scope`, to the out-of-scope split beside it."""
+    return plan.split_of.get(record.relpath) == split and (record.label_name == features.OUT_OF_SCOPE) == out_of_scope
 
 
 def _write_examples(
@@ -145,15 +187,16 @@ def _write_examples(
         | "PlanSplit" >> beam.Map(lambda items: plan_split(items, ratios, seed, hold_out))
     )
     plan_side = beam.pvalue.AsSingleton(plan)
-    splits = split_names(hold_out)
-    for split in splits:
+    splits, written = split_names(hold_out), written_splits(candidates, hold_out)
+    for name in written:
+        split = name.removeprefix(OUT_OF_SCOPE_PREFIX)
         _ = (
             records
-            | f"Select[{split}]" >> beam.Filter(_in_split, plan_side, split)
-            | f"ToExample[{split}]" >> beam.Map(to_example, classes)
-            | f"Write[{split}]"
+            | f"Select[{name}]" >> beam.Filter(_in_split, plan_side, split, name != split)
+            | f"ToExample[{name}]" >> beam.Map(to_example, classes)
+            | f"Write[{name}]"
             >> beam.io.WriteToTFRecord(
-                os.path.join(split_folder(examples_uri, split), "data_tfrecord"),
+                os.path.join(split_folder(examples_uri, name), "data_tfrecord"),
                 file_name_suffix=".gz",
                 compression_type=beam.io.filesystem.CompressionTypes.GZIP,
             )
@@ -170,7 +213,7 @@ def _write_examples(
         plan
         | "Report"
         >> beam.Map(
-            lambda p, i, r: build_report(p, i, r, [c.key for c in candidates], loose, classes, splits),
+            lambda p, i, r: build_report(p, i, r, [c.key for c in candidates], loose, classes, splits, written),
             beam.pvalue.AsSingleton(ingested),
             beam.pvalue.AsSingleton(rejected),
         )
@@ -180,9 +223,13 @@ def _write_examples(
 
 
 def written_counts(examples_uri: str, split: str) -> Counter:
-    """(site, class) -> number of tf.Examples in one written split, read back from its files."""
+    """(site, class) -> number of tf.Examples in one written split and the out-of-scope split beside it (if
+    written), read back from their files."""
     spec = {features.SITE: tf.io.FixedLenFeature([], tf.string), features.LABEL_NAME: tf.io.FixedLenFeature([], tf.string)}
-    dataset = tf.data.TFRecordDataset(example_files(examples_uri, split), compression_type="GZIP").batch(256)
+    files = example_files(examples_uri, split)
+    if tf.io.gfile.exists(split_folder(examples_uri, out_of_scope_split(split))):
+        files += example_files(examples_uri, out_of_scope_split(split))
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(256)
     counts: Counter = Counter()
     for batch in dataset.map(lambda records: tf.io.parse_example(records, spec)):
         counts.update(zip(batch[features.SITE].numpy().astype(str), batch[features.LABEL_NAME].numpy().astype(str), strict=True))
@@ -193,7 +240,7 @@ def unwritten(examples_uri: str, report: dict[str, Any]) -> list[str]:
     """Where the written splits differ from the images the report counts, per split, site and class: the report
     is computed from the plan, this reads back what the Beam job wrote (empty: they agree)."""
     wrong = []
-    for split in report["split_totals"]:
+    for split in report["splits"]:
         written = written_counts(examples_uri, split)
         planned = Counter(
             {(site, c): n[split] for site, per_class in report["counts_by_site"].items() for c, n in per_class.items()}
@@ -212,8 +259,10 @@ def _differ(wrong: list[str]) -> str:
 
 def check_report(report: dict[str, Any], classes: list[str], hold_out: str = "") -> None:
     """Raises IngestionError when a class has no usable image in some split. With a hold-out, a class that
-    only the held-out root or site has (none in train, eval or test) is left out of training, not an error."""
+    only the held-out root or site has (none in train, eval or test) is left out of training, not an error.
+    Out-of-scope cells, where a root holds them, are needed in every split too."""
     counts = report["counts"]
+    classes = [*classes, *([features.OUT_OF_SCOPE] if features.OUT_OF_SCOPE in counts else [])]
     trained = [c for c in classes if not hold_out or any(counts[c][s] for s in SPLITS)]
     empty = [f"{c}/{s}" for c in trained for s in SPLITS if counts[c][s] == 0]
     if empty:
@@ -238,6 +287,8 @@ def summarise(report: dict[str, Any]) -> str:
     lines += [f"  rejected {n}: {reason}" for reason, n in reasons.most_common()]
     for site, per_class in report["counts_by_site"].items():
         lines.append(f"  site {site}: " + ", ".join(f"{c} {sum(n.values())}" for c, n in per_class.items()))
+    for name, per_site in report.get("out_of_scope_cell_types", {}).items():
+        lines.append(f"  out of scope {name}: " + ", ".join(f"{site} {sum(n.values())}" for site, n in per_site.items()))
     return "\n".join(lines)
 
 
@@ -273,21 +324,22 @@ def ImageExampleGen(  # noqa: N802 - TFX component names are classes
     report: OutputArtifact[IngestionReport],
     beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ):
-    """Reads `<root>/<class>/**` of every data root (a JSON list of {path, site}), verifies every file and
-    writes train/eval/test tf.Examples, each with its site; with `hold_out` (a root's folder name or a
-    site), every image of it goes to a `holdout` split instead.
+    """Reads `<root>/<class>/**` of every data root (a JSON list of {path, site, role}), verifies every file
+    and writes train/eval/test tf.Examples, each with its site; with `hold_out` (a root's folder name or a
+    site), every image of it goes to a `holdout` split instead. The cells of out-of-scope roots (role
+    `out_of_scope`, a folder per cell type) go to the out-of-scope split beside their split.
 
     `input_fingerprint` (paths, sizes and modification times of the files, and the ingestion code) only
     serves caching: a changed data root or ingestion rule gives a new fingerprint and so a new ingestion.
     """
     roots = roots_from_json(data_roots_json)
     split = json.loads(split_json)
-    examples.split_names = artifact_utils.encode_split_names(split_names(hold_out))
     examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
     result = run_ingestion(
         roots, json.loads(classes_json), Limits(**json.loads(limits_json)), split["ratios"], split["seed"], hold_out,
         examples.uri, os.path.join(report.uri, INGESTION_REPORT_FILE), beam_pipeline, input_fingerprint,
     )  # fmt: skip
+    examples.split_names = artifact_utils.encode_split_names(list(result["split_totals"]))
     for key in ("found", "ingested", "duplicates", "rejected"):
         report.set_int_custom_property(key, result[key])
     check_report(result, json.loads(classes_json), hold_out)
@@ -308,8 +360,10 @@ def run_ingestion(
     """Lists, verifies, deduplicates and splits every file of the roots, writes the tf.Examples and the report,
     reads the written splits back (`unwritten`), writes them all once more if one falls short, and returns the
     report. Per-file problems are rejections in the report; only problems of the roots as a whole, or splits
-    short twice, raise IngestionError."""
+    short twice, raise IngestionError. Images of out-of-scope roots are labelled OUT_OF_SCOPE (the index after
+    the classes) and written to the out-of-scope split beside their split."""
     candidates, loose = find_candidates(roots, classes)
+    classes = [*classes, *([features.OUT_OF_SCOPE] if has_out_of_scope(roots) else [])]
     check_hold_out(hold_out, candidates)
     logging.info(
         "ImageExampleGen: %d files under %s (fingerprint %s)",
@@ -330,7 +384,7 @@ def run_ingestion(
             return result
         if attempt < WRITE_ATTEMPTS:
             logging.warning("ImageExampleGen: %s; writing the examples again", _differ(wrong))
-            for split in split_names(hold_out):
+            for split in written_splits(candidates, hold_out):
                 if tf.io.gfile.exists(split_folder(examples_uri, split)):
                     tf.io.gfile.rmtree(split_folder(examples_uri, split))
             tf.io.gfile.remove(report_path)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from components.file_listing import UnreadableFileError, file_size, list_files, read_file
 from components.site_resolver import SiteResolver
+from contracts import features
 from contracts.data_roots import MANIFEST_FILE, DataRoot
 from contracts.image_check import ImageRejectedError, Limits, check_image
 
@@ -80,20 +81,37 @@ def find_candidates(
         top = root.path
         if not tf.io.gfile.isdir(top):
             raise IngestionError(f"data root {top} does not exist or is not a folder")
-        missing -= {c for c in classes if tf.io.gfile.isdir(_join(top, c))}
+        if not root.out_of_scope:
+            missing -= {c for c in classes if tf.io.gfile.isdir(_join(top, c))}
         sites = SiteResolver(root)
         for name in sorted(entry.rstrip("/") for entry in tf.io.gfile.listdir(top)):
             if not tf.io.gfile.isdir(_join(top, name)):
                 loose.append(f"{root.name}/{name}")
                 continue
-            label = name if name in classes else None
+            label, problem = folder_label(root, name, classes)
             for listed in list_files(_join(top, name)):
                 relpath = f"{name}/{listed.relpath}"
-                candidates.append(Candidate(root, relpath, label, sites.site_of(relpath), listed.problem))
+                candidates.append(Candidate(root, relpath, label, sites.site_of(relpath), listed.problem or problem))
     if missing and every_class:
         where = ", ".join(r.path for r in roots)
         raise IngestionError(f"data root {where}: class folders missing: {', '.join(c for c in classes if c in missing)}")
     return candidates, loose
+
+
+def folder_label(root: DataRoot, folder: str, classes: list[str]) -> tuple[str | None, str]:
+    """The label of a root's top-level folder and why its files cannot be taken ("" = they can): a class
+    folder of a root of the classes is its class; every folder of an out-of-scope root is a cell type,
+    labelled OUT_OF_SCOPE, unless it is named like a class (which would mix the two)."""
+    if not root.out_of_scope:
+        return (folder if folder in classes else None), ""
+    if folder in classes:
+        return None, f"folder '{folder}' of out-of-scope root {root.name} is one of the classes: move it to a root of the classes"
+    return features.OUT_OF_SCOPE, ""
+
+
+def cell_type(relpath: str) -> str:
+    """The cell type of an ingested image: its top-level folder (`<root name>/<folder>/...`)."""
+    return relpath.split("/")[1]
 
 
 def perceptual_hash(image: Image.Image) -> str:

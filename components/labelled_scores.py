@@ -7,14 +7,20 @@ import dataclasses
 from collections import Counter
 from typing import Any
 
+import numpy as np
+
 from components.evaluation import matrix_figures
+from components.image_verification import cell_type
+from components.out_of_scope_scores import OutOfScopeReport, figures_of, out_of_scope_failures
 from components.serving_gate import site_failures
-from contracts.config import SiteBars
+from contracts.config import OutOfScopeBars, SiteBars
+from contracts.features import OUT_OF_SCOPE
 
 
 @dataclasses.dataclass(frozen=True)
 class ScoredImage:
-    """One listed file: its class folder and site, and the served model's answer, or why it has none."""
+    """One listed file: its class folder (OUT_OF_SCOPE for a cell-type folder of an out-of-scope root) and
+    site, and the served model's answer, or why it has none."""
 
     path: str  # <root name>/<class folder>/...
     site: str | None
@@ -23,6 +29,8 @@ class ScoredImage:
     alert: bool = False  # the served `<critical class>_alert`
     model_version: int | None = None
     error: str = ""  # why the image was not scored ("" = scored)
+    out_of_scope: bool = False  # the served `out_of_scope`
+    needs_review: bool = False  # the served `needs_review`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +40,7 @@ class ScoreReport:
     sites: dict[str, dict[str, Any]]  # the figures of each site's scored images, by site
     failures: list[str]  # the gate's bars a site misses, in words (empty: every site meets them)
     outside_class_folders: list[str]  # `<root name>/<file>` beside the class folders (documentation): not images
+    out_of_scope: OutOfScopeReport  # the answers to out-of-scope cells, and the classes' images called out of scope
 
     @property
     def not_scored(self) -> list[ScoredImage]:
@@ -48,6 +57,7 @@ class ScoreReport:
             "sites": self.sites,
             "failures": self.failures,
             "outside_class_folders": self.outside_class_folders,
+            "out_of_scope": self.out_of_scope.as_dict(),
             "images": [dataclasses.asdict(i) for i in self.images],
         }
 
@@ -77,6 +87,29 @@ def called_instead(figures_of: dict[str, Any], classes: list[str], true_class: s
     return wrong.most_common()
 
 
+def out_of_scope_report(scored: list[ScoredImage]) -> OutOfScopeReport:
+    """Of scored images: the out-of-scope ones' figures per site and per cell type and site, and per site the
+    share of the classes' images called out of scope."""
+    outside = [i for i in scored if i.true_class == OUT_OF_SCOPE]
+    inside = [i for i in scored if i.true_class != OUT_OF_SCOPE]
+
+    def of(chosen: list[ScoredImage]):
+        flags = np.array([(i.out_of_scope, i.needs_review, i.alert) for i in chosen], bool).reshape(-1, 3)
+        return figures_of(flags[:, 0], flags[:, 1], flags[:, 2])
+
+    groups: dict[str, list[ScoredImage]] = {}
+    for i in outside:
+        groups.setdefault(f"{cell_type(i.path)} @ {i.site}", []).append(i)
+    return OutOfScopeReport(
+        sites={site: of([i for i in outside if i.site == site]) for site in sorted({str(i.site) for i in outside})},
+        cell_types={name: of(group) for name, group in sorted(groups.items())},
+        in_scope_called_out={
+            site: float(np.mean([i.out_of_scope for i in inside if i.site == site]))
+            for site in sorted({str(i.site) for i in inside})
+        },
+    )
+
+
 def score_report(
     images: list[ScoredImage],
     classes: list[str],
@@ -85,16 +118,22 @@ def score_report(
     min_critical_recall: float,
     outside_class_folders: list[str] | None = None,
     site_bars: dict[str, SiteBars] | None = None,
+    out_of_scope_bars: OutOfScopeBars | None = None,
 ) -> ScoreReport:
-    """Pooled and per-site figures of the scored images, and every site's bars missed (a site in
-    `site_bars` by its own; a site without critical-class images on accuracy alone, as by the gate)."""
+    """Pooled and per-site figures of the scored images of the classes, the answers to out-of-scope cells,
+    and every site's bars missed (a site in `site_bars` by its own; a site without critical-class images on
+    accuracy alone, as by the gate; with `out_of_scope_bars`, the gate's out-of-scope bars)."""
     scored = [i for i in images if not i.error]
+    inside = [i for i in scored if i.true_class != OUT_OF_SCOPE]
     sites = {
-        site: figures([i for i in scored if i.site == site], classes, critical_class)
-        for site in sorted({str(i.site) for i in scored})
+        site: figures([i for i in inside if i.site == site], classes, critical_class)
+        for site in sorted({str(i.site) for i in inside})
     }
     failures = site_failures(sites, min_accuracy, min_critical_recall, critical_class, "images", site_bars)
+    outside = out_of_scope_report(scored)
+    if out_of_scope_bars is not None:
+        failures += out_of_scope_failures(outside, out_of_scope_bars, critical_class, "images")
     if not scored:
         failures.append(f"no image could be scored ({len(images)} listed)")
-    pooled = figures(scored, classes, critical_class)
-    return ScoreReport(images, pooled, sites, failures, list(outside_class_folders or []))
+    pooled = figures(inside, classes, critical_class)
+    return ScoreReport(images, pooled, sites, failures, list(outside_class_folders or []), outside)

@@ -28,6 +28,28 @@ def _site_table(sites: dict[str, dict[str, Any]], critical: str) -> list[str]:
     return lines
 
 
+def _out_of_scope_section(figures: dict[str, Any] | None, critical: str, point: dict[str, float]) -> list[str]:
+    """How the model answers cells that are none of the classes, on the out-of-scope test split."""
+    if not figures:
+        return ["", "## Cells that are none of the classes", "Not trained: every cell is called one of the classes."]
+    lines = [
+        "",
+        "## Cells that are none of the classes",
+        f"`out_of_scope` is set when the calibrated out-of-scope probability is over {point['out_of_scope_threshold']:.4f}; "
+        f"then no `{critical}_alert` is raised. Out-of-scope test images (their share called out of scope, caught: "
+        "out of scope or sent to review, and raising the alert):",
+        "",
+        f"| cell type @ site | images | out of scope | caught | {critical} alert |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {f['images']} | {_pct(f['out_of_scope'])} | {_pct(f['caught'])} | {_pct(f['alerts'])} |"
+        for name, f in figures["cell_types"].items()
+    ]
+    called_out = ", ".join(f"{site} {_pct(v)}" for site, v in figures["in_scope_called_out"].items())
+    return [*lines, "", f"Test images of the classes called out of scope: {called_out}."]
+
+
 def render_model_card(summary: RunSummary, model_name: str, pipeline_run_id: str) -> str:
     """Intended use, data and its confound, metrics, shortcut audit, operating point, gate, limitations."""
     critical = summary.critical_class
@@ -115,6 +137,7 @@ def render_model_card(summary: RunSummary, model_name: str, pipeline_run_id: str
         f"temperature-scaled (T = {point['temperature']:.3f}; expected calibration error on the eval split "
         f"{point['ece_before']:.4f} before, {point['ece_after']:.4f} after). `needs_review` is set when the top "
         f"probability is under {point['review_confidence']:.2f}.",
+        *_out_of_scope_section(summary.out_of_scope, critical, point),
         "",
         "## Release gate",
         "Blessed and pushed." if summary.blessed else "Not blessed: " + "; ".join(summary.gate_failures or ["see gate"]),

@@ -61,7 +61,8 @@ def build_summary(
     sites: dict[str, dict[str, Any]],
     hold_out: dict[str, Any] | None,
 ) -> RunSummary:
-    """The run's figures: test split overall, per class and per site; gate; push; audit; hold-out."""
+    """The run's figures: test split overall, per class and per site; gate (out-of-scope cells too); push;
+    audit; hold-out."""
     per_class = {name: {**metrics["per_class"][name], "support": sum(matrix[k])} for k, name in enumerate(classes)}
     audit_keys = (
         "clean", "colour_baseline", "morphology_gain", "groups", "sites", "train_sites_per_class", "single_site_classes",
@@ -83,6 +84,7 @@ def build_summary(
         identical_to_served=gate["identical_to_served"],
         served_model=gate["served"],
         broken_served_versions=gate.get("broken_served_versions", []),
+        out_of_scope=gate.get("out_of_scope"),
         pushed=pushed,
         pushed_destination=pushed_destination if pushed else "",
         pushed_version=os.path.basename(os.path.normpath(pushed_destination)) if pushed else "",

@@ -14,11 +14,12 @@ from typing import Any
 import tensorflow as tf
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
-from tfx.types import standard_artifacts
+from tfx.types import artifact_utils, standard_artifacts
 
 from components.evaluation import ACCURACY, CRITICAL_RECALL, read_metrics, read_site_figures
-from contracts.artifacts import GATE_FILE, SERVING_FORMAT, example_files, served_versions
-from contracts.config import ConfigError, SiteBars
+from components.out_of_scope_scores import OutOfScopeReport, out_of_scope_failures, score_out_of_scope
+from contracts.artifacts import GATE_FILE, SERVING_FORMAT, example_files, out_of_scope_split, served_versions
+from contracts.config import ConfigError, OutOfScopeBars, SiteBars, from_dict
 from contracts.config import site_bars as typed_site_bars
 from contracts.signatures import EXAMPLES_INPUT, EXAMPLES_SIGNATURE
 from training.preprocessing import parse_example
@@ -149,13 +150,18 @@ def gate_result(
     hold_out: str = "",
     test_images: int | None = None,
     site_bars: dict[str, SiteBars] | None = None,
+    out_of_scope: OutOfScopeReport | None = None,
+    out_of_scope_bars: OutOfScopeBars | None = None,
 ) -> dict[str, Any]:
     """What gate.json holds: the decision, every failed condition, and the figures it was made from. A
-    model identical to the served one passes no bar it failed, and is never pushed again."""
+    model identical to the served one passes no bar it failed, and is never pushed again. With `out_of_scope`
+    (a run with out-of-scope cells) its figures are barred per site by `out_of_scope_bars`."""
     failures = decide(
         candidate, served, thresholds["min_accuracy"], thresholds["min_critical_recall"], thresholds["max_regression"],
         critical_class, sites, hold_out, test_images, site_bars,
     )  # fmt: skip
+    if out_of_scope is not None and out_of_scope_bars is not None:
+        failures += out_of_scope_failures(out_of_scope, out_of_scope_bars, critical_class)
     return {
         "blessed": not failures and not identical,
         "failures": failures,
@@ -166,6 +172,8 @@ def gate_result(
         "broken_served_versions": broken,
         "thresholds": thresholds,
         "site_bars": {site: dataclasses.asdict(bars) for site, bars in (site_bars or {}).items()},
+        "out_of_scope": out_of_scope.as_dict() if out_of_scope else None,
+        "out_of_scope_bars": dataclasses.asdict(out_of_scope_bars) if out_of_scope_bars else None,
     }
 
 
@@ -183,13 +191,16 @@ def ServingGate(  # noqa: N802 - TFX component names are classes
     hold_out: Parameter[str],
     serving_state: Parameter[str],
     site_bars_json: Parameter[str],
+    out_of_scope_bars_json: Parameter[str],
     blessing: OutputArtifact[standard_artifacts.ModelBlessing],
 ):
     """Blesses the candidate (for the Pusher) and writes gate.json with the figures and the reasons: the
     bars hold for the pooled test split and for every site's test images (TFMA's `site` slices).
 
     `site_bars_json` (JSON {site: {min_accuracy, min_critical_recall}}) holds the sites judged by bars of
-    their own (config `evaluation.site_bars`). `serving_state` names what was served when the run started,
+    their own (config `evaluation.site_bars`). Where the examples hold out-of-scope cells, the candidate's
+    answers to them (`out_of_scope_scores`) are barred per site by `out_of_scope_bars_json` (JSON of
+    `OutOfScopeBars`). `serving_state` names what was served when the run started,
     so that a cached decision is reused only while the served model is unchanged (the local runner sets it;
     Kubeflow disables caching for this step).
     """
@@ -208,11 +219,19 @@ def ServingGate(  # noqa: N802 - TFX component names are classes
     test_images = sum(1 for _ in tf.data.TFRecordDataset(test_files, compression_type="GZIP"))
     try:
         own_bars = typed_site_bars(json.loads(site_bars_json), "site_bars")
+        out_bars = from_dict(OutOfScopeBars, json.loads(out_of_scope_bars_json))
     except json.JSONDecodeError as err:
-        raise ConfigError(f"site_bars: not JSON ({err}): {site_bars_json!r}") from None
+        raise ConfigError(f"site_bars or out_of_scope_bars: not JSON ({err})") from None
+    out_of_scope = None
+    if out_of_scope_split("test") in artifact_utils.decode_split_names(examples.split_names):
+        out_of_scope = score_out_of_scope(
+            os.path.join(model.uri, SERVING_FORMAT), test_files, example_files(examples.uri, out_of_scope_split("test")),
+            critical_class,
+        )  # fmt: skip
     result = gate_result(
-        candidate_figures, sites, served, broken, identical, thresholds, critical_class, hold_out, test_images, own_bars
-    )
+        candidate_figures, sites, served, broken, identical, thresholds, critical_class, hold_out, test_images, own_bars,
+        out_of_scope, out_bars,
+    )  # fmt: skip
     blessed = result["blessed"]
     tf.io.gfile.makedirs(blessing.uri)
     with tf.io.gfile.GFile(os.path.join(blessing.uri, GATE_FILE), "w") as f:

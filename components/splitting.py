@@ -16,7 +16,7 @@ from typing import Iterable
 
 import numpy as np
 
-from contracts.artifacts import HOLDOUT, SPLITS
+from contracts.artifacts import HOLDOUT, SPLITS, out_of_scope_split
 
 # Perceptual hash distance (bits of 256) up to which two images are one near-duplicate group. Measured on
 # the three default roots: resized (0.5x-1.3x) and JPEG re-encoded (quality 30-90) copies differ by at most
@@ -24,9 +24,13 @@ from contracts.artifacts import HOLDOUT, SPLITS
 NEAR_DUPLICATE_BITS = 24
 
 
-def split_names(hold_out: str) -> list[str]:
-    """The splits ImageExampleGen writes: train/eval/test, and `holdout` when a root or site is held out."""
-    return [*SPLITS, HOLDOUT] if hold_out else list(SPLITS)
+def split_names(hold_out: str, out_of_scope: bool = False, out_of_scope_held_out: bool = False) -> list[str]:
+    """The splits ImageExampleGen writes: train/eval/test, and `holdout` when a root or site is held out;
+    with out-of-scope images, the out-of-scope split beside train/eval/test (`out_of_scope_train`, ...), and
+    beside `holdout` when some of them are held out."""
+    splits = [*SPLITS, HOLDOUT] if hold_out else list(SPLITS)
+    beside = [*SPLITS, *([HOLDOUT] if out_of_scope_held_out else [])] if out_of_scope else []
+    return splits + [out_of_scope_split(s) for s in beside]
 
 
 @dataclasses.dataclass(frozen=True)

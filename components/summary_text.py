@@ -42,6 +42,8 @@ def render_summary(summary: RunSummary, report_dir: str) -> str:
         f"precision {point['precision']:.4f}); ECE {point['ece_before']:.4f} -> {point['ece_after']:.4f} "
         f"(temperature {point['temperature']:.3f})"
     )
+    if summary.out_of_scope:
+        lines += out_of_scope_lines(summary.out_of_scope, critical, point)
     lines += audit_lines(summary.audit, critical)
     served = summary.served_model
     if served:
@@ -111,6 +113,18 @@ def hold_out_lines(hold_out: dict[str, Any], critical: str) -> list[str]:
     called = ", ".join(f"{c} {n}/{pooled['support'][c]}" for c, n in hold_out["called_critical"].items())
     lines.append(f"  other cells called {critical}: {called or 'none'}")
     return lines + site_lines(hold_out["sites"], critical, "  held out, per site")
+
+
+def out_of_scope_lines(figures: dict[str, Any], critical: str, point: dict[str, float]) -> list[str]:
+    """Cells that are none of the classes (out-of-scope test split), per cell type and site."""
+    lines = [
+        f"out of scope (calibrated p > {point['out_of_scope_threshold']:.4f}; no alert then), out-of-scope test split:",
+        f"  {'cell type @ site':<26}{'images':>8}{'out of scope':>14}{'caught':>8}{'alert':>8}",
+    ]
+    for name, f in figures["cell_types"].items():
+        lines.append(f"  {name:<26}{f['images']:>8}{f['out_of_scope']:>14.4f}{f['caught']:>8.4f}{f['alerts']:>8.4f}")
+    called = ", ".join(f"{site} {share:.4f}" for site, share in figures["in_scope_called_out"].items())
+    return [*lines, f"  test images of the classes called out of scope: {called}"]
 
 
 def audit_lines(audit: dict[str, Any], critical: str) -> list[str]:

@@ -13,6 +13,7 @@ import tensorflow as tf
 # Examples (ImageExampleGen): one folder per split, TFX's layout.
 SPLITS = ("train", "eval", "test")
 HOLDOUT = "holdout"  # every image of a held-out root or site: scored, never trained on
+OUT_OF_SCOPE_PREFIX = "out_of_scope_"  # the images of out-of-scope roots: a split of their own beside each split
 
 # Files inside the pipeline's artifacts.
 INGESTION_REPORT_FILE = "ingestion_report.json"  # IngestionReport
@@ -30,6 +31,11 @@ MODEL_CARD_FILE = "model_card.md"
 def split_folder(examples_uri: str, split: str) -> str:
     """Where one split's tf.Examples are (TFX's `Split-<name>` layout)."""
     return os.path.join(examples_uri, f"Split-{split}")
+
+
+def out_of_scope_split(split: str) -> str:
+    """The split that holds the out-of-scope images beside `split` (e.g. `out_of_scope_test`)."""
+    return OUT_OF_SCOPE_PREFIX + split
 
 
 def example_files(examples_uri: str, split: str) -> list[str]:

@@ -103,12 +103,27 @@ class SiteBars:
 
 
 @dataclasses.dataclass(frozen=True)
+class OutOfScopeBars:
+    """The serving bars on cells that are none of the classes, at each site."""
+
+    min_out_of_scope_caught: float  # out-of-scope test images called out of scope or sent to review
+    max_out_of_scope_alerts: float  # out-of-scope test images that raise the critical alert
+    max_in_scope_called_out: float  # test images of the classes called out of scope
+
+
+@dataclasses.dataclass(frozen=True)
 class Evaluation:
     min_accuracy: float             # overall and at every site
     min_critical_recall: float      # overall and at every site that has critical-class test images
     max_regression: float
     hold_out: str                   # a data root's folder name or a site: scored on, never trained on ("" = none)
     site_bars: dict[str, dict[str, float]]  # {site: {min_accuracy, min_critical_recall}}: that site's own bars
+    min_out_of_scope_caught: float  # at each site: out-of-scope test images called out of scope or sent to review
+    max_out_of_scope_alerts: float  # at each site: out-of-scope test images that raise the critical alert
+    max_in_scope_called_out: float  # at each site: test images of the classes called out of scope
+
+    def out_of_scope_bars(self) -> OutOfScopeBars:
+        return OutOfScopeBars(self.min_out_of_scope_caught, self.max_out_of_scope_alerts, self.max_in_scope_called_out)
 
     def bars_of_sites(self) -> dict[str, SiteBars]:
         """The sites with bars of their own, typed."""
@@ -131,6 +146,7 @@ def site_bars(raw: Any, where: str) -> dict[str, SiteBars]:
 class Screening:
     alert_recall: float         # critical-class recall the alert threshold is chosen for, on the eval split
     review_confidence: float    # predictions whose calibrated top probability is lower need human review
+    out_of_scope_budget: float  # out-of-scope threshold: at most this share of the eval split's in-scope images over it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,6 +329,14 @@ def _validate(config: Config) -> None:
         raise ConfigError("training.look_consistency: must be 0 (off) or a positive loss weight")
     if not 0.0 <= config.training.site_weight_power <= 1.0:
         raise ConfigError("training.site_weight_power: must be between 0 (sites equally often) and 1 (as found)")
+    for name, share in (
+        ("screening.out_of_scope_budget", config.screening.out_of_scope_budget),
+        ("evaluation.min_out_of_scope_caught", config.evaluation.min_out_of_scope_caught),
+        ("evaluation.max_out_of_scope_alerts", config.evaluation.max_out_of_scope_alerts),
+        ("evaluation.max_in_scope_called_out", config.evaluation.max_in_scope_called_out),
+    ):
+        if not 0.0 <= share <= 1.0:
+            raise ConfigError(f"{name}: a share, between 0 and 1")
     _validate_site_magnification(config.augmentation)
     site_bars(config.evaluation.site_bars, "evaluation.site_bars")
     if config.augmentation.blur < 0 or config.augmentation.sharpen < 0:

@@ -32,6 +32,7 @@ class RunSummary:
     hold_out: Optional[dict[str, Any]] = None  # held-out root or site: name, recall per trained class, pooled, sites
     broken_served_versions: list[dict[str, str]] = dataclasses.field(default_factory=list)
     tracking: dict[str, str] = dataclasses.field(default_factory=dict)  # MLflow: uri, run_id, registered_version | error
+    out_of_scope: Optional[dict[str, Any]] = None  # cells none of the classes (OutOfScopeReport.as_dict), if trained
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

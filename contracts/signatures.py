@@ -16,6 +16,8 @@ PREDICTED_INDEX = "predicted_index"
 PREDICTED_CLASS = "predicted_class"
 CLASS_NAMES = "class_names"  # [N, classes]: the order of PROBABILITIES
 PREDICTED_ONE_HOT = "predicted_one_hot"  # examples signature only: TFMA's argmax-based per-class metrics
+OUT_OF_SCOPE = "out_of_scope"  # [N] bool: the cell is none of the classes (no alert is raised for it)
+OUT_OF_SCOPE_PROBABILITY = "out_of_scope_probability"  # [N]: calibrated; PROBABILITIES are of the classes given in scope
 NEEDS_REVIEW = "needs_review"  # calibrated top probability under the review confidence
 HEATMAP = "heatmap"  # explain signature: [N, image_size, image_size] in [0, 1]
 WINDOW = "window"  # explain signature: [N, 4] top, left, height, width of the part of each image the CNN saw,
@@ -29,6 +31,7 @@ class Explanation:
     predicted_class: str
     heatmap: np.ndarray  # [image_size, image_size] in [0, 1]
     window: tuple[float, float, float, float]  # WINDOW of this image
+    out_of_scope: bool = False  # OUT_OF_SCOPE of this image (False from a model without the output)
 
 
 def alert_output(critical_class: str) -> str:

@@ -10,12 +10,14 @@ from typing import Any
 
 from components.experiment_tracking import default_tracking_uri
 from contracts.config import Config
-from contracts.data_roots import roots_to_json
+from contracts.data_roots import has_out_of_scope, roots_to_json
 from training.trainer_config import TrainerConfig
 
 
-def trainer_config(config: Config) -> TrainerConfig:
-    """What the trainer module needs from the config (the Trainer's custom_config)."""
+def trainer_config(config: Config, out_of_scope: bool | None = None) -> TrainerConfig:
+    """What the trainer module needs from the config (the Trainer's custom_config). The model learns cells out
+    of scope where some data root holds them, unless `out_of_scope` says otherwise (benchmarks that train on
+    the classes' splits alone)."""
     return TrainerConfig(
         classes=config.classes,
         critical_class=config.critical_class,
@@ -28,6 +30,7 @@ def trainer_config(config: Config) -> TrainerConfig:
         max_request_images=config.serving.max_request_images,
         max_image_pixels=config.serving.max_image_pixels,
         max_request_pixels=config.serving.max_request_pixels,
+        out_of_scope=has_out_of_scope(config.paths.data_roots) if out_of_scope is None else out_of_scope,
     )
 
 
@@ -52,6 +55,7 @@ class RunSettings:
     min_critical_recall: Any
     max_regression: Any
     site_bars: Any  # JSON {site: {min_accuracy, min_critical_recall}}: the sites with bars of their own
+    out_of_scope_bars: Any  # JSON of OutOfScopeBars: per site, on cells that are none of the classes
 
 
 def run_settings(config: Config) -> RunSettings:
@@ -64,4 +68,5 @@ def run_settings(config: Config) -> RunSettings:
         min_critical_recall=float(evaluation.min_critical_recall),
         max_regression=float(evaluation.max_regression),
         site_bars=json.dumps(evaluation.site_bars, sort_keys=True),
+        out_of_scope_bars=json.dumps(dataclasses.asdict(evaluation.out_of_scope_bars())),
     )

@@ -21,8 +21,9 @@ from components.image_example_gen import ImageExampleGen
 from components.run_report import RunReport
 from components.serving_gate import ServingGate
 from components.validation_gate import AnomaliesGate
-from contracts.artifacts import HOLDOUT
+from contracts.artifacts import HOLDOUT, out_of_scope_split
 from contracts.config import Config
+from contracts.data_roots import has_out_of_scope
 from pipelines.configs import RunSettings, serving_dir, tracking_uri, trainer_config
 
 # Steps that look at state outside the pipeline's artifacts (files under the data root, the served model):
@@ -86,7 +87,12 @@ def create_pipeline(
         classes_json=classes_json,
         hold_out=hold_out,
     )
-    splits = {"train_args": trainer_pb2.TrainArgs(splits=["train"]), "eval_args": trainer_pb2.EvalArgs(splits=["eval"])}
+    # Cells that are none of the five (roots with role out_of_scope) are learnt as one more output.
+    with_out_of_scope = has_out_of_scope(config.paths.data_roots)
+    train_splits, eval_splits = (
+        [split, *([out_of_scope_split(split)] if with_out_of_scope else [])] for split in ("train", "eval")
+    )
+    splits = {"train_args": trainer_pb2.TrainArgs(splits=train_splits), "eval_args": trainer_pb2.EvalArgs(splits=eval_splits)}
     tuner = None
     if config.tuning.enabled:
         tuner = Tuner(
@@ -147,6 +153,7 @@ def create_pipeline(
         hold_out=hold_out,
         serving_state=serving_state,
         site_bars_json=settings.site_bars,
+        out_of_scope_bars_json=settings.out_of_scope_bars,
     )
     pusher = AtomicPusher(
         model=trainer.outputs["model"],

@@ -23,6 +23,8 @@ from contracts.signatures import (
     EXPLAIN_SIGNATURE,
     HEATMAP,
     NEEDS_REVIEW,
+    OUT_OF_SCOPE,
+    OUT_OF_SCOPE_PROBABILITY,
     PREDICTED_CLASS,
     PROBABILITIES,
     SERVING_INPUT,
@@ -50,6 +52,7 @@ class Prediction:
     probabilities: dict[str, float]
     model_version: int
     flags: dict[str, bool] = dataclasses.field(default_factory=dict)  # the model's boolean outputs
+    out_of_scope_probability: float = 0.0  # calibrated (0 for models without the output)
 
     def alert(self, critical_class: str) -> bool:
         """The model's `<critical_class>_alert` output (its calibrated operating point); for models exported
@@ -60,6 +63,16 @@ class Prediction:
     def needs_review(self) -> bool:
         """Low confidence: a person should look at this image (False for models without the output)."""
         return self.flags.get(NEEDS_REVIEW, False)
+
+    @property
+    def out_of_scope(self) -> bool:
+        """The cell is none of the classes (`probabilities` are then of the classes given that it were one;
+        no alert is raised for it). False for models without the output."""
+        return self.flags.get(OUT_OF_SCOPE, False)
+
+    def answer(self) -> str:
+        """What to show: `out of scope`, or the predicted class."""
+        return "out of scope" if self.out_of_scope else self.predicted_class
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +193,8 @@ class ServingClient:
         probabilities = _rows(response.outputs[PROBABILITIES])
         predicted = [v.decode() for v in response.outputs[PREDICTED_CLASS].string_val]
         flags = {k: list(t.bool_val) for k, t in response.outputs.items() if t.dtype == types_pb2.DT_BOOL}
+        has_outside = OUT_OF_SCOPE_PROBABILITY in response.outputs
+        outside = _floats(response.outputs[OUT_OF_SCOPE_PROBABILITY]).tolist() if has_outside else []
         version = response.model_spec.version.value
         return [
             Prediction(
@@ -187,6 +202,7 @@ class ServingClient:
                 {n: round(p, 6) for n, p in zip(row_names, row, strict=False)},
                 version,
                 {k: bool(v[i]) for k, v in flags.items()},
+                round(float(outside[i]), 6) if outside else 0.0,
             )
             for i, (cls, row_names, row) in enumerate(zip(predicted, names, probabilities, strict=False))
         ]
@@ -202,7 +218,8 @@ class ServingClient:
         require_window(response.outputs)
         window = tuple(float(v) for v in _floats(response.outputs[WINDOW]))
         heat = _floats(heatmap).reshape(dims[1:])
-        return Explanation(response.outputs[PREDICTED_CLASS].string_val[0].decode(), heat, window)
+        outside = OUT_OF_SCOPE in response.outputs and bool(response.outputs[OUT_OF_SCOPE].bool_val[0])
+        return Explanation(response.outputs[PREDICTED_CLASS].string_val[0].decode(), heat, window, outside)
 
     def status(self) -> list[VersionStatus]:
         """ModelService.GetModelStatus: every version TF Serving knows of, with its state."""

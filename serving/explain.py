@@ -9,7 +9,15 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from contracts.signatures import EXPLAIN_SIGNATURE, HEATMAP, PREDICTED_CLASS, SERVING_INPUT, WINDOW, Explanation
+from contracts.signatures import (
+    EXPLAIN_SIGNATURE,
+    HEATMAP,
+    OUT_OF_SCOPE,
+    PREDICTED_CLASS,
+    SERVING_INPUT,
+    WINDOW,
+    Explanation,
+)
 from serving.client import require_window
 
 ALPHA = 0.45  # weight of the heat map over the image
@@ -23,7 +31,8 @@ def explain_with_saved_model(model_dir: Path, image: bytes) -> Explanation:
     outputs = tf.saved_model.load(str(model_dir)).signatures[EXPLAIN_SIGNATURE](**{SERVING_INPUT: tf.constant([image])})
     require_window(outputs)
     window = tuple(float(v) for v in outputs[WINDOW].numpy()[0])
-    return Explanation(outputs[PREDICTED_CLASS].numpy()[0].decode(), outputs[HEATMAP].numpy()[0], window)
+    outside = OUT_OF_SCOPE in outputs and bool(outputs[OUT_OF_SCOPE].numpy()[0])
+    return Explanation(outputs[PREDICTED_CLASS].numpy()[0].decode(), outputs[HEATMAP].numpy()[0], window, outside)
 
 
 def overlay_png(image: bytes | Image.Image, explanation: Explanation) -> bytes:

@@ -139,6 +139,8 @@ def create_app(client: ServingClient, critical_class: str, limits: UploadLimits)
                     probabilities=outcome.prediction.probabilities,
                     myeloblast_alert=outcome.prediction.alert(critical_class),
                     needs_review=outcome.prediction.needs_review,
+                    out_of_scope=outcome.prediction.out_of_scope,
+                    out_of_scope_probability=outcome.prediction.out_of_scope_probability,
                     model_version=outcome.prediction.model_version,
                 )
             else:
@@ -164,6 +166,7 @@ def create_app(client: ServingClient, critical_class: str, limits: UploadLimits)
         except ServingError as err:
             raise _serving_error(err) from None
         overlay = overlay_png(checked.pixels, explanation)
-        return Response(overlay, media_type="image/png", headers={"X-Predicted-Class": explanation.predicted_class})
+        headers = {"X-Predicted-Class": explanation.predicted_class, "X-Out-Of-Scope": str(explanation.out_of_scope).lower()}
+        return Response(overlay, media_type="image/png", headers=headers)
 
     return app

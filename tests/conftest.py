@@ -22,12 +22,14 @@ def generated_root(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def model_exports(tmp_path_factory) -> dict[str, Path]:
-    """Three real SavedModels with the served signatures: random weights, always basophil, always myeloblast."""
+    """Four real SavedModels with the served signatures: random weights, always basophil, always myeloblast,
+    always out of scope (each answers the five classes and out of scope, as the default config trains)."""
     root = tmp_path_factory.mktemp("exports")
     return {
         "random": export_model(root / "random"),
         "basophil": export_model(root / "basophil", favour="basophil"),
         "myeloblast": export_model(root / "myeloblast", favour="myeloblast"),
+        "out_of_scope": export_model(root / "out_of_scope", favour="out_of_scope"),
     }
 
 

@@ -10,18 +10,21 @@ from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from contracts.config import DEFAULT_CONFIG, REPO_ROOT, ConfigError, load_config
-from contracts.data_roots import DataRoot
+from contracts.data_roots import DataRoot, with_roots_given
+from contracts.features import OUT_OF_SCOPE
 from pipelines.configs import run_settings
 
 
-def test_default_config_points_at_the_four_shared_roots_of_three_sites():
+def test_default_config_points_at_the_four_shared_roots_of_three_sites_and_the_out_of_scope_cells():
     config = load_config()
     assert config.classes == ["basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"]
     assert config.critical_index == 3
     shared = (REPO_ROOT.parent / "shared/data").resolve()
     assert config.paths.data_roots == [
-        DataRoot(str(shared / name)) for name in ("blood-cells-5class", "barcelona-extra", "munich-extra", "mll-marrow")
+        *(DataRoot(str(shared / name)) for name in ("blood-cells-5class", "barcelona-extra", "munich-extra", "mll-marrow")),
+        DataRoot(str(shared / "other-cells"), role="out_of_scope"),
     ]
+    assert config.paths.data_roots[-1].out_of_scope and config.kubeflow.data_roots[-1].out_of_scope
     assert [Path(r.path).name for r in config.kubeflow.data_roots] == [Path(r.path).name for r in config.paths.data_roots]
     assert config.ingestion.split_ratios == {"train": 0.7, "eval": 0.15, "test": 0.15}
 
@@ -40,13 +43,15 @@ def test_data_roots_take_a_site_relative_paths_resolve_against_the_config_file(t
     )
     assert config.paths.data_roots == [DataRoot(str(tmp_path / "a")), DataRoot("/b", "lyon"), DataRoot("gs://bucket/c", "tokyo")]
     assert [r.name for r in config.paths.data_roots] == ["a", "b", "c"]
-    assert json.loads(run_settings(config).data_roots)[1] == {"path": "/b", "site": "lyon"}
+    assert json.loads(run_settings(config).data_roots)[1] == {"path": "/b", "site": "lyon", "role": ""}
 
 
 @pytest.mark.parametrize(
     "roots, message",
     [
-        ("[]", "paths.data_roots: no data root given"),
+        ("[]", "paths.data_roots: no data root of the classes given"),
+        ("[{path: /x, role: out_of_scope}]", "paths.data_roots: no data root of the classes given"),
+        ("[{path: /x, role: extra}]", r"role 'extra' is not one of \['out_of_scope'\]"),
         ("[/x/cells, /y/cells]", "data roots share a folder name: cells"),
         ("[{path: /x, sites: a}]", r"unknown keys \['sites'\]"),
     ],
@@ -96,6 +101,15 @@ def test_curated_schema_matches_configured_classes():
         (Path(config.paths.schema_dir) / "schema.pbtxt").read_text(), schema_pb2.Schema()
     )
     domain = {d.name: list(d.value) for d in schema.string_domain}["label_name"]
-    assert domain == config.classes
+    assert domain == [*config.classes, OUT_OF_SCOPE]
     label = next(f for f in schema.feature if f.name == "label")
-    assert (label.int_domain.min, label.int_domain.max) == (0, len(config.classes) - 1)
+    assert (label.int_domain.min, label.int_domain.max) == (0, len(config.classes))
+
+
+def test_command_line_roots_replace_only_their_kind():
+    configured = load_config().paths.data_roots
+    outside = [r for r in configured if r.out_of_scope]
+    assert with_roots_given(configured, ["/lab=lyon"], None) == [DataRoot("/lab", "lyon"), *outside]
+    assert with_roots_given(configured, None, ["/others=oslo"]) == [
+        *(r for r in configured if not r.out_of_scope), DataRoot("/others", "oslo", "out_of_scope")
+    ]

@@ -42,6 +42,8 @@ def test_per_site_and_held_out_figures_are_metrics():
     assert metrics["holdout_monocyte_called_myeloblast"] == 2.0
     assert metrics["stress_grayscale_myeloblast_alert_recall"] == 0.975
     assert "stress_stain_normalised_myeloblast_alert_recall" not in metrics  # an audit from before the figure
+    assert metrics["out_of_scope_mll-marrow_alerts"] == 0.2 and metrics["out_of_scope_barcelona_caught"] == 1.0
+    assert metrics["site_barcelona_called_out_of_scope"] == 0.0286
 
 
 def test_flatten_nests_with_dots_and_lists_as_json():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import apache_beam as beam
 import pytest
@@ -13,8 +14,8 @@ from components import image_example_gen
 from components.image_example_gen import _write_examples, check_hold_out, check_report, run_ingestion, summarise, unwritten
 from components.image_verification import IngestionError, find_candidates
 from contracts import features
-from contracts.artifacts import HOLDOUT, INGESTION_REPORT_FILE, SPLITS, example_files
-from contracts.data_roots import DataRoot
+from contracts.artifacts import HOLDOUT, INGESTION_REPORT_FILE, SPLITS, example_files, out_of_scope_split
+from contracts.data_roots import OUT_OF_SCOPE_ROLE, DataRoot
 from contracts.image_check import Limits
 from tests.helpers import CLASSES, image_bytes, make_site_subsets, real_files
 
@@ -39,6 +40,7 @@ def read_split(out, split):
         features.IMAGE: tf.io.FixedLenFeature([], tf.string),
         features.LABEL: tf.io.FixedLenFeature([], tf.int64),
         features.LABEL_NAME: tf.io.FixedLenFeature([], tf.string),
+        features.CELL_TYPE: tf.io.FixedLenFeature([], tf.string),
         features.SITE: tf.io.FixedLenFeature([], tf.string),
         features.RELPATH: tf.io.FixedLenFeature([], tf.string),
         features.SHA256: tf.io.FixedLenFeature([], tf.string),
@@ -193,8 +195,8 @@ def test_splits_that_fall_short_are_written_again_and_short_twice_stop_the_run(t
     real_in_split, real_write = image_example_gen._in_split, image_example_gen._write_examples
     jobs: list[beam.Pipeline] = []
 
-    def losing(record, plan, split):
-        return real_in_split(record, plan, split) and record.relpath != lost
+    def losing(record, plan, split, out_of_scope):
+        return real_in_split(record, plan, split, out_of_scope) and record.relpath != lost
 
     def write(pipeline, *args):
         jobs.append(pipeline)
@@ -215,3 +217,50 @@ def test_splits_that_fall_short_are_written_again_and_short_twice_stop_the_run(t
     assert unwritten(str(out), report) == []
     assert lost in {row[features.RELPATH].decode() for split in SPLITS for row in read_split(out, split)}
     assert caplog.text.count("writing the examples again") == 1
+
+
+def test_an_out_of_scope_root_is_ingested_into_splits_of_its_own_and_never_mixed_with_the_five(tmp_path):
+    """Real other cells (two sites) beside a real five-class subset: labelled out_of_scope with their cell type,
+    split like the rest into out_of_scope_<split>, counted in the report; a folder named like one of the five
+    in the out-of-scope root is rejected with the reason, and an image in both roots is a label conflict."""
+    five, others = make_site_subsets(tmp_path / "data", {"blood-cells-5class": 6, "other-cells": 6})
+    (others / "monocyte").mkdir()
+    (others / "monocyte" / "m.jpg").write_bytes(image_bytes(seed=11))
+    both = next((five / "basophil").iterdir())
+    (others / "lymphocyte" / "also-basophil.jpg").write_bytes(both.read_bytes())
+    out = tmp_path / "out"
+    roots = [DataRoot(str(five)), DataRoot(str(others), "barcelona", OUT_OF_SCOPE_ROLE)]  # site of unlisted files
+    report = run_ingestion(roots, CLASSES, LIMITS, RATIOS, 42, "", str(out), str(out / INGESTION_REPORT_FILE))
+
+    listed = [p for root in (five, others) for p in root.rglob("*") if p.is_file() and p.parent != root]
+    assert report["found"] == len(listed) == report["ingested"] + report["duplicates"] + report["rejected"]
+    reasons = {r["file"]: r["reason"] for r in report["rejections"]}
+    assert reasons["other-cells/monocyte/m.jpg"] == (
+        "folder 'monocyte' of out-of-scope root other-cells is one of the classes: move it to a root of the classes"
+    )
+    assert "other-cells/lymphocyte/also-basophil.jpg" in reasons and f"blood-cells-5class/basophil/{both.name}" in reasons
+    assert sum(report["counts"][features.OUT_OF_SCOPE].values()) == 4 * 6
+    assert set(report["out_of_scope_cell_types"]) == {"eosinophil", "ig", "lymphocyte", "platelet"}
+    assert set(report["out_of_scope_cell_types"]["lymphocyte"]) == {"mll-marrow"}  # the first six files are marrow's
+    assert "out of scope platelet: barcelona 6" in summarise(report)
+    check_report(report, CLASSES)
+    for split in SPLITS:
+        inside, outside = read_split(out, split), read_split(out, out_of_scope_split(split))
+        assert len(inside) == report["split_totals"][split]
+        assert len(outside) == report["split_totals"][out_of_scope_split(split)] > 0
+        assert {row[features.LABEL_NAME].decode() for row in inside} <= set(CLASSES)
+        assert {(row[features.LABEL], row[features.LABEL_NAME].decode()) for row in outside} == {(5, features.OUT_OF_SCOPE)}
+        for row in outside:
+            assert row[features.CELL_TYPE].decode() == row[features.RELPATH].decode().split("/")[1]
+        assert all(row[features.CELL_TYPE] == row[features.LABEL_NAME] for row in inside)
+
+
+def test_out_of_scope_cells_missing_from_a_split_stop_the_ingestion(tmp_path):
+    five, others = make_site_subsets(tmp_path / "data", {"blood-cells-5class": 6, "other-cells": 1})
+    for folder in ("eosinophil", "ig", "lymphocyte"):
+        shutil.rmtree(others / folder)
+    roots = [DataRoot(str(five)), DataRoot(str(others), role=OUT_OF_SCOPE_ROLE)]
+    out = tmp_path / "out"
+    report = run_ingestion(roots, CLASSES, LIMITS, RATIOS, 42, "", str(out), str(out / INGESTION_REPORT_FILE))
+    with pytest.raises(IngestionError, match="no usable images for class/split out_of_scope/"):
+        check_report(report, CLASSES)

@@ -32,7 +32,7 @@ from pipelines.kubeflow_runner import compile_pipeline
 from serving.model_server import start_server
 from tests.helpers import CLASSES, CONFIG, make_site_subsets, real_files
 
-PER_CLASS = {"blood-cells-5class": 20, "barcelona-extra": 6, "munich-extra": 4, "mll-marrow": 4}
+PER_CLASS = {"blood-cells-5class": 20, "barcelona-extra": 6, "munich-extra": 4, "mll-marrow": 4, "other-cells": 4}
 runner = CliRunner()
 
 
@@ -70,13 +70,16 @@ def default_run(compiled, volumes):
     too (a one-epoch model on a hundred images must still be pushed)."""
     parameters = {"trainer_config": trainer_parameter(1), "min_accuracy": 0.0, "min_critical_recall": 0.0}
     parameters["site_bars"] = json.dumps({"mll-marrow": {"min_accuracy": 0.0, "min_critical_recall": 0.0}})
+    parameters["out_of_scope_bars"] = json.dumps(
+        {"min_out_of_scope_caught": 0.0, "max_out_of_scope_alerts": 1.0, "max_in_scope_called_out": 1.0}
+    )
     return launch(compiled, volumes, parameters)
 
 
 @pytest.fixture(scope="module")
 def refused_run(default_run, compiled, volumes):
-    """`bloodcell kfp launch-local` as a user would call it: two of the three data roots, two epochs, and a
-    min_accuracy no model can meet."""
+    """`bloodcell kfp launch-local` as a user would call it: two of the four roots of the five classes (the
+    out-of-scope root stays), two epochs, and a min_accuracy no model can meet."""
     result = runner.invoke(app, [
         "kfp", "launch-local", str(compiled),
         *[f"--volume={pvc}={path}" for pvc, path in volumes.items()],
@@ -154,7 +157,10 @@ def test_the_data_roots_parameter_changes_what_is_ingested(refused_run, volumes)
     _, run_dir = refused_run
     report = read_json(str(run_dir / "ImageExampleGen" / "report"), INGESTION_REPORT_FILE)
     data = Path(volumes[CONFIG.kubeflow.data_pvc])
-    assert report["found"] == len(image_files(data / "blood-cells-5class")) + len(image_files(data / "barcelona-extra"))
+    roots = ("blood-cells-5class", "barcelona-extra", "other-cells")
+    assert report["found"] == sum(len(image_files(data / root)) for root in roots)
+    outside = sum(report["split_totals"][f"out_of_scope_{s}"] for s in ("train", "eval", "test"))
+    assert outside == len(image_files(data / roots[2]))
     assert sum(report["counts_by_site"]["munich"]["basophil"].values()) == 0  # munich basophils: munich-extra only
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 
@@ -61,6 +62,7 @@ def test_images_parameters_caching_and_volumes(compiled):
         "min_critical_recall": CONFIG.evaluation.min_critical_recall,
         "max_regression": CONFIG.evaluation.max_regression,
         "site_bars": json.dumps(CONFIG.evaluation.site_bars, sort_keys=True),
+        "out_of_scope_bars": json.dumps(dataclasses.asdict(CONFIG.evaluation.out_of_scope_bars())),
     }
     assert json.loads(parameters["trainer_config"]["defaultValue"]) == trainer_config(CONFIG).as_dict()
     tasks = spec["root"]["dag"]["tasks"]
@@ -69,6 +71,7 @@ def test_images_parameters_caching_and_volumes(compiled):
         ("ServingGate", "min_critical_recall"): "min_critical_recall",
         ("ServingGate", "max_regression"): "max_regression",
         ("ServingGate", "site_bars_json"): "site_bars",
+        ("ServingGate", "out_of_scope_bars_json"): "out_of_scope_bars",
         ("Trainer", "custom_config"): "trainer_config",
     }
     for (task, name), parameter in wired.items():
@@ -156,7 +159,9 @@ def test_upload_run_schedule_list_and_disable_against_the_test_double(compiled, 
     assert run["display_name"] == "try-1"
     assert run["pipeline_version_reference"] == {"pipeline_id": "pipeline-1", "pipeline_version_id": "version-3"}
     parameters = run["runtime_config"]["parameters"]
-    assert roots_from_json(parameters["data_roots"]) == [DataRoot("/mnt/data/new"), DataRoot("/mnt/data/lyon", "lyon")]
+    assert roots_from_json(parameters["data_roots"]) == [  # the configured out-of-scope root stays
+        DataRoot("/mnt/data/new"), DataRoot("/mnt/data/lyon", "lyon"), DataRoot("/mnt/data/other-cells", role="out_of_scope")
+    ]
     assert parameters["min_critical_recall"] == 0.99
     assert json.loads(parameters["trainer_config"])["training"]["epochs"] == 5
     assert fake.requests[-2].json() == {"display_name": "bloodcell", "namespace": "screening"}

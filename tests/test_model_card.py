@@ -43,3 +43,12 @@ def test_model_card_of_a_blocked_model_says_why():
     card = render_model_card(summary(blessed=False), "bloodcell", "")
     assert "(serving version not pushed)" in card and "Pipeline run `unknown`" in card
     assert "Not blessed: accuracy = 0.9400, required >= 0.95" in card
+
+
+def test_model_card_says_how_cells_out_of_scope_are_answered():
+    card = render_model_card(summary(blessed=True), "bloodcell", "")
+    assert "## Cells that are none of the classes" in card and "probability is over 0.6213" in card
+    assert "| lymphocyte @ mll-marrow | 10 | 60.00% | 70.00% | 20.00% |" in card
+    assert "called out of scope: barcelona 2.86%, munich 0.00%." in card
+    untrained = render_model_card(summary(blessed=True, out_of_scope=None), "bloodcell", "")
+    assert "Not trained: every cell is called one of the classes." in untrained

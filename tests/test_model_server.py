@@ -42,6 +42,25 @@ def test_predict_matches_the_savedmodel_called_directly(model_server, model_expo
     assert all(abs(sum(p.probabilities.values()) - 1) < 1e-4 and list(p.probabilities) == CLASSES for p in predictions)
 
 
+def test_out_of_scope_is_answered_over_grpc_and_silences_the_alert(model_server, model_exports):
+    """Version 2 calls every cell out of scope, version 3 myeloblast: over gRPC each answer says whether the
+    cell is out of scope (with its probability), the five probabilities stay, the alert only for a blast."""
+    (model_server.base / "2").symlink_to(model_exports["out_of_scope"], target_is_directory=True)
+    model_server.manager.poll()
+    images = [real_files(c, 1)[0].read_bytes() for c in ("myeloblast", "monocyte")]
+    with ServingClient(model_server.target, CONFIG.model_name, version=2) as client:
+        outside = client.predict(images)
+    assert [(p.out_of_scope, p.alert("myeloblast"), p.answer()) for p in outside] == [(True, False, "out of scope")] * 2
+    assert all(p.out_of_scope_probability > 0.99 and list(p.probabilities) == CLASSES for p in outside)
+    assert all(abs(sum(p.probabilities.values()) - 1) < 1e-4 for p in outside)
+    (model_server.base / "3").symlink_to(model_exports["myeloblast"], target_is_directory=True)
+    model_server.manager.poll()
+    with ServingClient(model_server.target, CONFIG.model_name, version=3) as client:
+        inside = client.predict(images)
+    assert [(p.out_of_scope, p.alert("myeloblast"), p.answer()) for p in inside] == [(False, True, "myeloblast")] * 2
+    assert all(p.out_of_scope_probability < 0.01 for p in inside)
+
+
 def test_status_and_metadata(model_server):
     with ServingClient(model_server.target, CONFIG.model_name) as client:
         assert [(s.version, s.state, s.error) for s in client.status()] == [(1, "AVAILABLE", "")]
@@ -51,8 +70,11 @@ def test_status_and_metadata(model_server):
     assert signatures["serving_default"]["outputs"] == {
         "probabilities": "DT_FLOAT", "predicted_class": "DT_STRING", "predicted_index": "DT_INT32",
         "class_names": "DT_STRING", "myeloblast_alert": "DT_BOOL", "needs_review": "DT_BOOL",
+        "out_of_scope": "DT_BOOL", "out_of_scope_probability": "DT_FLOAT",
     }  # fmt: skip
-    assert signatures["explain"]["outputs"] == {"heatmap": "DT_FLOAT", "predicted_class": "DT_STRING", "window": "DT_FLOAT"}
+    assert signatures["explain"]["outputs"] == {
+        "heatmap": "DT_FLOAT", "predicted_class": "DT_STRING", "window": "DT_FLOAT", "out_of_scope": "DT_BOOL"
+    }
     assert "serving_examples" in signatures
 
 

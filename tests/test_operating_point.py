@@ -51,3 +51,26 @@ def test_operating_point_needs_the_critical_class():
     probabilities, labels = overconfident()
     with pytest.raises(ValueError, match="no image of the critical class"):
         op.fit_operating_point(probabilities[labels != 2], labels[labels != 2], 2, 1.0, 0.9)
+
+
+def test_out_of_scope_threshold_keeps_the_budget_of_in_scope_images_and_the_alert_their_own():
+    """Three classes and one output more (out of scope, label 3): the threshold lets at most the budget of
+    in-scope eval images out (never under 0.5), the alert and the confidence are of the three given in scope."""
+    probabilities, labels = overconfident(seed=2)
+    rng = np.random.default_rng(3)
+    outside = rng.dirichlet([1, 1, 1, 20], 300)  # out-of-scope images: mostly the extra output
+    inside = np.concatenate([probabilities * 0.97, np.full((len(labels), 1), 0.03)], axis=1)
+    inside[: len(labels) // 10, 3] = rng.uniform(0.3, 0.9, len(labels) // 10)  # some in-scope images look odd
+    inside /= inside.sum(axis=1, keepdims=True)
+    point = op.fit_operating_point(
+        np.concatenate([inside, outside]), np.concatenate([labels, np.full(300, 3)]), 2, 1.0, 0.9, 3, 0.02
+    )
+    calibrated, out = op.in_scope(op.scale(inside, point.temperature), 3)
+    assert point.out_of_scope_threshold >= 0.5
+    assert point.in_scope_called_out == pytest.approx((out > point.out_of_scope_threshold).mean())
+    assert point.in_scope_called_out <= 0.02
+    caught = op.in_scope(op.scale(outside, point.temperature), 3)[1] > point.out_of_scope_threshold
+    assert point.out_of_scope_caught == pytest.approx(caught.mean()) and caught.mean() > 0.7
+    np.testing.assert_allclose(calibrated.sum(axis=1), 1.0)
+    assert op.alerts(calibrated, 2, point.threshold)[labels == 2].all()  # recall 1.0 among the three
+    assert op.in_scope(probabilities, 3)[1].max() == 0.0  # a model without the output: never out of scope

@@ -27,6 +27,7 @@ def answers(points: np.ndarray, predicted: np.ndarray | None = None, alerts: np.
     n = len(points)
     return Answers(
         probabilities=np.full((n, 5), 0.2),
+        out_of_scope=np.zeros(n),
         predicted=np.zeros(n, int) if predicted is None else predicted,
         alerts=np.zeros(n, bool) if alerts is None else alerts,
         features=points,

@@ -46,14 +46,14 @@ from pipelines.run_history import list_runs
 from serving.client import ServingClient
 from serving.explain import explain_with_saved_model
 from serving.model_server import start_server
-from tests.helpers import CLASSES, make_real_subset, make_site_subsets, real_files
+from tests.helpers import CLASSES, make_real_subset, make_site_subsets, real_files, subset_roots
 
 pytestmark = pytest.mark.slow
 
 
 # Real images of the three configured sites: the five-class folder, Barcelona's extra classes, Munich's, and
 # the marrow site's blasts, monocytes and neutrophils (judged by its own bars, config `evaluation.site_bars`).
-PER_CLASS = {"blood-cells-5class": 40, "barcelona-extra": 12, "munich-extra": 10, "mll-marrow": 8}
+PER_CLASS = {"blood-cells-5class": 40, "barcelona-extra": 12, "munich-extra": 10, "mll-marrow": 8, "other-cells": 6}
 BLOODCELL = os.path.join(os.path.dirname(sys.executable), "bloodcell")
 
 
@@ -68,7 +68,7 @@ def config_for(workspace, *overrides):
     return load_config(
         DEFAULT_CONFIG,
         [
-            f"paths.data_roots={json.dumps([str(d) for d in data])}",
+            f"paths.data_roots={json.dumps([dataclasses.asdict(r) for r in subset_roots(data)])}",
             f"paths.output_root={out}",
             f"paths.serving_root={out / 'serving'}",
             "training.epochs=2",
@@ -79,7 +79,7 @@ def config_for(workspace, *overrides):
 
 def run_cli_in_subprocess(config) -> subprocess.CompletedProcess:
     """`bloodcell run` in its own process on the config's data and output roots."""
-    data = json.dumps([r.path for r in config.paths.data_roots])
+    data = json.dumps([dataclasses.asdict(r) for r in config.paths.data_roots])
     sets = [
         f"paths.data_roots={data}",
         f"paths.output_root={config.paths.output_root}",
@@ -130,6 +130,8 @@ def pushed(blocked, workspace):
     config = config_for(
         workspace, "evaluation.min_accuracy=0.0", "evaluation.min_critical_recall=0.0", "evaluation.max_regression=1.0",
         'evaluation.site_bars={"mll-marrow": {"min_accuracy": 0.0, "min_critical_recall": 0.0}}',
+        "evaluation.min_out_of_scope_caught=0.0", "evaluation.max_out_of_scope_alerts=1.0",
+        "evaluation.max_in_scope_called_out=1.0",
     )  # fmt: skip
     return Phase(config, *run_local(config))
 
@@ -184,9 +186,21 @@ def test_every_site_is_scored_in_the_summary_and_in_gate_json(blocked):
     assert gate["sites"] == {site: {k: f[k] for k in keys} for site, f in summary.sites.items()}
     assert gate["candidate"]["count"] == summary.splits["test"]  # TFMA scored every test image
     assert any(f.startswith("site barcelona: accuracy = ") for f in summary.gate_failures)
+    # The other cells' test split (Barcelona's ig and platelets, the marrow's lymphocytes and eosinophils),
+    # scored as served and barred per site.
+    outside = gate["out_of_scope"]
+    assert set(outside["sites"]) == {"barcelona", "mll-marrow"} and summary.out_of_scope == outside
+    assert sum(f["images"] for f in outside["sites"].values()) == summary.splits["out_of_scope_test"] > 0
+    assert {name.split(" @ ")[0] for name in outside["cell_types"]} <= {"eosinophil", "ig", "lymphocyte", "platelet"}
+    assert set(outside["in_scope_called_out"]) == set(summary.sites)
+    bars = blocked.config.evaluation.out_of_scope_bars()
+    for site, f in outside["sites"].items():
+        caught = f"site {site}: out-of-scope cells caught (out of scope or review) = {f['caught']:.4f}"
+        assert any(x.startswith(caught) for x in summary.gate_failures) == (f["caught"] < bars.min_out_of_scope_caught)
     # The marrow site is held to its own bars, the others to the run's.
     assert gate["site_bars"] == {"mll-marrow": {"min_accuracy": 0.85, "min_critical_recall": 0.97}}
-    marrow = [f for f in summary.gate_failures if f.startswith("site mll-marrow: ")]
+    own = ("site mll-marrow: accuracy", "site mll-marrow: myeloblast recall")
+    marrow = [f for f in summary.gate_failures if f.startswith(own)]
     assert all(f.endswith(("required >= 0.85", "required >= 0.97")) for f in marrow)
     figures = summary.sites["mll-marrow"]
     recall = figures["critical_recall"]  # None where the subset's split left no marrow blast in the test split
@@ -321,10 +335,13 @@ def test_a_held_out_site_is_scored_per_class_and_never_pushed_with_a_clean_log(w
     """`bloodcell run --hold-out-site` as a user types it; its log says each thing once."""
     data, out = workspace
     command = [
-        BLOODCELL, "run", *[a for d in data for a in ("--data-root", str(d))], "--hold-out-site", "munich-extra",
+        BLOODCELL, "run", *[a for d in data[:-1] for a in ("--data-root", str(d))], "--out-of-scope-root", str(data[-1]),
+        "--hold-out-site", "munich-extra",
         "--output-root", str(out / "holdout"), "--epochs", "1",
         "--set", "evaluation.min_accuracy=0", "--set", "evaluation.min_critical_recall=0",
         "--set", 'evaluation.site_bars={"mll-marrow": {"min_accuracy": 0, "min_critical_recall": 0}}',
+        "--set", "evaluation.min_out_of_scope_caught=0", "--set", "evaluation.max_out_of_scope_alerts=1",
+        "--set", "evaluation.max_in_scope_called_out=1",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, timeout=1200)  # bytes: "\r" stays a redraw, not a line
     stdout, stderr = result.stdout.decode(), result.stderr.decode()

@@ -166,3 +166,10 @@ def test_every_message_of_the_summary_agrees_with_gate_json(outcome):
     if not gate["blessed"]:
         reason = "already served" if gate["identical_to_served"] and not gate["failures"] else "model not blessed"
         assert f"pushed: no ({reason})" in text
+
+
+def test_report_text_shows_how_cells_out_of_scope_were_answered():
+    text = render_summary(summary(blessed=True), "/tmp/report")
+    assert "out of scope (calibrated p > 0.6213; no alert then), out-of-scope test split:" in text
+    assert "  lymphocyte @ mll-marrow         10        0.6000  0.7000  0.2000" in text
+    assert "test images of the classes called out of scope: barcelona 0.0286, munich 0.0000" in text

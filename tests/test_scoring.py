@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 from PIL import Image
 from typer.testing import CliRunner
@@ -95,3 +96,35 @@ def test_score_refuses_a_missing_root_and_reports_a_server_that_is_down(model_se
     lab = lab_folder(tmp_path)
     down = runner.invoke(app, ["score", str(lab), "--server", "127.0.0.1:1", "--set", "serving.retries=1"])
     assert down.exit_code == 1 and "UNAVAILABLE" in down.output
+
+
+def test_score_answers_a_labs_out_of_scope_cells_by_the_gates_bars(model_server, model_exports, tmp_path):
+    """A lab's myeloblasts and its lymphocytes (--out-of-scope): a model that calls every cell myeloblast raises
+    the alarm on each lymphocyte (a bar missed); one that calls every cell out of scope catches them but calls
+    the blasts out of scope too (another bar missed)."""
+    lab, others = tmp_path / "lab", tmp_path / "others"
+    (lab / "myeloblast").mkdir(parents=True)
+    for f in real_files("myeloblast", 2):
+        shutil.copy(f, lab / "myeloblast" / f.name)
+    (others / "lymphocyte").mkdir(parents=True)
+    other_cells = next(r.path for r in DATA_ROOTS if r.out_of_scope)
+    for f in real_files("lymphocyte", 3, Path(other_cells)):
+        shutil.copy(f, others / "lymphocyte" / f.name)
+    args = ["score", f"{lab}=paris", "--out-of-scope", f"{others}=paris", "--server", model_server.target]
+    (model_server.base / "2").symlink_to(model_exports["myeloblast"], target_is_directory=True)
+    model_server.manager.poll()
+    done = runner.invoke(app, [*args, "--out", "json"])
+    assert done.exit_code == 4, (done.output[-3000:], done.exception)
+    alarmed = json.loads(done.stdout)
+    assert alarmed["sites"]["paris"]["count"] == 2  # the blasts alone: the other cells are not one of the five
+    assert alarmed["out_of_scope"]["cell_types"] == {
+        "lymphocyte @ paris": {"images": 3, "out_of_scope": 0.0, "caught": 0.0, "alerts": 1.0}
+    }
+    assert "site paris: myeloblast alerts on out-of-scope cells = 1.0000 of 3 images, required <= 0.01" in alarmed["failures"]
+
+    (model_server.base / "3").symlink_to(model_exports["out_of_scope"], target_is_directory=True)
+    model_server.manager.poll()
+    result = runner.invoke(app, args, terminal_width=160)
+    assert result.exit_code == 4
+    assert "5 of 5 image(s) scored" in result.output and "lymphocyte @ paris" in result.output
+    assert "site paris: in-scope images called out of scope = 1.0000" in result.output

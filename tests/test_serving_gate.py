@@ -1,17 +1,20 @@
-"""The serving gate's decision, the served-version lookup and the model digest."""
+"""The serving gate's decision (out-of-scope bars included), the served-version lookup and the model digest."""
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
-from components.serving_gate import decide, model_digest, newest_loadable, serving_state
+from components.out_of_scope_scores import OutOfScopeFigures, out_of_scope_failures, score_out_of_scope
+from components.serving_gate import decide, gate_result, model_digest, newest_loadable, serving_state
 from contracts.artifacts import served_versions
 from contracts.config import DEFAULT_CONFIG, ConfigError, SiteBars, load_config, site_bars
-from tests.helpers import CLASSES, real_files, write_examples
+from tests.helpers import CLASSES, DATA_ROOTS, real_files, write_examples
 
 BARS = {"min_accuracy": 0.95, "min_critical_recall": 0.99, "max_regression": 0.01, "critical_class": "myeloblast"}
+BARS_DICT = {k: v for k, v in BARS.items() if k != "critical_class"}
 
 
 def test_bars_without_a_served_model():
@@ -123,3 +126,35 @@ def test_site_bars_with_a_missing_or_out_of_range_bar_are_refused():
         load_config(DEFAULT_CONFIG, ['evaluation.site_bars={"lyon": {"min_accuracy": 0.9}}'])
     with pytest.raises(ConfigError, match="evaluation.site_bars.lyon: bars are fractions"):
         load_config(DEFAULT_CONFIG, ['evaluation.site_bars={"lyon": {"min_accuracy": 90, "min_critical_recall": 1}}'])
+
+
+def test_the_gate_bars_alerts_on_out_of_scope_cells_and_in_scope_cells_called_out(tmp_path, model_exports):
+    """Real other cells of two sites and real cells of the five, scored by the served signature: a model that
+    calls everything myeloblast raises the alarm on every lymphocyte (blocked); one that calls everything out of
+    scope catches them all but calls the five out of scope too (blocked)."""
+    others = Path(next(r for r in DATA_ROOTS if r.out_of_scope).path)
+    write_examples(tmp_path / "other.gz", real_files("lymphocyte", 2, others) + real_files("platelet", 2, others))
+    write_examples(tmp_path / "test.gz", [real_files(c, 1)[0] for c in CLASSES])
+    files = ([str(tmp_path / "test.gz")], [str(tmp_path / "other.gz")])
+    bars = load_config(DEFAULT_CONFIG).evaluation.out_of_scope_bars()
+
+    alarmed = score_out_of_scope(str(model_exports["myeloblast"]), *files, "myeloblast")
+    assert set(alarmed.sites) == {"barcelona", "mll-marrow"}  # the first lymphocytes are marrow's, platelets Barcelona's
+    assert alarmed.cell_types["lymphocyte @ mll-marrow"] == OutOfScopeFigures(images=2, out_of_scope=0.0, caught=0.0, alerts=1.0)
+    assert alarmed.in_scope_called_out == {"barcelona": 0.0, "munich": 0.0}
+    failures = out_of_scope_failures(alarmed, bars, "myeloblast")
+    bar = bars.max_out_of_scope_alerts
+    assert f"site mll-marrow: myeloblast alerts on out-of-scope cells = 1.0000 of 2 test images, required <= {bar}" in failures
+    assert len(failures) == 4  # caught and alerts at both sites
+
+    silent = score_out_of_scope(str(model_exports["out_of_scope"]), *files, "myeloblast")
+    assert all(f == OutOfScopeFigures(2, 1.0, 1.0, 0.0) for f in silent.sites.values())
+    assert out_of_scope_failures(silent, bars, "myeloblast") == [
+        f"site {site}: in-scope test images called out of scope = 1.0000, required <= {bars.max_in_scope_called_out}"
+        for site in ("barcelona", "munich")
+    ]
+    result = gate_result(
+        {"accuracy": 1.0, "critical_recall": 1.0, "count": 5}, {}, None, [], False, BARS_DICT, "myeloblast",
+        out_of_scope=silent, out_of_scope_bars=bars,
+    )  # fmt: skip
+    assert not result["blessed"] and result["out_of_scope"]["in_scope_called_out"] == {"barcelona": 1.0, "munich": 1.0}

@@ -19,6 +19,7 @@ from components.validation_gate import (
     describe_missing_classes,
     describe_short_statistics,
 )
+from contracts.features import OUT_OF_SCOPE
 from tests.helpers import CLASSES, CONFIG, image_bytes
 
 SCHEMA = tfdv.load_schema_text(os.path.join(CONFIG.paths.schema_dir, "schema.pbtxt"))
@@ -59,11 +60,13 @@ def test_missing_class_is_reported_with_its_split(tmp_path):
 
 
 def test_label_outside_the_domain_is_an_anomaly(tmp_path):
-    stats = statistics_of(tmp_path, CLASSES + ["lymphoblast"], classes=CLASSES + ["lymphoblast"])
+    labels = [*CLASSES, OUT_OF_SCOPE, "lymphoblast"]  # out_of_scope is in the domain (label 5), lymphoblast is not
+    stats = statistics_of(tmp_path, labels, classes=labels)
     anomalies = tfdv.validate_statistics(stats, SCHEMA)
     problems = describe_anomalies(write_anomalies(tmp_path, "train", anomalies), ["train"])
     assert any("feature 'label'" in p for p in problems)
     assert any("feature 'label_name'" in p and "lymphoblast" in p for p in problems)
+    assert not any(OUT_OF_SCOPE in p for p in problems)
 
 
 def test_gate_raises_with_every_problem(tmp_path):

@@ -13,7 +13,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from serving.client import ServingClient
 from serving.web_app import create_app, upload_limits
-from tests.helpers import CONFIG, free_port, real_files
+from tests.helpers import CONFIG, DATA_ROOTS, free_port, real_files
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -76,3 +76,27 @@ def test_upload_shows_class_probabilities_and_myeloblast_alert(web_url, model_se
         page.screenshot(path=str(ARTIFACTS / "web_page.png"), full_page=True)
         browser.close()
     assert (ARTIFACTS / "web_page.png").stat().st_size > 10_000
+
+
+def test_a_cell_out_of_scope_is_shown_as_such_without_an_alert(web_url, model_server, model_exports):
+    """A real lymphocyte, served by a model that calls every cell out of scope: the card says so, shows no
+    alert and keeps the five probabilities (of the classes, given it were one); the status line counts it."""
+    (model_server.base / "2").symlink_to(model_exports["out_of_scope"], target_is_directory=True)
+    model_server.manager.poll()
+    others = next(r for r in DATA_ROOTS if r.out_of_scope)
+    cell = real_files("lymphocyte", 1, Path(others.path))[0]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1000, "height": 600})
+        page.goto(web_url)
+        page.set_input_files("#files", [str(cell)])
+        card = page.locator(f'.result[data-filename="{cell.name}"]')
+        expect(card.locator(".predicted")).to_have_text("Out of scope")
+        expect(card.locator(".out-of-scope-text")).to_contain_text("no myeloblast alert")
+        expect(card).to_have_class("card result out-of-scope")
+        expect(card.locator(".alert-banner")).to_have_count(0)
+        expect(card.locator(".bar")).to_have_count(len(CONFIG.classes))
+        expect(page.locator("#status")).to_have_text("1 image(s): 0 myeloblast alert(s), 1 out of scope.")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web_page_out_of_scope.png"), full_page=True)
+        browser.close()

@@ -13,6 +13,8 @@ from contracts.signatures import (
     EXPLAIN_SIGNATURE,
     HEATMAP,
     NEEDS_REVIEW,
+    OUT_OF_SCOPE,
+    OUT_OF_SCOPE_PROBABILITY,
     PREDICTED_CLASS,
     PREDICTED_INDEX,
     PREDICTED_ONE_HOT,
@@ -28,12 +30,13 @@ from training.test_time_views import averaged_probabilities
 from training.trainer_config import TrainerConfig
 
 # Neutral operating point of a model that was not calibrated (tests): probabilities as the network gives
-# them, alert exactly when the critical class is the argmax.
-UNCALIBRATED = OperatingPoint(temperature=1.0, threshold=0.5, review_confidence=0.0)
+# them, alert exactly when the critical class is the argmax, out of scope when that is likelier than not.
+UNCALIBRATED = OperatingPoint(temperature=1.0, threshold=0.5, review_confidence=0.0, out_of_scope_threshold=0.5)
 
 
 class ServingModule(tf.Module):
-    """Holds the Keras model and the signatures built around the shared preprocessing function."""
+    """Holds the Keras model and the signatures built around the shared preprocessing function. Every answer
+    says whether the cell is out of scope (none of the classes); the critical alert is never raised for one."""
 
     def __init__(self, model: keras.Model, config: TrainerConfig, operating_point: OperatingPoint):
         super().__init__()
@@ -44,6 +47,7 @@ class ServingModule(tf.Module):
         self.critical_class = config.critical_class
         self.critical_index = config.critical_index
         self.operating_point = operating_point
+        self.learnt_out_of_scope = model.output_shape[-1] > len(self.classes)  # one output more: out of scope
         last_conv = [layer for layer in model.layers if isinstance(layer, keras.layers.ReLU)][-1]
         self.features_and_scores = keras.Model(model.inputs, [last_conv.output, model.output])
 
@@ -79,21 +83,37 @@ class ServingModule(tf.Module):
         with tf.control_dependencies([shapes, *checks]):
             return preprocess_batch(tf.identity(image_bytes), views)
 
+    def _in_scope(self, probabilities: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(the classes' probabilities given in scope, the out-of-scope probability: the sum of the outputs after
+        the classes; 0 for a model without them): `operating_point.in_scope` in the graph."""
+        n = len(self.classes)
+        if not self.learnt_out_of_scope:
+            return probabilities, tf.zeros_like(probabilities[:, 0])
+        kept = probabilities[:, :n]
+        return kept / tf.maximum(tf.reduce_sum(kept, axis=-1, keepdims=True), 1e-12), tf.reduce_sum(probabilities[:, n:], axis=-1)
+
     def _outputs(self, image_bytes: tf.Tensor, request_caps: bool = True) -> dict[str, tf.Tensor]:
         images, _ = self._images(image_bytes, request_caps)
+        return self._answers(images)
+
+    def _answers(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The served answers for preprocessed images."""
         point = self.operating_point
         raw = averaged_probabilities(self.model, images, self.config.preprocessing.test_time_views)
-        probabilities = tf.nn.softmax(tf.math.log(tf.maximum(raw, 1e-12)) / point.temperature, axis=-1)
+        calibrated = tf.nn.softmax(tf.math.log(tf.maximum(raw, 1e-12)) / point.temperature, axis=-1)
+        probabilities, out_probability = self._in_scope(calibrated)
+        out_of_scope = out_probability > point.out_of_scope_threshold
         index = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-        n = tf.shape(image_bytes)[0]
+        n = tf.shape(images)[0]
+        critical = tf.logical_or(probabilities[:, self.critical_index] >= point.threshold, tf.equal(index, self.critical_index))
         return {
             PROBABILITIES: probabilities,
             PREDICTED_INDEX: index,
             PREDICTED_CLASS: tf.gather(self.class_names, index),
             CLASS_NAMES: tf.tile(self.class_names[tf.newaxis], [n, 1]),
-            alert_output(self.critical_class): tf.logical_or(
-                probabilities[:, self.critical_index] >= point.threshold, tf.equal(index, self.critical_index)
-            ),
+            alert_output(self.critical_class): tf.logical_and(critical, tf.logical_not(out_of_scope)),
+            OUT_OF_SCOPE: out_of_scope,
+            OUT_OF_SCOPE_PROBABILITY: out_probability,
             NEEDS_REVIEW: tf.reduce_max(probabilities, axis=-1) < point.review_confidence,
         }
 
@@ -106,10 +126,11 @@ class ServingModule(tf.Module):
         """Grad-CAM: where the last conv block's features raised the predicted class's log-probability,
         as a [N, image_size, image_size] map in [0, 1] over the preprocessed image (the crop fed to the CNN).
         The class is the served prediction (all test-time views); the map is drawn on the image as it is.
-        WINDOW says where in each image that crop lies."""
+        WINDOW says where in each image that crop lies; OUT_OF_SCOPE, whether the cell is none of the classes
+        (the map then shows what made it look most like the predicted class)."""
         images, windows = self._images(image_bytes)
-        averaged = averaged_probabilities(self.model, images, self.config.preprocessing.test_time_views)
-        index = tf.argmax(averaged, axis=-1, output_type=tf.int32)
+        answers = self._answers(images)
+        index = answers[PREDICTED_INDEX]
         with tf.GradientTape() as tape:
             features, probabilities = self.features_and_scores(images, training=False)
             score = tf.math.log(tf.gather(probabilities, index, batch_dims=1) + 1e-12)
@@ -120,7 +141,8 @@ class ServingModule(tf.Module):
         size = self.config.preprocessing.image_size
         return {
             HEATMAP: tf.image.resize(cam, [size, size], method="bilinear")[..., 0],
-            PREDICTED_CLASS: tf.gather(self.class_names, index),
+            PREDICTED_CLASS: answers[PREDICTED_CLASS],
+            OUT_OF_SCOPE: answers[OUT_OF_SCOPE],
             WINDOW: windows,
         }
 

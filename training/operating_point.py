@@ -1,5 +1,6 @@
 """Screening operating point, fitted on the eval split: temperature scaling (calibrated probabilities), the
-critical-class alert threshold, and the confidence under which a prediction needs human review."""
+critical-class alert threshold, the confidence under which a prediction needs human review, and, for a model
+that also learnt cells that are none of the classes (one output more), the out-of-scope threshold."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ class OperatingPoint:
     precision: float = float("nan")  # of the alert, on the eval split: the cost of the recall
     ece_before: float = float("nan")
     ece_after: float = float("nan")
+    out_of_scope_threshold: float = 1.0  # out of scope when the calibrated out-of-scope probability > this (1: never)
+    out_of_scope_caught: float = float("nan")  # of the eval split's out-of-scope images, the share over it
+    in_scope_called_out: float = float("nan")  # of the eval split's in-scope images, the share over it
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -56,18 +60,46 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
     return float(error)
 
 
+def in_scope(probabilities: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the classes' probabilities given that the cell is one of them, the out-of-scope probability) of a
+    model's [N, classes + k] outputs: the outputs after the classes are out of scope (summed; k = 0: 0)."""
+    if probabilities.shape[1] == classes:
+        return probabilities, np.zeros(len(probabilities))
+    kept = probabilities[:, :classes]
+    return kept / np.clip(kept.sum(axis=-1, keepdims=True), 1e-12, None), probabilities[:, classes:].sum(axis=-1)
+
+
+def out_of_scope_threshold(in_scope_probability: np.ndarray, budget: float) -> float:
+    """The out-of-scope threshold: at least 0.5 (out of scope is then also the likeliest answer), and high
+    enough that at most `budget` of these in-scope images' out-of-scope probabilities exceed it."""
+    return float(max(0.5, np.quantile(in_scope_probability, 1.0 - budget))) if len(in_scope_probability) else 0.5
+
+
 def alerts(probabilities: np.ndarray, critical_index: int, threshold: float) -> np.ndarray:
     """The alert decision: critical-class probability at or over the threshold, or critical is the argmax."""
     return (probabilities[:, critical_index] >= threshold) | (probabilities.argmax(axis=-1) == critical_index)
 
 
 def fit_operating_point(
-    probabilities: np.ndarray, labels: np.ndarray, critical_index: int, target_recall: float, review_confidence: float
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    critical_index: int,
+    target_recall: float,
+    review_confidence: float,
+    classes: int | None = None,
+    out_of_scope_budget: float = 0.0,
 ) -> OperatingPoint:
     """Calibrates on the eval split, then picks the highest alert threshold whose recall on it is at least
-    `target_recall` (1.0: every critical-class image raises the alert), and reports its precision."""
+    `target_recall` (1.0: every critical-class image raises the alert), and reports its precision. With one
+    output more than `classes` (out of scope, label `classes`), the alert and the confidence are of the
+    classes' probabilities given in scope, and the out-of-scope threshold keeps `out_of_scope_budget` of the
+    in-scope eval images out (`out_of_scope_threshold`)."""
+    classes = classes or probabilities.shape[1]
     temperature = fit_temperature(probabilities, labels)
-    calibrated = scale(probabilities, temperature)
+    calibrated, out = in_scope(scale(probabilities, temperature), classes)
+    kept = labels < classes
+    before = in_scope(probabilities, classes)[0][kept]
+    calibrated, out_of_scope, labels = calibrated[kept], out[~kept], labels[kept]
     critical = np.sort(calibrated[labels == critical_index, critical_index])
     if len(critical) == 0:
         raise ValueError("the eval split has no image of the critical class: no alert threshold can be chosen")
@@ -75,12 +107,17 @@ def fit_operating_point(
     threshold = float(min(critical[missed], 0.5))
     alert = alerts(calibrated, critical_index, threshold)
     is_critical = labels == critical_index
+    learnt = probabilities.shape[1] > classes
+    out_threshold = out_of_scope_threshold(out[kept], out_of_scope_budget) if learnt else 1.0
     return OperatingPoint(
         temperature=temperature,
         threshold=threshold,
         review_confidence=review_confidence,
         recall=float(alert[is_critical].mean()),
         precision=float(is_critical[alert].mean()),
-        ece_before=expected_calibration_error(probabilities, labels),
+        ece_before=expected_calibration_error(before, labels),
         ece_after=expected_calibration_error(calibrated, labels),
+        out_of_scope_threshold=out_threshold,
+        out_of_scope_caught=float((out_of_scope > out_threshold).mean()) if len(out_of_scope) else float("nan"),
+        in_scope_called_out=float((out[kept] > out_threshold).mean()),
     )

@@ -217,7 +217,7 @@ def configured_model(config: TrainerConfig) -> keras.Model:
     """The compiled CNN of the config (untrained)."""
     training = config.training
     return build_model(
-        len(config.classes),
+        config.outputs,
         config.preprocessing.image_size,
         training.filters,
         training.dense_units,
@@ -233,7 +233,7 @@ def fit(
 ) -> tuple[keras.Model, list[dict[str, float]], tf.data.Dataset]:
     """Trains the CNN with early stopping and learning-rate reduction, and with `training.weight_average` the
     average of its weights over the last steps: (model, per-epoch history, eval data)."""
-    training, classes = config.training, config.classes
+    training = config.training
     keras.utils.set_random_seed(training.seed)
     train_ds, steps, model = training_stream_and_model(train_files, config)
     eval_ds = make_dataset(eval_files, config.preprocessing, training.batch_size)
@@ -253,7 +253,7 @@ def fit(
         ),
         epoch_log,
     ]
-    class_weight = {k: 1.0 for k in range(len(classes))}
+    class_weight = {k: 1.0 for k in range(config.outputs)}
     class_weight[config.critical_index] = training.critical_class_weight
     model.fit(
         train_ds,
@@ -287,13 +287,19 @@ def choose_operating_point(model: keras.Model, eval_ds: tf.data.Dataset, config:
     probabilities, labels = (np.concatenate(parts) for parts in zip(*batches, strict=True))
     screening = config.screening
     point = fit_operating_point(
-        probabilities, labels, config.critical_index, screening.alert_recall, screening.review_confidence
-    )
+        probabilities, labels, config.critical_index, screening.alert_recall, screening.review_confidence,
+        len(config.classes), screening.out_of_scope_budget,
+    )  # fmt: skip
     logging.info(
         "operating point: temperature %.3f, ECE %.4f -> %.4f; %s alert at p >= %.4f: eval recall %.4f, precision %.4f",
         point.temperature, point.ece_before, point.ece_after, config.critical_class, point.threshold,
         point.recall, point.precision,
     )  # fmt: skip
+    if config.out_of_scope:
+        logging.info(
+            "operating point: out of scope at p > %.4f: eval out-of-scope images caught %.4f, in-scope called out %.4f",
+            point.out_of_scope_threshold, point.out_of_scope_caught, point.in_scope_called_out,
+        )  # fmt: skip
     return point
 
 

@@ -13,6 +13,8 @@ import numpy as np
 from PIL import Image
 
 from contracts.config import DEFAULT_CONFIG, load_config
+from contracts.data_roots import DataRoot
+from contracts.features import OUT_OF_SCOPE
 from pipelines.configs import trainer_config
 
 REPO_ROOT = DEFAULT_CONFIG.parent
@@ -41,7 +43,8 @@ def real_files(class_name: str, count: int, root: Path = REAL_DATA) -> list[Path
 
 
 def write_examples(path: Path, files: list[Path]) -> None:
-    """The ingestion's tf.Examples of real files (of any configured root), as one gzipped TFRecord file."""
+    """The ingestion's tf.Examples of real files (of any configured root; out of scope, those of the
+    out-of-scope root), as one gzipped TFRecord file."""
     import tensorflow as tf
 
     from components.image_example_gen import to_example
@@ -55,17 +58,16 @@ def write_examples(path: Path, files: list[Path]) -> None:
         for file in files:
             sites = resolvers[file.parent.parent.name]
             relpath = f"{file.parent.name}/{file.name}"
-            record = verify_image(Candidate(sites.root, relpath, file.parent.name, sites.site_of(relpath)), limits)
-            writer.write(to_example(record, CLASSES))
+            label = OUT_OF_SCOPE if sites.root.out_of_scope else file.parent.name
+            record = verify_image(Candidate(sites.root, relpath, label, sites.site_of(relpath)), limits)
+            writer.write(to_example(record, [*CLASSES, OUT_OF_SCOPE]))
 
 
 def make_real_subset(root: Path, per_class: int, source: Path = REAL_DATA) -> Path:
-    """Copies `per_class` real images of every class of `source` into root/<class>/, with the rows of
-    `source`'s MANIFEST.csv that name them."""
+    """Copies the first `per_class` real images of every class folder of `source` (cell-type folder, for the
+    out-of-scope root) into root/<class>/, with the rows of `source`'s MANIFEST.csv that name them."""
     copied = set()
-    for name in CLASSES:
-        if not (source / name).is_dir():
-            continue
+    for name in sorted(p.name for p in source.iterdir() if p.is_dir()):
         (root / name).mkdir(parents=True, exist_ok=True)
         for path in real_files(name, per_class, source):
             shutil.copy(path, root / name / path.name)
@@ -82,6 +84,12 @@ def make_site_subsets(root: Path, per_class: dict[str, int]) -> list[Path]:
     """Real subsets of the configured roots named in `per_class` (that many images of each class, by root
     folder name) in root/<root name>/, each with its MANIFEST.csv rows: several sites, as the default config has."""
     return [make_real_subset(root / r.name, per_class[r.name], Path(r.path)) for r in DATA_ROOTS if r.name in per_class]
+
+
+def subset_roots(subsets: list[Path]) -> list[DataRoot]:
+    """The data roots of `make_site_subsets`' folders, with the role of the configured root of that name."""
+    roles = {r.name: r.role for r in DATA_ROOTS}
+    return [DataRoot(str(p), role=roles[p.name]) for p in subsets]
 
 
 def free_port() -> int:
@@ -104,20 +112,21 @@ def bomb_png(side: int = 20000) -> bytes:
 
 
 def export_model(export_dir: Path, favour: str | None = None, seed: int = 0) -> Path:
-    """Exports a small CNN through the project's export code. With `favour`, the output layer is set to
-    answer that class for every image (to tell versions apart); otherwise weights are random (seeded)."""
+    """Exports a small CNN (five classes and out of scope, as the default config trains) through the project's
+    export code. With `favour` (a class or `out_of_scope`), the output layer is set to answer that for every
+    image (to tell versions apart); otherwise weights are random (seeded)."""
     import tf_keras as keras
 
     from training.export import export_serving_model
     from training.model import build_model
 
     keras.utils.set_random_seed(seed)
-    model = build_model(len(CLASSES), CONFIG.preprocessing.image_size, [8, 16], 16, 0.0, 1e-3)
+    model = build_model(TRAINER_CONFIG.outputs, CONFIG.preprocessing.image_size, [8, 16], 16, 0.0, 1e-3)
     if favour is not None:
         output = model.get_layer("probabilities")
         kernel, bias = output.get_weights()
         bias[:] = 0.0
-        bias[CLASSES.index(favour)] = 8.0
+        bias[[*CLASSES, OUT_OF_SCOPE].index(favour)] = 8.0
         output.set_weights([np.zeros_like(kernel), bias])
     export_serving_model(model, TRAINER_CONFIG, str(export_dir))
     return export_dir

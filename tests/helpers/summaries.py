@@ -15,6 +15,21 @@ SITE_MATRICES = {
 HELD_OUT = [[6, 0, 4, 0, 0], [0, 10, 0, 0, 0], [0, 0, 8, 3, 0], [0, 0, 0, 6, 0], [0] * 5]
 
 
+# The out-of-scope test split's answers (gate.json's `out_of_scope`): lymphocytes at two sites, platelets.
+OUT_OF_SCOPE = {
+    "sites": {
+        "barcelona": {"images": 20, "out_of_scope": 0.95, "caught": 1.0, "alerts": 0.0},
+        "mll-marrow": {"images": 10, "out_of_scope": 0.6, "caught": 0.7, "alerts": 0.2},
+    },
+    "cell_types": {
+        "lymphocyte @ barcelona": {"images": 12, "out_of_scope": 0.9167, "caught": 1.0, "alerts": 0.0},
+        "lymphocyte @ mll-marrow": {"images": 10, "out_of_scope": 0.6, "caught": 0.7, "alerts": 0.2},
+        "platelet @ barcelona": {"images": 8, "out_of_scope": 1.0, "caught": 1.0, "alerts": 0.0},
+    },
+    "in_scope_called_out": {"barcelona": 0.0286, "munich": 0.0},
+}
+
+
 def hold_out() -> dict:
     pooled = matrix_figures(HELD_OUT, CLASSES, "myeloblast")
     return {
@@ -49,8 +64,9 @@ def summary(blessed: bool, **changes) -> RunSummary:
         "pushed_version": "1795700000" if blessed else "",
         "operating_point": {
             "temperature": 1.7321, "threshold": 0.0412, "review_confidence": 0.9, "recall": 1.0,
-            "precision": 0.8333, "ece_before": 0.0543, "ece_after": 0.0121,
+            "precision": 0.8333, "ece_before": 0.0543, "ece_after": 0.0121, "out_of_scope_threshold": 0.6213,
         },
+        "out_of_scope": OUT_OF_SCOPE,
         "audit": {
             "clean": {"count": 50, "accuracy": 0.94},
             "colour_baseline": {"count": 50, "accuracy": 0.7123},
