@@ -122,7 +122,7 @@ def main(
     history = train(
         write_split(output / "train.gz", kept["train"]),
         write_split(output / "eval.gz", kept["eval"]),
-        trainer_config(cfg, out_of_scope=False),
+        trainer_config(cfg),
         str(output / "model"),
         str(output / "run"),
     )

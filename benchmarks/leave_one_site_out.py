@@ -106,7 +106,7 @@ def held_out_figures(
     history = train(
         write_split(output / site / "train.gz", kept["train"]),
         write_split(output / site / "eval.gz", kept["eval"]),
-        trainer_config(cfg, out_of_scope=False),
+        trainer_config(cfg),
         str(model_dir),
         str(output / site / "run"),
     )

@@ -248,7 +248,7 @@ def main(
 ) -> None:
     cfg = load_config_or_exit(config, overrides)
     exposed = set(exposure_sites or ["barcelona"])
-    base_config = trainer_config(cfg, out_of_scope=False)
+    base_config = trainer_config(cfg)
     in_scope, critical_index = len(base_config.classes), base_config.critical_index
     splits = {split: read_split(examples, split) for split in SPLITS}
     output.mkdir(parents=True, exist_ok=True)
@@ -282,13 +282,12 @@ def main(
             (f"{NEIGHBOURS}-th neighbour (label-free)", neighbour_score(base["train"])),
         ]
     ]
-    exposure_config = dataclasses.replace(base_config, out_of_scope=True)
     with_others = {
         split: rows + [relabelled(e, in_scope) for e in others[split] if site_of(e) in exposed]
         for split, rows in splits.items()
         if split != "test"
     }
-    model, module = trained(with_others, exposure_config, output / "outlier_exposure")
+    model, module = trained(with_others, base_config, output / "outlier_exposure")  # one output per cell type
     exposure = {name: answers_of(model, module, rows) for name, rows in {**splits, **groups}.items()}
     rows.append(
         method_figures(

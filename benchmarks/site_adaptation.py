@@ -126,7 +126,7 @@ def main(
     config: Path = CONFIG_OPTION,
     overrides: Optional[List[str]] = typer.Option(None, "--set", help="Config override KEY=VALUE, as the LOSO run."),
 ) -> None:
-    cfg = trainer_config(load_config_or_exit(config, overrides), out_of_scope=False)  # leave-one-site-out models
+    cfg = trainer_config(load_config_or_exit(config, overrides))
     depth = len(cfg.training.filters)
     wrong = sorted(k for k in blocks or [] if not 1 <= k <= depth)
     if wrong:

@@ -53,7 +53,7 @@ def main(
     history = train(
         example_files(str(examples), "train"),
         example_files(str(examples), "eval"),
-        trainer_config(cfg, out_of_scope=False),
+        trainer_config(cfg),
         str(output / "model"),
         str(output / "run"),
     )

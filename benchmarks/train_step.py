@@ -32,7 +32,7 @@ def seconds_per_step(examples: Path, config: Path, overrides: list[str], steps: 
     from pipelines.configs import trainer_config
     from training.trainer_module import training_stream_and_model
 
-    trainer = trainer_config(load_config_or_exit(config, overrides), out_of_scope=False)
+    trainer = trainer_config(load_config_or_exit(config, overrides))
     dataset, full_epoch, model = training_stream_and_model(example_files(str(examples), "train"), trainer)
     ends: list[float] = []
     noting_ends = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: ends.append(time.monotonic()))

@@ -10,14 +10,12 @@ from typing import Any
 
 from components.experiment_tracking import default_tracking_uri
 from contracts.config import Config
-from contracts.data_roots import has_out_of_scope, roots_to_json
+from contracts.data_roots import roots_to_json
 from training.trainer_config import TrainerConfig
 
 
-def trainer_config(config: Config, out_of_scope: bool | None = None) -> TrainerConfig:
-    """What the trainer module needs from the config (the Trainer's custom_config). The model learns cells out
-    of scope where some data root holds them, unless `out_of_scope` says otherwise (benchmarks that train on
-    the classes' splits alone)."""
+def trainer_config(config: Config) -> TrainerConfig:
+    """What the trainer module needs from the config (the Trainer's custom_config)."""
     return TrainerConfig(
         classes=config.classes,
         critical_class=config.critical_class,
@@ -30,7 +28,6 @@ def trainer_config(config: Config, out_of_scope: bool | None = None) -> TrainerC
         max_request_images=config.serving.max_request_images,
         max_image_pixels=config.serving.max_image_pixels,
         max_request_pixels=config.serving.max_request_pixels,
-        out_of_scope=has_out_of_scope(config.paths.data_roots) if out_of_scope is None else out_of_scope,
     )
 
 

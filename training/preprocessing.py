@@ -130,7 +130,10 @@ def parse_example(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return parsed[features.IMAGE], parsed[features.LABEL]
 
 
-SITE_SPEC = {features.SITE: tf.io.FixedLenFeature([], tf.string, default_value="")}
+SITE_SPEC = {
+    features.SITE: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    features.CELL_TYPE: tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
 
 
 def parse_site(serialized: tf.Tensor) -> tf.Tensor:
@@ -138,12 +141,23 @@ def parse_site(serialized: tf.Tensor) -> tf.Tensor:
     return tf.io.parse_single_example(serialized, SITE_SPEC)[features.SITE]
 
 
+def training_examples(files: list[str]) -> tf.data.Dataset:
+    """A split's gzipped tf.Example files -> (encoded image bytes, label index, site, cell type) per example,
+    in file order, parsed in parallel."""
+
+    def parse(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        more = tf.io.parse_single_example(serialized, SITE_SPEC)
+        return (*parse_example(serialized), more[features.SITE], more[features.CELL_TYPE])
+
+    return tf.data.TFRecordDataset(files, compression_type="GZIP").map(
+        parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+
+
 def labelled_examples(files: list[str]) -> tf.data.Dataset:
     """A split's gzipped tf.Example files -> (encoded image bytes, label index, site) per example, in file
     order, parsed in parallel."""
-    return tf.data.TFRecordDataset(files, compression_type="GZIP").map(
-        lambda s: (*parse_example(s), parse_site(s)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
+    return training_examples(files).map(lambda image, label, site, _: (image, label, site))
 
 
 def parse_image_batch(serialized: tf.Tensor) -> tf.Tensor:

@@ -22,16 +22,10 @@ class TrainerConfig:
     max_request_images: int  # served requests: caps the signature enforces (serving section)
     max_image_pixels: int
     max_request_pixels: int
-    out_of_scope: bool  # the model also learns cells that are none of the classes (label: len(classes))
 
     @property
     def critical_index(self) -> int:
         return self.classes.index(self.critical_class)
-
-    @property
-    def outputs(self) -> int:
-        """The model's outputs: one per class, and one more for out of scope."""
-        return len(self.classes) + int(self.out_of_scope)
 
     def as_dict(self) -> dict[str, Any]:
         """The `custom_config` form."""

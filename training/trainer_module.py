@@ -26,7 +26,8 @@ from training.augmentation import (
 from training.export import export_serving_model
 from training.model import build_model
 from training.operating_point import OperatingPoint, fit_operating_point
-from training.preprocessing import labelled_examples, parse_example, preprocess_image
+from training.outputs import Outputs, outputs_of
+from training.preprocessing import preprocess_image, training_examples
 from training.sampling import balanced_dataset
 from training.test_time_views import averaged_probabilities
 from training.trainer_config import TrainerConfig
@@ -43,22 +44,27 @@ def _matching_files(file_patterns: list[str]) -> list[str]:
     return files
 
 
-def make_dataset(file_patterns: list[str], preprocessing: Preprocessing, batch_size: int) -> tf.data.Dataset:
-    """Reads gzipped tf.Examples and yields preprocessed (images, labels) batches, in file order."""
-    dataset = tf.data.TFRecordDataset(_matching_files(file_patterns), compression_type="GZIP")
-    dataset = dataset.map(parse_example, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.map(
-        lambda image, label: (preprocess_image(image, preprocessing), label), num_parallel_calls=tf.data.AUTOTUNE
+def make_dataset(
+    file_patterns: list[str], preprocessing: Preprocessing, batch_size: int, outputs: Outputs | None = None
+) -> tf.data.Dataset:
+    """Reads gzipped tf.Examples and yields preprocessed (images, labels) batches, in file order; with
+    `outputs`, an out-of-scope example's label is its cell type's output."""
+    output_of = outputs.output_of if outputs else (lambda label, _: label)
+    dataset = training_examples(_matching_files(file_patterns)).map(
+        lambda image, label, _, cell: (preprocess_image(image, preprocessing), output_of(label, cell)),
+        num_parallel_calls=tf.data.AUTOTUNE,
     ).cache()
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def load_preprocessed(
-    file_patterns: list[str], preprocessing: Preprocessing
+    file_patterns: list[str], preprocessing: Preprocessing, outputs: Outputs | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every example of a split, preprocessed: (images [N, size, size, 3] float32, labels, sites)."""
-    dataset = labelled_examples(_matching_files(file_patterns)).map(
-        lambda image, label, site: (preprocess_image(image, preprocessing), label, site),
+    """Every example of a split, preprocessed: (images [N, size, size, 3] float32, labels, sites); labels as
+    in `make_dataset`."""
+    output_of = outputs.output_of if outputs else (lambda label, _: label)
+    dataset = training_examples(_matching_files(file_patterns)).map(
+        lambda image, label, site, cell: (preprocess_image(image, preprocessing), output_of(label, cell), site),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     images, labels, sites = [], [], []
@@ -77,12 +83,13 @@ def make_train_dataset(
     site_power: float,
     seed: int,
     look_pairs: bool = False,
+    outputs: Outputs | None = None,
 ) -> tuple[tf.data.Dataset, int]:
     """Endless training batches drawn class x site balanced (`sampling.group_weights`), augmented when
     `augmentation.enabled` (another site's magnification and the site look per image, then the batch
     augmenter), and the number of steps that make one epoch (one pass's worth of images). With `look_pairs`
     each batch is ((images, the images in another site's colours), labels), for a `LookConsistentModel`."""
-    images, labels, sites = load_preprocessed(file_patterns, preprocessing)
+    images, labels, sites = load_preprocessed(file_patterns, preprocessing, outputs)
     names, codes = np.unique(sites, return_inverse=True)
     dataset = balanced_dataset(images, labels, codes, site_power, seed)
     augmenter = build_augmenter(augmentation) if augmentation.enabled else None
@@ -198,8 +205,12 @@ class WeightAverage(keras.callbacks.Callback):
         self.model.set_weights([average.numpy() for average in self.average])
 
 
-def training_stream_and_model(train_files: list[str], config: TrainerConfig) -> tuple[tf.data.Dataset, int, keras.Model]:
-    """The configured training batches (`make_train_dataset`), the steps of one epoch, and the compiled CNN."""
+def training_stream_and_model(
+    train_files: list[str], config: TrainerConfig, outputs: Outputs | None = None
+) -> tuple[tf.data.Dataset, int, keras.Model]:
+    """The configured training batches (`make_train_dataset`), the steps of one epoch, and the compiled CNN
+    with `outputs` (default: those the train files need, `outputs_of`)."""
+    outputs = outputs or outputs_of(_matching_files(train_files), len(config.classes))
     training = config.training
     train_ds, steps = make_train_dataset(
         train_files,
@@ -209,15 +220,16 @@ def training_stream_and_model(train_files: list[str], config: TrainerConfig) -> 
         training.site_weight_power,
         training.seed,
         look_pairs=training.look_consistency > 0,
+        outputs=outputs,
     )
-    return train_ds, steps, configured_model(config)
+    return train_ds, steps, configured_model(config, outputs.count)
 
 
-def configured_model(config: TrainerConfig) -> keras.Model:
-    """The compiled CNN of the config (untrained)."""
+def configured_model(config: TrainerConfig, outputs: int | None = None) -> keras.Model:
+    """The compiled CNN of the config (untrained), with `outputs` outputs (default: one per class)."""
     training = config.training
     return build_model(
-        config.outputs,
+        outputs or len(config.classes),
         config.preprocessing.image_size,
         training.filters,
         training.dense_units,
@@ -235,8 +247,11 @@ def fit(
     average of its weights over the last steps: (model, per-epoch history, eval data)."""
     training = config.training
     keras.utils.set_random_seed(training.seed)
-    train_ds, steps, model = training_stream_and_model(train_files, config)
-    eval_ds = make_dataset(eval_files, config.preprocessing, training.batch_size)
+    outputs = outputs_of(_matching_files(train_files), len(config.classes))
+    if outputs.cell_types:
+        logging.info("Trainer: out of scope learnt as one output per cell type: %s", ", ".join(outputs.cell_types))
+    train_ds, steps, model = training_stream_and_model(train_files, config, outputs)
+    eval_ds = make_dataset(eval_files, config.preprocessing, training.batch_size, outputs)
     epoch_log = EpochLog(epochs)
     monitor = "val_selection_loss" if training.grayscale_validation else "val_loss"
     callbacks = [
@@ -253,7 +268,7 @@ def fit(
         ),
         epoch_log,
     ]
-    class_weight = {k: 1.0 for k in range(config.outputs)}
+    class_weight = {k: 1.0 for k in range(outputs.count)}
     class_weight[config.critical_index] = training.critical_class_weight
     model.fit(
         train_ds,
@@ -295,7 +310,7 @@ def choose_operating_point(model: keras.Model, eval_ds: tf.data.Dataset, config:
         point.temperature, point.ece_before, point.ece_after, config.critical_class, point.threshold,
         point.recall, point.precision,
     )  # fmt: skip
-    if config.out_of_scope:
+    if probabilities.shape[1] > len(config.classes):
         logging.info(
             "operating point: out of scope at p > %.4f: eval out-of-scope images caught %.4f, in-scope called out %.4f",
             point.out_of_scope_threshold, point.out_of_scope_caught, point.in_scope_called_out,

@@ -112,7 +112,7 @@ def bomb_png(side: int = 20000) -> bytes:
 
 
 def export_model(export_dir: Path, favour: str | None = None, seed: int = 0) -> Path:
-    """Exports a small CNN (five classes and out of scope, as the default config trains) through the project's
+    """Exports a small CNN (five classes and one out-of-scope output) through the project's
     export code. With `favour` (a class or `out_of_scope`), the output layer is set to answer that for every
     image (to tell versions apart); otherwise weights are random (seeded)."""
     import tf_keras as keras
@@ -121,7 +121,7 @@ def export_model(export_dir: Path, favour: str | None = None, seed: int = 0) -> 
     from training.model import build_model
 
     keras.utils.set_random_seed(seed)
-    model = build_model(TRAINER_CONFIG.outputs, CONFIG.preprocessing.image_size, [8, 16], 16, 0.0, 1e-3)
+    model = build_model(len(CLASSES) + 1, CONFIG.preprocessing.image_size, [8, 16], 16, 0.0, 1e-3)
     if favour is not None:
         output = model.get_layer("probabilities")
         kernel, bias = output.get_weights()
