@@ -26,7 +26,7 @@ def render_summary(summary: RunSummary, report_dir: str) -> str:
         "=== bloodcell run summary ===",
         f"images: found {ingestion['found']}, ingested {ingestion['ingested']}, "
         f"duplicates removed {ingestion['duplicates']}, rejected {ingestion['rejected']}",
-        f"splits: train {splits['train']} / eval {splits['eval']} / test {splits['test']}",
+        "splits: " + " / ".join(f"{name.replace('_', ' ')} {n}" for name, n in splits.items()),
         f"epochs trained: {summary.epochs_trained}",
         f"test accuracy: {summary.test_accuracy:.4f}",
         format_classification_report(summary.per_class, summary.test_accuracy),

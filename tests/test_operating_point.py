@@ -74,3 +74,20 @@ def test_out_of_scope_threshold_keeps_the_budget_of_in_scope_images_and_the_aler
     np.testing.assert_allclose(calibrated.sum(axis=1), 1.0)
     assert op.alerts(calibrated, 2, point.threshold)[labels == 2].all()  # recall 1.0 among the three
     assert op.in_scope(probabilities, 3)[1].max() == 0.0  # a model without the output: never out of scope
+
+
+def test_no_critical_image_of_the_eval_split_is_called_out_of_scope_at_full_recall():
+    """A blast called out of scope raises no alert: the threshold stays over every eval blast's out-of-scope
+    probability when the alert must keep them all."""
+    probabilities, labels = overconfident(seed=4)
+    inside = np.concatenate([probabilities * 0.9, np.full((len(labels), 1), 0.1)], axis=1)
+    odd = np.flatnonzero(labels == 2)[:3]
+    inside[odd] = [0.001, 0.001, 0.002, 0.996]  # three blasts that look out of scope
+    point = op.fit_operating_point(inside, labels, 2, 1.0, 0.9, 3, 0.02)
+    out = op.in_scope(op.scale(inside, point.temperature), 3)[1]
+    assert out[odd].min() > 0.5 and point.out_of_scope_threshold >= out[odd].max() and point.recall == 1.0
+    # At a lower target, the alert's misses and the blasts called out of scope share what may be missed.
+    relaxed = op.fit_operating_point(inside, labels, 2, 0.995, 0.9, 3, 0.02)
+    calibrated, out = op.in_scope(op.scale(inside, relaxed.temperature), 3)
+    alert = op.alerts(calibrated, 2, relaxed.threshold) & ~(out > relaxed.out_of_scope_threshold)
+    assert relaxed.recall == pytest.approx(alert[labels == 2].mean()) and relaxed.recall >= 0.995

@@ -34,6 +34,8 @@ from contracts.run_summary import RunSummary
 from contracts.signatures import (
     EXAMPLES_INPUT,
     EXAMPLES_SIGNATURE,
+    OUT_OF_SCOPE,
+    OUT_OF_SCOPE_PROBABILITY,
     PREDICTED_INDEX,
     PROBABILITIES,
     SERVING_INPUT,
@@ -239,7 +241,9 @@ def test_the_pushed_model_answers_in_process_and_over_grpc_alike(pushed):
     critical = pushed.config.critical_index
     probabilities = outputs[PROBABILITIES].numpy()
     expected = (probabilities[:, critical] >= point["threshold"]) | (probabilities.argmax(axis=1) == critical)
-    np.testing.assert_array_equal(outputs[alert_output(pushed.config.critical_class)].numpy(), expected)
+    outside = outputs[OUT_OF_SCOPE_PROBABILITY].numpy() > point["out_of_scope_threshold"]
+    np.testing.assert_array_equal(outputs[OUT_OF_SCOPE].numpy(), outside)
+    np.testing.assert_array_equal(outputs[alert_output(pushed.config.critical_class)].numpy(), expected & ~outside)
 
 
 def test_the_audit_operating_point_model_card_and_explanation_come_with_the_push(pushed):

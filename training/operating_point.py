@@ -69,10 +69,17 @@ def in_scope(probabilities: np.ndarray, classes: int) -> tuple[np.ndarray, np.nd
     return kept / np.clip(kept.sum(axis=-1, keepdims=True), 1e-12, None), probabilities[:, classes:].sum(axis=-1)
 
 
-def out_of_scope_threshold(in_scope_probability: np.ndarray, budget: float) -> float:
-    """The out-of-scope threshold: at least 0.5 (out of scope is then also the likeliest answer), and high
-    enough that at most `budget` of these in-scope images' out-of-scope probabilities exceed it."""
-    return float(max(0.5, np.quantile(in_scope_probability, 1.0 - budget))) if len(in_scope_probability) else 0.5
+def out_of_scope_threshold(
+    in_scope_probability: np.ndarray, budget: float, alerted_probability: np.ndarray, allowed: int
+) -> float:
+    """The out-of-scope threshold: at least 0.5 (out of scope is then also the likeliest answer), high enough
+    that at most `budget` of these in-scope images' out-of-scope probabilities exceed it, and that at most
+    `allowed` of the critical-class images that raise the alert (`alerted_probability`, theirs) do: a cell out
+    of scope raises no alert, so a blast called out of scope would be a blast missed."""
+    threshold = max(0.5, float(np.quantile(in_scope_probability, 1.0 - budget))) if len(in_scope_probability) else 0.5
+    if allowed < len(alerted_probability):
+        threshold = max(threshold, float(np.sort(alerted_probability)[::-1][allowed]))
+    return threshold
 
 
 def alerts(probabilities: np.ndarray, critical_index: int, threshold: float) -> np.ndarray:
@@ -90,10 +97,10 @@ def fit_operating_point(
     out_of_scope_budget: float = 0.0,
 ) -> OperatingPoint:
     """Calibrates on the eval split, then picks the highest alert threshold whose recall on it is at least
-    `target_recall` (1.0: every critical-class image raises the alert), and reports its precision. With one
-    output more than `classes` (out of scope, label `classes`), the alert and the confidence are of the
-    classes' probabilities given in scope, and the out-of-scope threshold keeps `out_of_scope_budget` of the
-    in-scope eval images out (`out_of_scope_threshold`)."""
+    `target_recall` (1.0: every critical-class image raises the alert), and reports its precision. With
+    outputs after the `classes` (out of scope, labels from `classes` on), the alert and the confidence are of
+    the classes' probabilities given in scope, and the out-of-scope threshold (`out_of_scope_threshold`)
+    keeps `out_of_scope_budget` of the in-scope eval images out and the alert's recall at `target_recall`."""
     classes = classes or probabilities.shape[1]
     temperature = fit_temperature(probabilities, labels)
     calibrated, out = in_scope(scale(probabilities, temperature), classes)
@@ -105,10 +112,13 @@ def fit_operating_point(
         raise ValueError("the eval split has no image of the critical class: no alert threshold can be chosen")
     missed = int(np.floor((1.0 - target_recall) * len(critical) + 1e-9))
     threshold = float(min(critical[missed], 0.5))
-    alert = alerts(calibrated, critical_index, threshold)
     is_critical = labels == critical_index
-    learnt = probabilities.shape[1] > classes
-    out_threshold = out_of_scope_threshold(out[kept], out_of_scope_budget) if learnt else 1.0
+    raised = alerts(calibrated, critical_index, threshold)
+    out_threshold = 1.0
+    if probabilities.shape[1] > classes:  # the alert's misses and the blasts called out of scope share the budget
+        allowed = missed - int((is_critical & ~raised).sum())
+        out_threshold = out_of_scope_threshold(out[kept], out_of_scope_budget, out[kept][is_critical & raised], allowed)
+    alert = raised & ~(out[kept] > out_threshold)
     return OperatingPoint(
         temperature=temperature,
         threshold=threshold,
