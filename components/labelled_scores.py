@@ -11,10 +11,12 @@ import numpy as np
 
 from components.evaluation import matrix_figures
 from components.image_verification import cell_type
-from components.out_of_scope_scores import OutOfScopeReport, figures_of, out_of_scope_failures
+from components.out_of_scope_scores import OutOfScopeReport, out_of_scope_failures, report_of
 from components.serving_gate import site_failures
 from contracts.config import OutOfScopeBars, SiteBars
 from contracts.features import OUT_OF_SCOPE
+from contracts.signatures import NEEDS_REVIEW, alert_output
+from contracts.signatures import OUT_OF_SCOPE as OUT_OF_SCOPE_ANSWER
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,27 +89,21 @@ def called_instead(figures_of: dict[str, Any], classes: list[str], true_class: s
     return wrong.most_common()
 
 
-def out_of_scope_report(scored: list[ScoredImage]) -> OutOfScopeReport:
+def out_of_scope_report(scored: list[ScoredImage], critical_class: str) -> OutOfScopeReport:
     """Of scored images: the out-of-scope ones' figures per site and per cell type and site, and per site the
-    share of the classes' images called out of scope."""
+    share of the classes' images called out of scope (`out_of_scope_scores.report_of`)."""
+
+    def rows(images: list[ScoredImage]) -> dict[str, np.ndarray]:
+        return {
+            "site": np.array([str(i.site) for i in images], dtype=str),
+            "cell_type": np.array([cell_type(i.path) for i in images], dtype=str),
+            OUT_OF_SCOPE_ANSWER: np.array([i.out_of_scope for i in images], bool),
+            NEEDS_REVIEW: np.array([i.needs_review for i in images], bool),
+            alert_output(critical_class): np.array([i.alert for i in images], bool),
+        }
+
     outside = [i for i in scored if i.true_class == OUT_OF_SCOPE]
-    inside = [i for i in scored if i.true_class != OUT_OF_SCOPE]
-
-    def of(chosen: list[ScoredImage]):
-        flags = np.array([(i.out_of_scope, i.needs_review, i.alert) for i in chosen], bool).reshape(-1, 3)
-        return figures_of(flags[:, 0], flags[:, 1], flags[:, 2])
-
-    groups: dict[str, list[ScoredImage]] = {}
-    for i in outside:
-        groups.setdefault(f"{cell_type(i.path)} @ {i.site}", []).append(i)
-    return OutOfScopeReport(
-        sites={site: of([i for i in outside if i.site == site]) for site in sorted({str(i.site) for i in outside})},
-        cell_types={name: of(group) for name, group in sorted(groups.items())},
-        in_scope_called_out={
-            site: float(np.mean([i.out_of_scope for i in inside if i.site == site]))
-            for site in sorted({str(i.site) for i in inside})
-        },
-    )
+    return report_of(rows(outside), rows([i for i in scored if i.true_class != OUT_OF_SCOPE]), critical_class)
 
 
 def score_report(
@@ -130,7 +126,7 @@ def score_report(
         for site in sorted({str(i.site) for i in inside})
     }
     failures = site_failures(sites, min_accuracy, min_critical_recall, critical_class, "images", site_bars)
-    outside = out_of_scope_report(scored)
+    outside = out_of_scope_report(scored, critical_class)
     if out_of_scope_bars is not None:
         failures += out_of_scope_failures(outside, out_of_scope_bars, critical_class, "images")
     if not scored:

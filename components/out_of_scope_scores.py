@@ -76,25 +76,19 @@ def answers(model_dir: str, files: list[str], critical_class: str, batch_size: i
     return {key: np.concatenate(parts) for key, parts in rows.items()}
 
 
-def figures_of(out_of_scope: np.ndarray, needs_review: np.ndarray, alerts: np.ndarray) -> OutOfScopeFigures:
-    """The figures of out-of-scope images from the served answers to them (boolean arrays, one per image)."""
+def _figures(rows: dict[str, np.ndarray], chosen: np.ndarray, critical_class: str) -> OutOfScopeFigures:
+    out = rows[OUT_OF_SCOPE][chosen]
     return OutOfScopeFigures(
-        images=len(out_of_scope),
-        out_of_scope=float(out_of_scope.mean()),
-        caught=float((out_of_scope | needs_review).mean()),
-        alerts=float(alerts.mean()),
+        images=int(chosen.sum()),
+        out_of_scope=float(out.mean()),
+        caught=float((out | rows[NEEDS_REVIEW][chosen]).mean()),
+        alerts=float(rows[alert_output(critical_class)][chosen].mean()),
     )
 
 
-def _figures(rows: dict[str, np.ndarray], chosen: np.ndarray, critical_class: str) -> OutOfScopeFigures:
-    return figures_of(rows[OUT_OF_SCOPE][chosen], rows[NEEDS_REVIEW][chosen], rows[alert_output(critical_class)][chosen])
-
-
-def score_out_of_scope(
-    model_dir: str, test_files: list[str], out_of_scope_files: list[str], critical_class: str
-) -> OutOfScopeReport:
-    """The candidate's out-of-scope figures (see the module) from its examples signature, as served."""
-    out, inside = answers(model_dir, out_of_scope_files, critical_class), answers(model_dir, test_files, critical_class)
+def report_of(out: dict[str, np.ndarray], inside: dict[str, np.ndarray], critical_class: str) -> OutOfScopeReport:
+    """The report from the served answers (as `answers` gives them) to out-of-scope images and to images of
+    the classes."""
     sites = {site: _figures(out, out["site"] == site, critical_class) for site in sorted(set(out["site"]))}
     cell_types = {
         f"{cell} @ {site}": _figures(out, (out["cell_type"] == cell) & (out["site"] == site), critical_class)
@@ -102,6 +96,15 @@ def score_out_of_scope(
     }
     called_out = {site: float(inside[OUT_OF_SCOPE][inside["site"] == site].mean()) for site in sorted(set(inside["site"]))}
     return OutOfScopeReport(sites, cell_types, called_out)
+
+
+def score_out_of_scope(
+    model_dir: str, test_files: list[str], out_of_scope_files: list[str], critical_class: str
+) -> OutOfScopeReport:
+    """The candidate's out-of-scope figures (see the module) from its examples signature, as served."""
+    return report_of(
+        answers(model_dir, out_of_scope_files, critical_class), answers(model_dir, test_files, critical_class), critical_class
+    )
 
 
 def out_of_scope_failures(
