@@ -28,6 +28,7 @@ from benchmarks.hold_out_root import read_split, served_outputs, write_split
 from cli.options import CONFIG_OPTION, load_config_or_exit
 from cli.run_log import configure_process
 from contracts import features
+from contracts.artifacts import out_of_scope_split, split_folder
 from contracts.config import Config
 from contracts.signatures import PREDICTED_INDEX, alert_output
 from pipelines.configs import trainer_config
@@ -95,17 +96,24 @@ def score_site(
 
 
 def held_out_figures(
-    site: str, examples: dict[str, list[tf.train.Example]], output: Path, cfg: Config
+    site: str,
+    examples: dict[str, list[tf.train.Example]],
+    output: Path,
+    cfg: Config,
+    others: dict[str, list[tf.train.Example]] | None = None,
 ) -> HeldOutSite:
-    """Trains without `site` (its images in every split) and scores it and the other sites' test split."""
+    """Trains without `site` (its images in every split; with `others`, the out-of-scope cells of the other
+    sites join the train and eval splits, as in the pipeline's Trainer) and scores it and the other sites'
+    test split."""
     classes, critical = list(cfg.classes), cfg.critical_class
     held = [e for rows in examples.values() for e in rows if site_of(e) == site]
     kept = {split: [e for e in rows if site_of(e) != site] for split, rows in examples.items()}
+    fed = {split: kept[split] + [e for e in (others or {}).get(split, []) if site_of(e) != site] for split in ("train", "eval")}
     start = time.monotonic()
     model_dir = output / site / "model"
     history = train(
-        write_split(output / site / "train.gz", kept["train"]),
-        write_split(output / site / "eval.gz", kept["eval"]),
+        write_split(output / site / "train.gz", fed["train"]),
+        write_split(output / site / "eval.gz", fed["eval"]),
         trainer_config(cfg),
         str(model_dir),
         str(output / site / "run"),
@@ -188,6 +196,11 @@ def main(
 ) -> None:
     cfg = load_config_or_exit(config, overrides)
     splits = {split: read_split(examples, split) for split in SPLITS}
+    others = {  # out-of-scope cells (a root with role out_of_scope), learnt as the pipeline learns them
+        split: read_split(examples, out_of_scope_split(split))
+        for split in ("train", "eval")
+        if Path(split_folder(str(examples), out_of_scope_split(split))).is_dir()
+    }
     present = sorted({site_of(e) for rows in splits.values() for e in rows})
     unknown = sorted(set(sites or []) - set(present))
     if unknown:
@@ -201,7 +214,7 @@ def main(
     rows: list[HeldOutSite] = []
     for site in sites or present:
         LOG.info("leave-one-site-out: training without %s", site)
-        rows.append(held_out_figures(site, splits, output, cfg))
+        rows.append(held_out_figures(site, splits, output, cfg, others))
         write_table(output, rows, list(cfg.classes), cfg.critical_class, note)
         LOG.info("leave-one-site-out: %s scored (%d images, accuracy %.4f)", site, rows[-1].images, rows[-1].accuracy)
     typer.echo(markdown_table(rows, list(cfg.classes), cfg.critical_class, note))
