@@ -18,20 +18,32 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 import tensorflow as tf
 import typer
 
-from benchmarks.hold_out_root import read_split, served_outputs, write_split
+from benchmarks.hold_out_root import answers_in_batches, read_split, served_outputs, write_split
 from cli.options import CONFIG_OPTION, load_config_or_exit
 from cli.run_log import configure_process
+from components.site_adapter import AdaptationRefusedError, adapted_for_site
 from contracts import features
-from contracts.artifacts import out_of_scope_split, split_folder
+from contracts.artifacts import (
+    EXPORTED_OPERATING_POINT_FILE,
+    EXPORTED_TRAINER_CONFIG_FILE,
+    HISTORY_FILE,
+    out_of_scope_split,
+    read_json,
+    split_folder,
+    write_json,
+)
 from contracts.config import Config
 from contracts.signatures import PREDICTED_INDEX, alert_output
 from pipelines.configs import trainer_config
+from training.export import ServingModule
+from training.operating_point import OperatingPoint
+from training.site_adaptation import exported_config, restored_model
 from training.trainer_module import train
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
@@ -53,6 +65,27 @@ class ClassFigures:
 
 
 @dataclasses.dataclass(frozen=True)
+class SiteScores:
+    """A set of a site's images scored as served."""
+
+    accuracy: float
+    classes: dict[str, ClassFigures]  # the classes the images have
+    critical_precision: float | None  # of the argmax answers naming the critical class; None: never named
+    alert_rate_non_critical: float | None  # served alert raised on images of other classes; None: none
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptedHalf:
+    """The held-out site adapted to on one half of its images, labels hidden, as `bloodcell adapt` adapts (the
+    config's adaptation settings and safeguards), and the other half scored without and with it."""
+
+    images: int  # scored
+    refused: str  # why the adaptation was refused ("" = adapted): the base model then answers the site
+    without: SiteScores
+    adapted: SiteScores
+
+
+@dataclasses.dataclass(frozen=True)
 class HeldOutSite:
     """The figures of one site held out of training and scored as served."""
 
@@ -68,6 +101,7 @@ class HeldOutSite:
     trained_sites_test_by_site: dict[str, float]  # that accuracy at each trained site
     epochs: int
     minutes: float
+    adaptation: AdaptedHalf | None = None
 
 
 def site_of(example: tf.train.Example) -> str:
@@ -76,6 +110,39 @@ def site_of(example: tf.train.Example) -> str:
 
 def label_of(example: tf.train.Example) -> int:
     return example.features.feature[features.LABEL].int64_list.value[0]
+
+
+def halves(examples: list[tf.train.Example]) -> tuple[list[tf.train.Example], list[tf.train.Example]]:
+    """(adaptation half, scoring half), by the parity of each image's SHA-256: stable, label-free."""
+    odd = [int(e.features.feature[features.SHA256].bytes_list.value[0][-1:].decode(), 16) % 2 for e in examples]
+    return [e for e, o in zip(examples, odd, strict=True) if not o], [e for e, o in zip(examples, odd, strict=True) if o]
+
+
+def scores(model: Callable, examples: list[tf.train.Example], classes: list[str], critical: str) -> SiteScores:
+    """The examples scored by a `serving_examples` function, as served."""
+    answers = answers_in_batches(model, examples)
+    labels = np.array([label_of(e) for e in examples])
+    found = score_site(labels, answers[PREDICTED_INDEX], answers[alert_output(critical)], classes, classes.index(critical))
+    return SiteScores(*found)
+
+
+def adapted_half(held: list[tf.train.Example], model_dir: Path, cfg: Config) -> AdaptedHalf:
+    """Adapts the exported model to one half of the held-out site (`adapted_for_site`, labels never read) and
+    scores the other half without and with the adaptation (a refused adaptation: the base model's answers)."""
+    config = exported_config(str(model_dir))
+    point = OperatingPoint(**read_json(str(model_dir), EXPORTED_OPERATING_POINT_FILE))
+    base = restored_model(str(model_dir), config)
+    adapt, score = halves(held)
+    images = [e.features.feature[features.IMAGE].bytes_list.value[0] for e in adapt]
+    classes, critical = list(cfg.classes), cfg.critical_class
+    base_module = ServingModule(base, config, point)  # held: its tf.function keeps only a weak reference
+    without = scores(base_module.serve_examples, score, classes, critical)
+    try:
+        adapted = adapted_for_site(base, config, point, images, cfg.adaptation, site_of(held[0]))
+    except AdaptationRefusedError as err:
+        return AdaptedHalf(len(score), str(err), without, without)
+    module = ServingModule(adapted.model, config, point)
+    return AdaptedHalf(len(score), "", without, scores(module.serve_examples, score, classes, critical))
 
 
 def score_site(
@@ -101,23 +168,30 @@ def held_out_figures(
     output: Path,
     cfg: Config,
     others: dict[str, list[tf.train.Example]] | None = None,
+    reuse: bool = False,
 ) -> HeldOutSite:
     """Trains without `site` (its images in every split; with `others`, the out-of-scope cells of the other
     sites join the train and eval splits, as in the pipeline's Trainer) and scores it and the other sites'
-    test split."""
+    test split; then adapts to one half of the site and scores the other (`adapted_half`). With `reuse`, a
+    model already under `<output>/<site>/model` is scored instead of training one."""
     classes, critical = list(cfg.classes), cfg.critical_class
     held = [e for rows in examples.values() for e in rows if site_of(e) == site]
     kept = {split: [e for e in rows if site_of(e) != site] for split, rows in examples.items()}
     fed = {split: kept[split] + [e for e in (others or {}).get(split, []) if site_of(e) != site] for split in ("train", "eval")}
     start = time.monotonic()
     model_dir = output / site / "model"
-    history = train(
-        write_split(output / site / "train.gz", fed["train"]),
-        write_split(output / site / "eval.gz", fed["eval"]),
-        trainer_config(cfg),
-        str(model_dir),
-        str(output / site / "run"),
-    )
+    if reuse and (model_dir / "saved_model.pb").exists():
+        history = read_json(str(output / site / "run"), HISTORY_FILE)
+        if not (model_dir / EXPORTED_TRAINER_CONFIG_FILE).exists():  # exported before the file existed
+            write_json(str(model_dir), EXPORTED_TRAINER_CONFIG_FILE, trainer_config(cfg).as_dict())
+    else:
+        history = train(
+            write_split(output / site / "train.gz", fed["train"]),
+            write_split(output / site / "eval.gz", fed["eval"]),
+            trainer_config(cfg),
+            str(model_dir),
+            str(output / site / "run"),
+        )
     minutes = (time.monotonic() - start) / 60
     critical_index = classes.index(critical)
     answers = served_outputs(model_dir, held)
@@ -146,6 +220,7 @@ def held_out_figures(
         trained_sites_test_by_site=by_site,
         epochs=len(history),
         minutes=round(minutes, 1),
+        adaptation=adapted_half(held, model_dir, cfg),
     )
 
 
@@ -169,6 +244,30 @@ def markdown_table(rows: list[HeldOutSite], classes: list[str], critical: str, n
         cells += [f"{row.trained_sites_test_accuracy:.3f} ({per_site}) / {_share(row.trained_sites_critical_recall)}"]
         cells += [f"{row.epochs}, {row.minutes}"]
         lines.append("| " + " | ".join(cells) + " |")
+    adapted = [row for row in rows if row.adaptation]
+    if adapted:
+        lines += ["", "Adapted to one half of the held-out site's images (labels hidden; `bloodcell adapt`'s method and"
+                  " safeguards), the other half scored without -> with:", ""]  # fmt: skip
+        head = [
+            "held-out site",
+            "images scored",
+            "adaptation",
+            "accuracy",
+            *classes,
+            f"{critical} precision",
+            "alert on non-blasts",
+        ]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in adapted:
+            a = row.adaptation
+            cells = [f"`{row.site}`", str(a.images), f"refused: {a.refused}" if a.refused else "adapted"]
+            cells.append(f"{a.without.accuracy:.3f} -> {a.adapted.accuracy:.3f}")
+            for name in classes:
+                before, after = a.without.classes.get(name), a.adapted.classes.get(name)
+                cells.append("–" if before is None else f"{before.right} -> {after.right} of {before.images}")
+            cells += [f"{_share(a.without.critical_precision)} -> {_share(a.adapted.critical_precision)}"]
+            cells += [f"{_share(a.without.alert_rate_non_critical)} -> {_share(a.adapted.alert_rate_non_critical)}"]
+            lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "What each class of the held-out site was called instead:", ""]
     for row in rows:
         wrong = "; ".join(
@@ -191,6 +290,7 @@ def main(
     examples: Path = typer.Argument(..., exists=True, file_okay=False, help="ImageExampleGen output (Split-*)."),
     output: Path = typer.Option(..., "--output", help="Folder for the table, the held-out models and their splits."),
     sites: Optional[List[str]] = typer.Option(None, "--site", help="Site to hold out, repeatable (default: every site)."),
+    reuse: bool = typer.Option(False, "--reuse-models", help="Score the models already under OUTPUT/<site>/model."),
     config: Path = CONFIG_OPTION,
     overrides: Optional[List[str]] = typer.Option(None, "--set", help="Config override KEY=VALUE, repeatable."),
 ) -> None:
@@ -214,7 +314,7 @@ def main(
     rows: list[HeldOutSite] = []
     for site in sites or present:
         LOG.info("leave-one-site-out: training without %s", site)
-        rows.append(held_out_figures(site, splits, output, cfg, others))
+        rows.append(held_out_figures(site, splits, output, cfg, others, reuse))
         write_table(output, rows, list(cfg.classes), cfg.critical_class, note)
         LOG.info("leave-one-site-out: %s scored (%d images, accuracy %.4f)", site, rows[-1].images, rows[-1].accuracy)
     typer.echo(markdown_table(rows, list(cfg.classes), cfg.critical_class, note))

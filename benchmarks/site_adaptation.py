@@ -7,6 +7,11 @@ as served, beside the unadapted model on the same half.
     .venv/bin/python -m benchmarks.site_adaptation <loso output> \\
         outputs/pipelines/bloodcell/ImageExampleGen/examples/<id> --output outputs/adaptation [--blocks 1 ...]
 
+With `--root NAME`, the models folder is a `benchmarks/hold_out_root.py` output (`<folder>/model`, trained
+without the data root NAME) and the images those of NAME; with `--transductive`, every image is adapted to
+and scored (labels still unused), for a root too small to halve. The row "as `bloodcell adapt`" is the
+product's method with the config's settings and safeguards (a refused adaptation answers as the base model).
+
 The `--set` overrides must be those the leave-one-site-out run used (the models are rebuilt from the config).
 Writes `<output>/adaptation.json` and `<output>/adaptation.md`.
 """
@@ -24,18 +29,20 @@ import tensorflow as tf
 import tf_keras as keras
 import typer
 
-from benchmarks.hold_out_root import answers_in_batches, read_split
-from benchmarks.leave_one_site_out import SPLITS, ClassFigures, label_of, score_site, site_of
+from benchmarks.hold_out_root import answers_in_batches, read_split, root_of
+from benchmarks.leave_one_site_out import SPLITS, ClassFigures, halves, label_of, score_site, site_of
 from cli.options import CONFIG_OPTION, load_config_or_exit
 from cli.run_log import configure_process
+from components.site_adapter import AdaptationRefusedError, adapted_for_site
 from contracts import features
 from contracts.artifacts import EXPORTED_OPERATING_POINT_FILE, read_json
+from contracts.config import Adaptation
 from contracts.signatures import PREDICTED_INDEX, alert_output
 from pipelines.configs import trainer_config
 from training.export import ServingModule
 from training.operating_point import OperatingPoint
 from training.preprocessing import parse_image_batch, preprocess_batch
-from training.site_adaptation import adapted_to_site, restored_model
+from training.site_adaptation import adapted_to_site, entropy_tuned, restored_model
 from training.trainer_config import TrainerConfig
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
@@ -56,24 +63,27 @@ class AdaptedFigures:
     critical_share_adapt_half: float  # share of the adaptation half called the critical class (no labels used)
 
 
-def halves(examples: list[tf.train.Example]) -> tuple[list[tf.train.Example], list[tf.train.Example]]:
-    """(adaptation half, scoring half), by the parity of each image's SHA-256: stable, label-free."""
-    odd = [int(e.features.feature[features.SHA256].bytes_list.value[0][-1:].decode(), 16) % 2 for e in examples]
-    return [e for e, o in zip(examples, odd, strict=True) if not o], [e for e, o in zip(examples, odd, strict=True) if o]
-
-
 def preprocessed(examples: list[tf.train.Example], config: TrainerConfig) -> np.ndarray:
     serialized = tf.constant([e.SerializeToString() for e in examples])
     return preprocess_batch(parse_image_batch(serialized), config.preprocessing)[0].numpy()
 
 
 def site_figures(
-    site: str, examples: list[tf.train.Example], model_dir: Path, config: TrainerConfig, blocks: list[int]
+    site: str,
+    examples: list[tf.train.Example],
+    model_dir: Path,
+    config: TrainerConfig,
+    blocks: list[int],
+    tent_steps: list[int] = (),
+    tent_learning_rate: float = 1e-3,
+    settings: Adaptation | None = None,
+    transductive: bool = False,
 ) -> list[AdaptedFigures]:
-    """The site's scoring half under the unadapted model and each adaptation of the adaptation half."""
+    """The site's scoring half under the unadapted model and each adaptation of the adaptation half (with
+    `transductive`, both halves are every image); with `settings`, also as `bloodcell adapt` adapts."""
     point = OperatingPoint(**read_json(str(model_dir), EXPORTED_OPERATING_POINT_FILE))
     base = restored_model(str(model_dir), config)
-    adapt, score = halves(examples)
+    adapt, score = (examples, examples) if transductive else halves(examples)
     images = preprocessed(adapt, config)
     unadapted = ServingModule(base, config, point)  # held: its tf.function method keeps only a weak reference
     predicted = answers_in_batches(unadapted.serve_examples, adapt)[PREDICTED_INDEX]
@@ -82,6 +92,16 @@ def site_figures(
         first = f"first {k} block{'s' if k > 1 else ''}"
         variants.append((f"AdaBN, {first}", adapted_to_site(base, images, k)))
         variants.append((f"class-balanced AdaBN, {first}", adapted_to_site(base, images, k, predicted)))
+        for steps in tent_steps:
+            tuned = entropy_tuned(base, images, k, steps, tent_learning_rate)
+            variants.append((f"TENT {steps} steps + class-balanced AdaBN, {first}", adapted_to_site(tuned, images, k, predicted)))
+    if settings:
+        encoded = [e.features.feature[features.IMAGE].bytes_list.value[0] for e in adapt]
+        try:
+            product = adapted_for_site(base, config, point, encoded, settings, site).model
+            variants.append(("as `bloodcell adapt`", product))
+        except AdaptationRefusedError as err:
+            variants.append((f"as `bloodcell adapt`: refused ({err})", base))
     labels = np.array([label_of(e) for e in score])
     rows = []
     for name, model in variants:
@@ -123,10 +143,15 @@ def main(
     blocks: Optional[List[int]] = typer.Option(
         None, "--blocks", help="Adapt the first N blocks (repeatable; default 1 and all)."
     ),
+    tent_steps: Optional[List[int]] = typer.Option(None, "--tent-steps", help="Also TENT for this many batches (repeatable)."),
+    tent_learning_rate: float = typer.Option(1e-3, "--tent-learning-rate"),
+    root: Optional[str] = typer.Option(None, "--root", help="A hold_out_root.py output: the data root it held out."),
+    transductive: bool = typer.Option(False, "--transductive", help="Adapt to and score every image (labels unused)."),
     config: Path = CONFIG_OPTION,
     overrides: Optional[List[str]] = typer.Option(None, "--set", help="Config override KEY=VALUE, as the LOSO run."),
 ) -> None:
-    cfg = trainer_config(load_config_or_exit(config, overrides))
+    full = load_config_or_exit(config, overrides)
+    cfg = trainer_config(full)
     depth = len(cfg.training.filters)
     wrong = sorted(k for k in blocks or [] if not 1 <= k <= depth)
     if wrong:
@@ -135,19 +160,24 @@ def main(
     rows_by_site: dict[str, list[tf.train.Example]] = {}
     for split in SPLITS:
         for e in read_split(examples, split):
-            rows_by_site.setdefault(site_of(e), []).append(e)
-    sites = sorted(s for s in rows_by_site if (loso / s / "model" / "saved_model.pb").exists())
+            rows_by_site.setdefault(root_of(e) if root else site_of(e), []).append(e)
+    model_of = {name: loso / "model" if root else loso / name / "model" for name in rows_by_site}
+    sites = sorted(s for s in rows_by_site if (not root or s == root) and (model_of[s] / "saved_model.pb").exists())
     if not sites:
         typer.echo(f"error: no <site>/model under {loso} for the sites of the split {sorted(rows_by_site)}", err=True)
         raise typer.Exit(2)
     output.mkdir(parents=True, exist_ok=True)
     note = (
-        f"Held-out sites of `{loso}` adapted on one half of their images (labels unused), scored on the other;"
-        f" --set {' '.join(overrides or []) or '(none)'}."
+        f"Held-out {'root' if root else 'sites'} of `{loso}` adapted "
+        + ("on every image and scored on every image" if transductive else "on one half of the images, scored on the other")
+        + f" (labels unused); --set {' '.join(overrides or []) or '(none)'}."
     )
     rows: list[AdaptedFigures] = []
     for site in sites:
-        rows += site_figures(site, rows_by_site[site], loso / site / "model", cfg, blocks or [1, depth])
+        rows += site_figures(
+            site, rows_by_site[site], model_of[site], cfg, blocks or [1, depth], tent_steps or [], tent_learning_rate,
+            full.adaptation, transductive,
+        )  # fmt: skip
         as_json = [dict(dataclasses.asdict(r), recall={k: v.recall for k, v in r.classes.items()}) for r in rows]
         (output / "adaptation.json").write_text(json.dumps({"note": note, "rows": as_json}, indent=1) + "\n")
         (output / "adaptation.md").write_text(markdown_table(rows, cfg.classes, cfg.critical_class, note))

@@ -24,3 +24,9 @@ class RunSummary(artifact.Artifact):
     """A run's summary.json, classification report, confusion matrix and training curves."""
 
     TYPE_NAME = "bloodcell.RunSummary"
+
+
+class SiteAdaptations(artifact.Artifact):
+    """adaptations.json: for each configured site, the adapted model's record, or why adaptation was refused."""
+
+    TYPE_NAME = "bloodcell.SiteAdaptations"

@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import typer
 
+from cli.adaptation import app as adaptation_app
 from cli.kfp import app as kfp_app
 from cli.options import CONFIG_OPTION, OVERRIDES_OPTION, load_config_or_exit
 from cli.run_log import configure_process
@@ -32,6 +33,7 @@ def _commands() -> None:
 app.add_typer(serving_app)
 app.add_typer(scoring_app)
 app.add_typer(kfp_app)
+app.add_typer(adaptation_app)
 
 
 @app.command()

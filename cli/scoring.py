@@ -54,9 +54,9 @@ def _print_report(report: ScoreReport, classes: list[str], critical_class: str, 
     from components.labelled_scores import called_instead
 
     console = Console(highlight=False)
-    versions = ", ".join(map(str, report.model_versions)) or "none"
+    models = ", ".join(report.models) or "none"
     console.print(
-        f"Served model version {versions} at {target}: {len(report.images) - len(report.not_scored)} of "
+        f"Served model {models} at {target}: {len(report.images) - len(report.not_scored)} of "
         f"{len(report.images)} image(s) scored"
     )
     summary = Table(title="Per site (top class; the alert is the served myeloblast_alert)")
@@ -148,11 +148,32 @@ def _score(client: ServingClient, candidates: list[Candidate], config: Config, s
                     out_of_scope=p.out_of_scope if p else False,
                     needs_review=p.needs_review if p else False,
                     model_version=p.model_version if p else None,
+                    model=p.model_name if p else "",
                     error=outcome.error,
                 )
             images += scored
             bar.update(len(chunk))
     return images
+
+
+def _print_side_by_side(base: ScoreReport, adapted: ScoreReport, critical_class: str) -> None:
+    """Per site: the base model's figures beside those of the model that answers the site (its adapted one)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Base model | the site's adapted model (`bloodcell adapt`)")
+    columns = ("site", "answered by", "accuracy", f"{critical_class} recall", "alert raised", "alert on other cells")
+    for column in columns:
+        table.add_column(column, justify="left" if column in columns[:2] else "right")
+    for site, figures in adapted.sites.items():
+        before = base.sites[site]
+        answered = sorted({i.model for i in adapted.images if i.site == site and i.model})
+        cells = [
+            f"{_fraction(before[key])} | {_fraction(figures[key])}"
+            for key in ("accuracy", "critical_recall", "critical_alert_recall", "other_alert_rate")
+        ]
+        table.add_row(site, ", ".join(answered), *cells)
+    Console(highlight=False).print(table)
 
 
 def _save(report: ScoreReport, classes: list[str], folder: Path) -> None:
@@ -190,6 +211,12 @@ def score(
     save: Optional[Path] = typer.Option(
         None, "--save", help="Folder to write score.json (every image's answer) and each site's confusion matrix PNG."
     ),
+    adapted: bool = typer.Option(
+        False,
+        "--adapted",
+        help="Also ask each site's adapted model (`bloodcell adapt`) and show base and adapted side"
+        " by side; the report and its bars are then of the adapted answers (each site's own model, else the base).",
+    ),  # fmt: skip
     config_path: Path = CONFIG_OPTION,
     overrides: Optional[List[str]] = OVERRIDES_OPTION,
 ) -> None:
@@ -217,21 +244,32 @@ def score(
     if not candidates:
         typer.echo(f"error: no files in class folders ({', '.join(config.classes)}) under {', '.join(roots)}", err=True)
         raise typer.Exit(2)
+    size = batch_size or config.serving.batch_size
     try:
         with serving_client(config, server, model, version, tls, root_cert) as client:
-            images = _score(client, candidates, config, batch_size or config.serving.batch_size)
+            images = _score(client, candidates, config, size)
+        by_site = []
+        for site in sorted({c.site for c in candidates if c.site}) if adapted else []:
+            with serving_client(config, server, model, version, tls, root_cert, site) as client:
+                by_site += _score(client, [c for c in candidates if c.site == site], config, size)
     except ServingError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(EXIT_SERVING_ERROR) from None
     evaluation = config.evaluation
-    report = score_report(
-        images, config.classes, config.critical_class, evaluation.min_accuracy, evaluation.min_critical_recall, loose,
-        evaluation.bars_of_sites(), evaluation.out_of_scope_bars(),
-    )  # fmt: skip
+
+    def report_of(scored: list[ScoredImage]) -> ScoreReport:
+        return score_report(
+            scored, config.classes, config.critical_class, evaluation.min_accuracy, evaluation.min_critical_recall,
+            loose, evaluation.bars_of_sites(), evaluation.out_of_scope_bars(),
+        )  # fmt: skip
+
+    base = report_of(images)
+    report = report_of(by_site + [i for i in images if not i.site]) if adapted else base
     if save:
         _save(report, config.classes, save)
     if out == ReportFormat.json:
-        typer.echo(json.dumps(report.as_dict(), indent=1))
+        payload = report.as_dict() | ({"base": base.as_dict()} if adapted else {})
+        typer.echo(json.dumps(payload, indent=1))
     else:
         bars = f"accuracy >= {evaluation.min_accuracy}, {config.critical_class} recall >= {evaluation.min_critical_recall}"
         bars += "".join(
@@ -242,6 +280,8 @@ def score(
             f"; out of scope: caught >= {evaluation.min_out_of_scope_caught}, alerts <= "
             f"{evaluation.max_out_of_scope_alerts}, classes called out <= {evaluation.max_in_scope_called_out}"
         )
+        if adapted:
+            _print_side_by_side(base, report, config.critical_class)
         _print_report(report, config.classes, config.critical_class, server or config.serving.grpc_target, bars)
     if report.failures:
         raise typer.Exit(EXIT_BARS_MISSED)

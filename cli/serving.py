@@ -24,6 +24,9 @@ VERSION_OPTION = typer.Option(None, help="A specific model version [default: the
 BATCH_SIZE_OPTION = typer.Option(None, help="Images per request [default: serving.batch_size].")
 TLS_OPTION = typer.Option(False, help="Use TLS for the gRPC channel.")
 ROOT_CERT_OPTION = typer.Option(None, help="PEM root certificates for --tls [default: system roots].")
+SITE_OPTION = typer.Option(
+    None, "--site", help="The images' site: its adapted model answers (`bloodcell sites`), else the base model."
+)
 EXIT_SERVING_ERROR, EXIT_NOT_CLASSIFIED = 1, 3
 
 
@@ -34,21 +37,34 @@ class OutputFormat(str, enum.Enum):
 
 
 def serving_client(
-    config: Config, server: Optional[str], model: Optional[str], version: Optional[int], tls: bool, root_cert: Optional[Path]
+    config: Config,
+    server: Optional[str],
+    model: Optional[str],
+    version: Optional[int],
+    tls: bool,
+    root_cert: Optional[Path],
+    site: Optional[str] = None,
 ):
-    """A gRPC client of TF Serving with the config's timeouts, retries and message size."""
+    """A gRPC client of TF Serving with the config's timeouts, retries and message size; with `site`, it asks
+    the site's adapted model where there is one."""
+    from contracts.signatures import SiteNameError
     from serving.client import ServingClient
 
-    return ServingClient(
-        server or config.serving.grpc_target,
-        model or config.model_name,
-        version=version,
-        timeout_s=config.serving.timeout_s,
-        retries=config.serving.retries,
-        max_message_mb=config.serving.max_message_mb,
-        tls=tls,
-        root_certificates=root_cert.read_bytes() if root_cert else None,
-    )
+    try:
+        return ServingClient(
+            server or config.serving.grpc_target,
+            model or config.model_name,
+            version=version,
+            timeout_s=config.serving.timeout_s,
+            retries=config.serving.retries,
+            max_message_mb=config.serving.max_message_mb,
+            tls=tls,
+            root_certificates=root_cert.read_bytes() if root_cert else None,
+            site=site,
+        )
+    except SiteNameError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
 
 
 def image_limits(config: Config):
@@ -83,6 +99,7 @@ def _rows(outcomes, classes: list[str], critical_class: str) -> list[dict]:
             "needs_review": p.needs_review if p else "",
             "out_of_scope": p.out_of_scope if p else "",
             "p_out_of_scope": p.out_of_scope_probability if p else "",
+            "model": p.model_name if p else "",
             "model_version": p.model_version if p else "",
         }
         row.update({f"p_{c}": p.probabilities.get(c, "") if p else "" for c in classes})
@@ -127,6 +144,8 @@ def _print_table(rows: list[dict], critical_class: str) -> None:
     outside = sum(1 for r in classified if r["out_of_scope"])
     if outside:
         console.print(f"{outside} image(s) out of scope: none of the classes the model knows, no alert raised for them.")
+    for model, version in sorted({(r["model"], r["model_version"]) for r in classified}):
+        console.print(f"Answered by model {model} version {version}.", highlight=False)
     failed = [r for r in rows if r["error"]]
     if failed:
         console.print(f"[yellow]{len(failed)} image(s) not classified:")
@@ -144,6 +163,7 @@ def predict(
     batch_size: Optional[int] = BATCH_SIZE_OPTION,
     tls: bool = TLS_OPTION,
     root_cert: Optional[Path] = ROOT_CERT_OPTION,
+    site: Optional[str] = SITE_OPTION,
     config_path: Path = CONFIG_OPTION,
     overrides: Optional[List[str]] = OVERRIDES_OPTION,
 ) -> None:
@@ -161,7 +181,7 @@ def predict(
     size = batch_size or config.serving.batch_size
     outcomes = []
     try:
-        with serving_client(config, server, model, version, tls, root_cert) as client, tqdm(
+        with serving_client(config, server, model, version, tls, root_cert, site) as client, tqdm(
             total=len(files), unit="img", disable=len(files) <= size, file=sys.stderr
         ) as bar:
             for start in range(0, len(files), size):  # reads one batch of files at a time
@@ -189,6 +209,7 @@ def explain(
     image: Path = typer.Argument(..., help="An image file."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Overlay PNG [default: IMAGE.gradcam.png]."),
     server: Optional[str] = typer.Option(None, help="Ask TF Serving at HOST:PORT instead of loading a model here."),
+    site: Optional[str] = typer.Option(None, "--site", help="With --server: the image's site (its adapted model)."),
     model_dir: Optional[Path] = typer.Option(
         None, help="A SavedModel folder [default: the newest version under <serving_root>/<model_name>]."
     ),
@@ -212,7 +233,7 @@ def explain(
         raise typer.Exit(2) from None
     try:
         if server:
-            with serving_client(config, server, None, None, False, None) as client:
+            with serving_client(config, server, None, None, False, None, site) as client:
                 explanation = client.explain(data)
         else:
             base = Path(config.paths.serving_root) / config.model_name
@@ -276,20 +297,32 @@ def serve(
     poll_wait_s: Optional[float] = typer.Option(
         None, "--file-system-poll-wait-seconds", "--file_system_poll_wait_seconds", help="[default: serving.poll_wait_s]"
     ),
+    model_config_file: Optional[Path] = typer.Option(
+        None,
+        "--model-config-file",
+        "--model_config_file",
+        help="A ModelServerConfig listing the models (the base and its adapted sites), followed as it changes"
+        " [default: <serving_root>/models.config when it exists and no --model-base-path is given].",
+    ),  # fmt: skip
     config_path: Path = CONFIG_OPTION,
 ) -> None:
     """Serve pushed models over TF Serving's gRPC API (local runs and tests; production uses tensorflow/serving)."""
+    from contracts.site_models import MODEL_CONFIG_FILE
+    from serving.model_server import start_server
+
     config = load_config_or_exit(config_path)
     name = model_name or config.model_name
     base = model_base_path or Path(config.paths.serving_root) / name
-    from serving.model_server import start_server
-
+    listed = Path(config.paths.serving_root) / MODEL_CONFIG_FILE
+    if model_config_file is None and model_base_path is None and listed.is_file():
+        model_config_file = listed
     serving = config.serving
     running = start_server(
         name, base, port, host, poll_wait_s or serving.poll_wait_s, serving.max_message_mb,
-        serving.max_concurrent_predictions, serving.max_queued_requests,
+        serving.max_concurrent_predictions, serving.max_queued_requests, model_config_file,
     )  # fmt: skip
-    typer.echo(f"serving model {name} from {base} on {host}:{running.port} (Ctrl-C to stop)", err=True)
+    served = f"the models of {model_config_file}" if model_config_file else f"model {name} from {base}"
+    typer.echo(f"serving {served} on {host}:{running.port} (Ctrl-C to stop)", err=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

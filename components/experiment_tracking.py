@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from contracts.run_summary import RunSummary
+from contracts.site_models import AdaptationRecord
 
 REGISTRY_ALIAS = "serving"  # the registered model version TF Serving serves
 # An unreachable tracking server must cost seconds, not MLflow's default minutes of retries (env overrides).
@@ -86,6 +87,53 @@ def _experiment_id(mlflow: Any, name: str, artifact_root: str) -> str:
     return mlflow.create_experiment(name, artifact_location=artifact_root)
 
 
+def _start(tracking_uri: str, experiment: str) -> tuple[Any, str]:
+    """MLflow, pointed at the store, and the experiment's id (created on first use)."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    artifact_root = ""
+    if tracking_uri.startswith("sqlite:///"):  # local store: artifacts beside the database, not in the cwd
+        artifact_root = "file://" + os.path.join(os.path.dirname(tracking_uri[len("sqlite:///") :]), "mlflow-artifacts")
+    return mlflow, _experiment_id(mlflow, experiment, artifact_root or None)
+
+
+def _failed(tracking_uri: str, err: Exception) -> dict[str, Any]:
+    global _warned
+    if not _warned:
+        logging.warning("MLflow tracking to %s FAILED, going on without it: %s: %s", tracking_uri, type(err).__name__, err)
+        _warned = True
+    return {"uri": tracking_uri, "error": f"{type(err).__name__}: {err}"}
+
+
+def log_adaptation(
+    tracking_uri: str, experiment: str, served_name: str, record: AdaptationRecord, published: str
+) -> dict[str, Any]:
+    """Logs one site adaptation (tag `kind: site_adaptation`) and registers the published version as a version
+    of the registered model `served_name`. Returns {'uri', 'run_id', 'registered_version'} or {'uri', 'error'}."""
+    try:
+        from mlflow import MlflowClient
+
+        mlflow, experiment_id = _start(tracking_uri, experiment)
+        tags = {"kind": "site_adaptation", "site": record.site, "base_model": record.base_model}
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"adapt-{record.site}-{record.version}", tags=tags) as run:
+            mlflow.log_params({"method": record.method, "blocks": record.blocks, "base_version": record.base_version})
+            metrics = {f"drift_layer_{i + 1}": d for i, d in enumerate(record.drift)}
+            metrics.update(
+                images_used=record.images_used, images_rejected=len(record.images_rejected), duplicates=record.duplicates,
+                estimated_critical_share=record.estimated_critical_share, critical_share_base=record.critical_share_base,
+                critical_share_adapted=record.critical_share_adapted, confident_alerts=record.confident_alerts,
+                confident_alerts_kept=record.confident_alerts_kept,
+            )  # fmt: skip
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+            registered = _register(MlflowClient(), served_name, published, run.info.run_id)
+        return {"uri": tracking_uri, "run_id": run.info.run_id, "registered_version": registered}
+    except Exception as err:  # noqa: BLE001 - tracking must not undo a published adaptation
+        return _failed(tracking_uri, err)
+
+
 def log_run(
     tracking_uri: str,
     experiment: str,
@@ -98,18 +146,10 @@ def log_run(
 ) -> dict[str, Any]:
     """Logs one pipeline run and registers its pushed model. Returns {'uri', 'run_id', 'registered_version'}
     or, when MLflow fails, {'uri', 'error'} after one warning."""
-    global _warned
-    for key, value in HTTP_DEFAULTS.items():
-        os.environ.setdefault(key, value)
     try:
-        import mlflow
         from mlflow import MlflowClient
 
-        mlflow.set_tracking_uri(tracking_uri)
-        artifact_root = ""
-        if tracking_uri.startswith("sqlite:///"):  # local store: artifacts beside the database, not in the cwd
-            artifact_root = "file://" + os.path.join(os.path.dirname(tracking_uri[len("sqlite:///") :]), "mlflow-artifacts")
-        experiment_id = _experiment_id(mlflow, experiment, artifact_root or None)
+        mlflow, experiment_id = _start(tracking_uri, experiment)
         tags = {"tfx.pipeline_run_id": pipeline_run_id, "blessed": str(summary.blessed).lower()}
         tags["gate_failures"] = "; ".join(summary.gate_failures) or "none"
         if summary.hold_out:
@@ -128,12 +168,7 @@ def log_run(
         logging.info("MLflow: run %s logged to %s", run.info.run_id, tracking_uri)
         return {"uri": tracking_uri, "run_id": run.info.run_id, "registered_version": registered}
     except Exception as err:  # noqa: BLE001 - tracking must not fail the pipeline run
-        if not _warned:
-            logging.warning(
-                "MLflow tracking to %s FAILED, the run goes on without it: %s: %s", tracking_uri, type(err).__name__, err
-            )
-            _warned = True
-        return {"uri": tracking_uri, "error": f"{type(err).__name__}: {err}"}
+        return _failed(tracking_uri, err)
 
 
 def _register(client: Any, model_name: str, pushed_destination: str, run_id: str) -> str:

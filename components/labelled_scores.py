@@ -33,6 +33,7 @@ class ScoredImage:
     error: str = ""  # why the image was not scored ("" = scored)
     out_of_scope: bool = False  # the served `out_of_scope`
     needs_review: bool = False  # the served `needs_review`
+    model: str = ""  # the served model that answered (the base model, or the site's adapted model)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +53,15 @@ class ScoreReport:
     def model_versions(self) -> list[int]:
         return sorted({i.model_version for i in self.images if i.model_version is not None})
 
+    @property
+    def models(self) -> list[str]:
+        """Each served model that answered, as `name version`."""
+        return sorted({f"{i.model} {i.model_version}" for i in self.images if i.model_version is not None})
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "model_versions": self.model_versions,
+            "models": self.models,
             "pooled": self.pooled,
             "sites": self.sites,
             "failures": self.failures,

@@ -25,6 +25,8 @@ SUMMARY_FILE = "summary.json"  # RunSummary: contracts.run_summary.RunSummary
 SERVING_FORMAT = "Format-Serving"  # Model: the SavedModel's folder inside the Trainer's artifact
 # Inside an exported SavedModel, beside saved_model.pb: what clients read without loading the model.
 EXPORTED_OPERATING_POINT_FILE = "assets.extra/operating_point.json"
+EXPORTED_TRAINER_CONFIG_FILE = "assets.extra/trainer_config.json"  # what the model was built with (adaptation)
+ADAPTATION_FILE = "assets.extra/adaptation.json"  # a site-adapted model: contracts.site_models.AdaptationRecord
 MODEL_CARD_FILE = "model_card.md"
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from contracts.data_roots import DataRoot, DataRootError, check_roots, parse_data_root
+from contracts.signatures import SiteNameError, check_site_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "config.yaml"
@@ -161,6 +162,23 @@ class Tracking:
     experiment: str     # MLflow experiment of the pipeline runs
 
 
+ADAPTATION_METHODS = ("adabn", "balanced_adabn", "tent")
+
+
+@dataclasses.dataclass(frozen=True)
+class Adaptation:
+    method: str                     # adabn, balanced_adabn (each predicted class weighs the same), or tent (entropy-
+                                    #   tuned scales and shifts, then balanced_adabn)
+    blocks: int                     # batch-norm blocks adapted, the first first
+    tent_steps: int                 # tent: batches of the site's images
+    tent_learning_rate: float
+    min_images: int                 # distinct usable images a site needs
+    max_drift: float                # refused: a site further from the training sites (drift, the mean over blocks)
+    confident_alert: float          # an alert the base model raises at this calibrated probability or more ...
+    max_confident_alerts_lost: float  # ... the adapted model may silence at most this share of (else refused)
+    sites: dict[str, str]           # the pipeline's step: {site: folder of its unlabelled images}, after each push
+
+
 @dataclasses.dataclass(frozen=True)
 class Serving:
     grpc_target: str            # where `bloodcell predict|status|web` find TF Serving
@@ -190,6 +208,7 @@ class Kubeflow:
     data_mount: str
     models_pvc: str                 # PersistentVolumeClaim shared with TF Serving, mounted at models_mount
     models_mount: str
+    adaptation_sites: dict[str, str]  # adaptation.sites inside the cluster: folders on the data volume
     beam_pipeline_args: list[str]   # Beam on Kubeflow: DirectRunner in the pod, or Dataflow/Flink/Spark
 
 
@@ -209,6 +228,7 @@ class Config:
     screening: Screening
     audit: Audit
     tracking: Tracking
+    adaptation: Adaptation
     serving: Serving
     kubeflow: Kubeflow
     beam_pipeline_args: list[str]
@@ -261,7 +281,7 @@ _SECTIONS = {
     c.__name__: c
     for c in (
         Paths, Ingestion, Preprocessing, Augmentation, Training, Tuning,
-        Evaluation, Screening, Audit, Tracking, Serving, Kubeflow,
+        Evaluation, Screening, Audit, Tracking, Adaptation, Serving, Kubeflow,
     )
 }  # fmt: skip
 
@@ -276,6 +296,13 @@ def from_dict(cls: type, raw: dict[str, Any]) -> Any:
 
 def _resolve(value: str, base: Path) -> str:
     return value if "://" in value or Path(value).is_absolute() else str((base / value).resolve())
+
+
+def _resolve_sites(raw: dict[str, Any], base: Path) -> None:
+    """adaptation.sites' folders, relative to the config file."""
+    sites = (raw.get("adaptation") or {}).get("sites")
+    if isinstance(sites, dict):
+        raw["adaptation"]["sites"] = {k: _resolve(v, base) if isinstance(v, str) else v for k, v in sites.items()}
 
 
 def _resolve_paths(paths: dict[str, Any], base: Path) -> None:
@@ -351,6 +378,23 @@ def _validate(config: Config) -> None:
             check_roots(roots)
         except DataRootError as err:
             raise ConfigError(f"{where}: {err}") from None
+    adaptation = config.adaptation
+    if adaptation.method not in ADAPTATION_METHODS:
+        raise ConfigError(f"adaptation.method: one of {', '.join(ADAPTATION_METHODS)}, got {adaptation.method!r}")
+    if not 1 <= adaptation.blocks <= len(config.training.filters):
+        raise ConfigError(f"adaptation.blocks: between 1 and the {len(config.training.filters)} blocks of training.filters")
+    if not 0 <= adaptation.confident_alert <= 1 or not 0 <= adaptation.max_confident_alerts_lost <= 1:
+        raise ConfigError("adaptation.confident_alert and adaptation.max_confident_alerts_lost: between 0 and 1")
+    if adaptation.min_images < 1 or adaptation.tent_steps < 0 or adaptation.max_drift <= 0:
+        raise ConfigError("adaptation.min_images and adaptation.max_drift: positive; adaptation.tent_steps: 0 or more")
+    for where, sites in (("adaptation.sites", adaptation.sites), ("kubeflow.adaptation_sites", config.kubeflow.adaptation_sites)):
+        if not isinstance(sites, dict) or not all(isinstance(v, str) for v in sites.values()):
+            raise ConfigError(f"{where}: need {{site: folder}}, got {sites!r}")
+        for site in sites:
+            try:
+                check_site_name(site)
+            except SiteNameError as err:
+                raise ConfigError(f"{where}: {err}") from None
     if config.serving.batch_size < 1 or config.serving.web_max_files < 1:
         raise ConfigError("serving.batch_size and serving.web_max_files: must be positive")
     if max(config.serving.batch_size, config.serving.web_max_files) > config.serving.max_request_images:
@@ -385,6 +429,7 @@ def load_config(path: str | Path = DEFAULT_CONFIG, overrides: list[str] | None =
         raise ConfigError(f"{path}: 'paths' section missing")
     try:
         _resolve_paths(raw["paths"], path.resolve().parent)
+        _resolve_sites(raw, path.resolve().parent)
         _parse_roots(raw.get("kubeflow") or {})
     except DataRootError as err:
         raise ConfigError(f"{path}: {err}") from None

@@ -2,6 +2,7 @@
 Serving's clients, TFMA, the gate and the audit."""
 
 import dataclasses
+import re
 
 import numpy as np
 
@@ -20,6 +21,8 @@ OUT_OF_SCOPE = "out_of_scope"  # [N] bool: the cell is none of the classes (no a
 OUT_OF_SCOPE_PROBABILITY = "out_of_scope_probability"  # [N]: calibrated; PROBABILITIES are of the classes given in scope
 NEEDS_REVIEW = "needs_review"  # calibrated top probability under the review confidence
 HEATMAP = "heatmap"  # explain signature: [N, image_size, image_size] in [0, 1]
+SITE_SEPARATOR = "-site-"  # a site-adapted model is served as <model>-site-<site> (contracts.site_models)
+_SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 WINDOW = "window"  # explain signature: [N, 4] top, left, height, width of the part of each image the CNN saw,
 #   as fractions of the image's height and width (the heat map covers exactly that part)
 
@@ -32,8 +35,30 @@ class Explanation:
     heatmap: np.ndarray  # [image_size, image_size] in [0, 1]
     window: tuple[float, float, float, float]  # WINDOW of this image
     out_of_scope: bool = False  # OUT_OF_SCOPE of this image (False from a model without the output)
+    model_name: str = ""  # the served model that answered (the base model or a site's adapted model)
 
 
 def alert_output(critical_class: str) -> str:
     """Name of the served boolean alert output, e.g. `myeloblast_alert`."""
     return f"{critical_class}_alert"
+
+
+class SiteNameError(ValueError):
+    """A site name that cannot name a served model."""
+
+
+def check_site_name(site: str) -> str:
+    if not _SITE_NAME.fullmatch(site) or SITE_SEPARATOR in site:
+        raise SiteNameError(f"site {site!r}: use letters, digits, '.', '_' and '-' (at most 63, starting with a letter or digit)")
+    return site
+
+
+def site_model_name(model_name: str, site: str) -> str:
+    """The served name of `site`'s adapted model, e.g. `bloodcell-site-mll-marrow`."""
+    return f"{model_name}{SITE_SEPARATOR}{check_site_name(site)}"
+
+
+def site_of_model(model_name: str, served_name: str) -> str | None:
+    """The site a served model name is adapted to; None for the base model (or another model)."""
+    prefix = model_name + SITE_SEPARATOR
+    return served_name[len(prefix) :] if served_name.startswith(prefix) else None

@@ -37,7 +37,8 @@ def kubeflow_config(config: Config) -> Config:
         serving_root=kf.serving_root,
         schema_dir=kf.schema_dir,
     )
-    return dataclasses.replace(config, paths=paths, beam_pipeline_args=list(kf.beam_pipeline_args))
+    adaptation = dataclasses.replace(config.adaptation, sites=dict(kf.adaptation_sites))
+    return dataclasses.replace(config, paths=paths, adaptation=adaptation, beam_pipeline_args=list(kf.beam_pipeline_args))
 
 
 def runtime_parameters(config: Config) -> RunSettings:

@@ -20,6 +20,7 @@ from components.evaluation import build_eval_config
 from components.image_example_gen import ImageExampleGen
 from components.run_report import RunReport
 from components.serving_gate import ServingGate
+from components.site_adapter_step import SiteAdapter
 from components.validation_gate import AnomaliesGate
 from contracts.artifacts import HOLDOUT, out_of_scope_split
 from contracts.config import Config
@@ -28,7 +29,7 @@ from pipelines.configs import RunSettings, serving_dir, tracking_uri, trainer_co
 
 # Steps that look at state outside the pipeline's artifacts (files under the data root, the served model):
 # orchestrators that cache by inputs alone must not cache them.
-UNCACHEABLE = ("ImageExampleGen", "ServingGate")
+UNCACHEABLE = ("ImageExampleGen", "ServingGate", "SiteAdapter")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +54,8 @@ def create_pipeline(
     enable_cache: bool = True,
 ) -> Pipeline:
     """Ingestion -> validation -> [tuning] -> training -> evaluation (per site) + [held-out evaluation] +
-    shortcut audit -> serving gate -> push -> run report (model card, MLflow).
+    shortcut audit -> serving gate -> push -> run report (model card, MLflow) + [each site of
+    `adaptation.sites` adapted to the pushed model].
 
     The runners choose what differs between orchestrators: `settings` (values, or Kubeflow runtime
     parameters), `trainer_code`, the `pipeline_run_id` the report records, and for the local runner's cache
@@ -180,10 +182,31 @@ def create_pipeline(
         experiment=config.tracking.experiment,
         pipeline_run_id=pipeline_run_id,
     )
+    # Sites with a model of their own (`bloodcell adapt`): adapted anew to each pushed model.
+    site_adapter = (
+        SiteAdapter(
+            pushed_model=pusher.outputs["pushed_model"],
+            sites_json=json.dumps(config.adaptation.sites),
+            settings_json=json.dumps(dataclasses.asdict(config.adaptation)),
+            limits_json=json.dumps(
+                {
+                    "max_pixels": config.serving.max_image_pixels,
+                    "min_side": config.ingestion.min_side,
+                    "max_file_bytes": config.ingestion.max_file_bytes,
+                }
+            ),  # fmt: skip
+            serving_root=os.path.dirname(serving_dir(config)),
+            model_name=config.model_name,
+            tracking_uri=tracking_uri(config),
+            experiment=config.tracking.experiment,
+        )
+        if config.adaptation.sites
+        else None
+    )
     components = [
         example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate, *([tuner] if tuner else []),
         trainer, evaluator, *([hold_out_evaluator] if hold_out_evaluator else []), audit, serving_gate, pusher,
-        run_report,
+        run_report, *([site_adapter] if site_adapter else []),
     ]  # fmt: skip
     return Pipeline(
         pipeline_name=config.pipeline_name,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from typing import Collection, Sequence
@@ -32,6 +33,7 @@ from contracts.signatures import (
     WINDOW,
     Explanation,
     alert_output,
+    site_model_name,
 )
 
 MB = 1024 * 1024
@@ -53,6 +55,7 @@ class Prediction:
     model_version: int
     flags: dict[str, bool] = dataclasses.field(default_factory=dict)  # the model's boolean outputs
     out_of_scope_probability: float = 0.0  # calibrated (0 for models without the output)
+    model_name: str = ""  # the served model that answered: the base model, or a site's adapted model
 
     def alert(self, critical_class: str) -> bool:
         """The model's `<critical_class>_alert` output (its calibrated operating point); for models exported
@@ -133,7 +136,9 @@ def _channel_options(max_message_mb: int, retries: int) -> list[tuple[str, objec
 
 
 class ServingClient:
-    """Talks to one model on a TF Serving gRPC endpoint (`host:port`)."""
+    """Talks to one model on a TF Serving gRPC endpoint (`host:port`). With `site`, predictions and explanations
+    ask that site's adapted model (`<model>-site-<site>`, contracts.site_models) and, where the server has none,
+    the base model; each answer says which model it came from."""
 
     def __init__(
         self,
@@ -145,8 +150,10 @@ class ServingClient:
         max_message_mb: int = 64,
         tls: bool = False,
         root_certificates: bytes | None = None,
+        site: str | None = None,
     ):
         self.target, self.model_name, self.version, self.timeout_s = target, model_name, version, timeout_s
+        self.site_model = site_model_name(model_name, site) if site else None
         options = _channel_options(max_message_mb, retries)
         if tls:
             credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
@@ -155,6 +162,13 @@ class ServingClient:
             self.channel = grpc.insecure_channel(target, options=options)
         self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    def for_site(self, site: str | None) -> ServingClient:
+        """This client, on the same channel, asking `site`'s adapted model where the server has one (None: the
+        base model). Close only the client the channel was opened by."""
+        other = copy.copy(self)
+        other.site_model = site_model_name(self.model_name, site) if site else None
+        return other
 
     def close(self) -> None:
         self.channel.close()
@@ -165,9 +179,9 @@ class ServingClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _spec(self, spec, signature: str | None = SERVING_SIGNATURE) -> None:
-        spec.name = self.model_name
-        if self.version is not None:
+    def _spec(self, spec, signature: str | None = SERVING_SIGNATURE, name: str | None = None) -> None:
+        spec.name = name or self.model_name
+        if self.version is not None and not name:
             spec.version.value = self.version
         if signature:
             spec.signature_name = signature
@@ -183,12 +197,24 @@ class ServingClient:
                 details = f"no answer from TF Serving at {self.target} within {self.timeout_s:g} s"
             raise ServingError(code, details) from None
 
+    def _predict(self, request: predict_pb2.PredictRequest, signature: str) -> predict_pb2.PredictResponse:
+        """Predict on the site's adapted model where the server has one, else on the base model."""
+        if self.site_model:
+            self._spec(request.model_spec, signature, self.site_model)
+            try:
+                return self._call(self.predictions.Predict, request)
+            except ServingError as err:
+                if err.code != grpc.StatusCode.NOT_FOUND:
+                    raise
+            request.model_spec.Clear()
+        self._spec(request.model_spec, signature)
+        return self._call(self.predictions.Predict, request)
+
     def predict(self, images: Sequence[bytes]) -> list[Prediction]:
         """One Predict call on `serving_default` for a batch of encoded images."""
         request = predict_pb2.PredictRequest()
-        self._spec(request.model_spec)
         request.inputs[SERVING_INPUT].CopyFrom(string_tensor(images))
-        response = self._call(self.predictions.Predict, request)
+        response = self._predict(request, SERVING_SIGNATURE)
         names = _rows(response.outputs[CLASS_NAMES])
         probabilities = _rows(response.outputs[PROBABILITIES])
         predicted = [v.decode() for v in response.outputs[PREDICTED_CLASS].string_val]
@@ -203,6 +229,7 @@ class ServingClient:
                 version,
                 {k: bool(v[i]) for k, v in flags.items()},
                 round(float(outside[i]), 6) if outside else 0.0,
+                response.model_spec.name,
             )
             for i, (cls, row_names, row) in enumerate(zip(predicted, names, probabilities, strict=False))
         ]
@@ -210,16 +237,16 @@ class ServingClient:
     def explain(self, image: bytes) -> Explanation:
         """The `explain` signature for one encoded image: its Grad-CAM map and where the CNN looked."""
         request = predict_pb2.PredictRequest()
-        self._spec(request.model_spec, EXPLAIN_SIGNATURE)
         request.inputs[SERVING_INPUT].CopyFrom(string_tensor([image]))
-        response = self._call(self.predictions.Predict, request)
+        response = self._predict(request, EXPLAIN_SIGNATURE)
         heatmap = response.outputs[HEATMAP]
         dims = [d.size for d in heatmap.tensor_shape.dim]
         require_window(response.outputs)
         window = tuple(float(v) for v in _floats(response.outputs[WINDOW]))
         heat = _floats(heatmap).reshape(dims[1:])
         outside = OUT_OF_SCOPE in response.outputs and bool(response.outputs[OUT_OF_SCOPE].bool_val[0])
-        return Explanation(response.outputs[PREDICTED_CLASS].string_val[0].decode(), heat, window, outside)
+        predicted = response.outputs[PREDICTED_CLASS].string_val[0].decode()
+        return Explanation(predicted, heat, window, outside, response.model_spec.name)
 
     def status(self) -> list[VersionStatus]:
         """ModelService.GetModelStatus: every version TF Serving knows of, with its state."""

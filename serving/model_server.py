@@ -29,6 +29,7 @@ from tensorflow_serving.apis import (
 
 from contracts.artifacts import served_versions
 from contracts.signatures import SERVING_SIGNATURE
+from contracts.site_models import read_model_server_config
 
 log = logging.getLogger(__name__)
 MB = 1024 * 1024
@@ -65,23 +66,25 @@ def _read_signature_defs(path: Path) -> dict:
 
 
 class VersionManager:
-    """Keeps the highest loadable version of one model under `base_path` loaded, polling for new ones."""
+    """Keeps the highest loadable version of one model under `base_path` loaded (`poll`)."""
 
-    def __init__(self, model_name: str, base_path: str | Path, poll_wait_s: float = 1.0, max_load_retries: int = 5):
+    def __init__(self, model_name: str, base_path: str | Path, max_load_retries: int = 5):
         self.model_name, self.base_path = model_name, Path(base_path)
-        self.poll_wait_s, self.max_load_retries = poll_wait_s, max_load_retries
+        self.max_load_retries = max_load_retries
         self._lock = threading.Lock()
         self._serving: LoadedVersion | None = None
         self._states: dict[int, VersionState] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._said_empty = False
 
     def poll(self) -> None:
         """Loads the highest version on disk if it is not the one being served (one attempt)."""
         versions = served_versions(str(self.base_path))
         if not versions:
-            log.warning("no versions of model %s found under %s", self.model_name, self.base_path)
+            if not self._said_empty:  # said once, not at every poll
+                log.warning("no versions of model %s found under %s", self.model_name, self.base_path)
+            self._said_empty = True
             return
+        self._said_empty = False
         wanted = versions[-1]
         current = self._serving
         state = self._states.setdefault(wanted, VersionState(State.START))
@@ -106,22 +109,6 @@ class VersionManager:
             if current is not None:
                 self._states[current.version].state = State.END
         log.info("serving %s version %d from %s", self.model_name, wanted, path)
-
-    def start(self) -> None:
-        """Loads what is on disk now, then keeps polling in a background thread."""
-        self.poll()
-
-        def loop() -> None:
-            while not self._stop.wait(self.poll_wait_s):
-                self.poll()
-
-        self._thread = threading.Thread(target=loop, name="version-poller", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
 
     def get(self, model_spec) -> LoadedVersion:
         """The loaded version a request's ModelSpec asks for, or NOT_FOUND as TF Serving answers."""
@@ -162,6 +149,70 @@ class VersionManager:
                 status.status.error_message = state.error
             result.append(status)
         return result
+
+
+class ServedModels:
+    """The models a server serves, each with its VersionManager: one model at a base path, or those a
+    ModelServerConfig file lists (TF Serving's --model_config_file; until the file exists, the one model), the
+    file re-read at every poll, as with --model_config_file_poll_wait_seconds: a model added to it is loaded,
+    one taken out is unloaded."""
+
+    def __init__(self, models: dict[str, Path], config_file: Path | None = None, poll_wait_s: float = 1.0):
+        self.fixed, self.config_file, self.poll_wait_s = models, config_file, poll_wait_s
+        self._managers: dict[str, VersionManager] = {}
+        self._config_error = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _wanted(self) -> dict[str, Path]:
+        if self.config_file is None or not self.config_file.exists():  # until it is written: the base model
+            return self.fixed
+        try:
+            listed = {name: Path(path) for name, path in read_model_server_config(str(self.config_file)).items()}
+        except (OSError, ValueError, tf.errors.OpError) as err:
+            if str(err) != self._config_error:  # said once, not at every poll
+                log.error("model config %s unreadable, keeping the models served: %s", self.config_file, err)
+            self._config_error = str(err)
+            return {name: manager.base_path for name, manager in self._managers.items()}
+        self._config_error = ""
+        return listed
+
+    def poll(self) -> None:
+        """Follows the model config, then polls every model's base path for its highest version."""
+        wanted = self._wanted()
+        managers = dict(self._managers)
+        for name in sorted(set(managers) - set(wanted)):
+            log.info("model %s is no longer in %s: unloaded", name, self.config_file)
+            del managers[name]
+        for name, path in wanted.items():
+            if name not in managers or managers[name].base_path != path:
+                managers[name] = VersionManager(name, path)
+        self._managers = managers
+        for manager in managers.values():
+            manager.poll()
+
+    def manager(self, name: str) -> VersionManager:
+        """The model a request names, or NOT_FOUND as TF Serving answers."""
+        managers = self._managers
+        if name not in managers:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})")
+        return managers[name]
+
+    def start(self) -> None:
+        """Loads what is on disk now, then keeps polling in a background thread."""
+        self.poll()
+
+        def loop() -> None:
+            while not self._stop.wait(self.poll_wait_s):
+                self.poll()
+
+        self._thread = threading.Thread(target=loop, name="version-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
 
 
 def _op_error_message(err: tf.errors.OpError) -> str:
@@ -235,12 +286,13 @@ class ComputeSlots:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: VersionManager, slots: ComputeSlots):
-        self.manager, self.slots = manager, slots
+    def __init__(self, models: ServedModels, slots: ComputeSlots):
+        self.models, self.slots = models, slots
 
     def Predict(self, request, context):  # noqa: N802 (gRPC method name)
         try:
-            loaded = self.manager.get(request.model_spec)
+            manager = self.models.manager(request.model_spec.name)
+            loaded = manager.get(request.model_spec)
             self.slots.acquire(context.time_remaining())
             try:
                 outputs = _run_signature(loaded, request)
@@ -249,7 +301,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         except RequestError as err:
             context.abort(err.code, str(err))
         response = predict_pb2.PredictResponse()
-        response.model_spec.name = self.manager.model_name
+        response.model_spec.name = manager.model_name
         response.model_spec.version.value = loaded.version
         response.model_spec.signature_name = request.model_spec.signature_name or SERVING_SIGNATURE
         for key, value in outputs.items():
@@ -258,7 +310,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def GetModelMetadata(self, request, context):  # noqa: N802
         try:
-            loaded = self.manager.get(request.model_spec)
+            manager = self.models.manager(request.model_spec.name)
+            loaded = manager.get(request.model_spec)
             if list(request.metadata_field) != ["signature_def"]:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "Metadata field signature_def is the only one supported")
         except RequestError as err:
@@ -267,19 +320,24 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         for name, signature_def in loaded.signature_defs.items():
             signature_map.signature_def[name].CopyFrom(signature_def)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
-        response.model_spec.name = self.manager.model_name
+        response.model_spec.name = manager.model_name
         response.model_spec.version.value = loaded.version
         response.metadata["signature_def"].Pack(signature_map)
         return response
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager: VersionManager):
-        self.manager = manager
+    def __init__(self, models: ServedModels):
+        self.models = models
 
     def GetModelStatus(self, request, context):  # noqa: N802
         try:
-            statuses = self.manager.statuses(request.model_spec)
+            name = request.model_spec.name
+            try:
+                manager = self.models.manager(name)
+            except RequestError:
+                raise RequestError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}") from None
+            statuses = manager.statuses(request.model_spec)
         except RequestError as err:
             context.abort(err.code, str(err))
         return get_model_status_pb2.GetModelStatusResponse(model_version_status=statuses)
@@ -288,11 +346,17 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 @dataclasses.dataclass
 class RunningServer:
     server: grpc.Server
-    manager: VersionManager
+    models: ServedModels
+    model_name: str
     port: int
 
+    @property
+    def manager(self) -> VersionManager:
+        """The model served by the name given to `start_server`."""
+        return self.models.manager(self.model_name)
+
     def stop(self) -> None:
-        self.manager.stop()
+        self.models.stop()
         self.server.stop(grace=2).wait()
 
 
@@ -305,15 +369,19 @@ def start_server(
     max_message_mb: int = 64,
     max_concurrent_predictions: int = 4,
     max_queued_requests: int = 64,
+    model_config_file: str | Path | None = None,
 ) -> RunningServer:
     """Loads the model, then serves TF Serving's PredictionService and ModelService on host:port
     (port 0 picks a free port). Returns at once; call `.stop()` to shut down.
 
     At most `max_concurrent_predictions` requests compute at once (memory stays bounded), at most
-    `max_queued_requests` wait; more are refused with RESOURCE_EXHAUSTED."""
+    `max_queued_requests` wait; more are refused with RESOURCE_EXHAUSTED. With `model_config_file` (a
+    ModelServerConfig: the base model and its site-adapted models, contracts.site_models) the models are those it
+    lists, followed as it changes; `model_name` is then the one `.manager` returns."""
     workers = max_concurrent_predictions + max_queued_requests + 4  # the rest answer status calls and refusals
-    manager = VersionManager(model_name, model_base_path, poll_wait_s)
-    manager.start()
+    config_file = Path(model_config_file) if model_config_file else None
+    models = ServedModels({model_name: Path(model_base_path)}, config_file, poll_wait_s)
+    models.start()
     options = [
         ("grpc.max_receive_message_length", max_message_mb * MB),
         ("grpc.max_send_message_length", max_message_mb * MB),
@@ -323,9 +391,10 @@ def start_server(
         futures.ThreadPoolExecutor(max_workers=workers), options=options, maximum_concurrent_rpcs=2 * workers
     )  # beyond that gRPC itself answers RESOURCE_EXHAUSTED before a thread is taken
     slots = ComputeSlots(max_concurrent_predictions, max_queued_requests)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, slots), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(models, slots), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(models), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     server.start()
-    log.info("TF Serving gRPC API for model %s on %s:%d (base path %s)", model_name, host, bound, model_base_path)
-    return RunningServer(server, manager, bound)
+    served = f"the models of {config_file}" if config_file else f"model {model_name} (base path {model_base_path})"
+    log.info("TF Serving gRPC API for %s on %s:%d", served, host, bound)
+    return RunningServer(server, models, model_name, bound)

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any, Callable, List
 
 import grpc
-from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from contracts.config import Config
 from contracts.image_check import ImageRejectedError, Limits, check_image
+from contracts.signatures import SiteNameError
 from serving.client import ServingClient, ServingError
 from serving.explain import overlay_png
 from serving.screening import RequestCaps, screen_images
@@ -119,15 +120,21 @@ def create_app(client: ServingClient, critical_class: str, limits: UploadLimits)
             return JSONResponse({"ready": False, "detail": "no model version AVAILABLE"}, status_code=503)
         return JSONResponse({"ready": True, "model": client.model_name, "version": max(available)})
 
-    @app.post("/predict", summary="Classify one or more uploaded images (multipart field 'files')")
-    def predict(files: List[UploadFile] = File(default=[])) -> JSONResponse:
+    def site_client(site: str) -> ServingClient:
+        try:
+            return client.for_site(site.strip() or None)
+        except SiteNameError as err:
+            raise HTTPException(422, str(err)) from None
+
+    @app.post("/predict", summary="Classify one or more uploaded images (multipart field 'files'; 'site': its model)")
+    def predict(files: List[UploadFile] = File(default=[]), site: str = Form("")) -> JSONResponse:
         if not files:
             raise HTTPException(400, "no image in the request: send one or more files in the multipart field 'files'")
         if len(files) > limits.max_files:
             raise HTTPException(413, f"{len(files)} files in one request; at most {limits.max_files}")
         items = [(f.filename or f"file {i}", f.file.read(limits.image.max_file_bytes + 1)) for i, f in enumerate(files)]
         try:
-            outcomes = screen_images(client, items, limits.image, limits.caps)
+            outcomes = screen_images(site_client(site), items, limits.image, limits.caps)
         except ServingError as err:
             raise _serving_error(err) from None
         results = []
@@ -141,13 +148,16 @@ def create_app(client: ServingClient, critical_class: str, limits: UploadLimits)
                     needs_review=outcome.prediction.needs_review,
                     out_of_scope=outcome.prediction.out_of_scope,
                     out_of_scope_probability=outcome.prediction.out_of_scope_probability,
+                    model=outcome.prediction.model_name,
                     model_version=outcome.prediction.model_version,
                 )
             else:
                 result["error"] = outcome.error
             results.append(result)
         status = 200 if any(r["ok"] for r in results) else 422
-        return JSONResponse({"model": client.model_name, "critical_class": critical_class, "results": results}, status)
+        answered = sorted({f"{r['model']} version {r['model_version']}" for r in results if r["ok"]})
+        payload = {"model": client.model_name, "site": site.strip(), "answered_by": answered}
+        return JSONResponse(payload | {"critical_class": critical_class, "results": results}, status)
 
     @app.post(
         "/explain",
@@ -155,18 +165,22 @@ def create_app(client: ServingClient, critical_class: str, limits: UploadLimits)
         response_class=Response,
         responses={200: {"content": {"image/png": {}}}},
     )
-    def explain(file: UploadFile = File(...)) -> Response:
+    def explain(file: UploadFile = File(...), site: str = Form("")) -> Response:
         data = file.file.read(limits.image.max_file_bytes + 1)
         try:
             checked = check_image(data, limits.image)  # as /predict: BMP, TIFF, RGBA converted the same way
         except ImageRejectedError as err:
             raise HTTPException(422, f"{file.filename}: {err}") from None
         try:
-            explanation = client.explain(checked.image_bytes)
+            explanation = site_client(site).explain(checked.image_bytes)
         except ServingError as err:
             raise _serving_error(err) from None
         overlay = overlay_png(checked.pixels, explanation)
-        headers = {"X-Predicted-Class": explanation.predicted_class, "X-Out-Of-Scope": str(explanation.out_of_scope).lower()}
+        headers = {
+            "X-Predicted-Class": explanation.predicted_class,
+            "X-Out-Of-Scope": str(explanation.out_of_scope).lower(),
+            "X-Model": explanation.model_name,
+        }
         return Response(overlay, media_type="image/png", headers=headers)
 
     return app

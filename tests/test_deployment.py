@@ -58,9 +58,15 @@ def test_tf_serving_reads_what_the_pusher_writes():
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert re.fullmatch(r"tensorflow/serving:\d+\.\d+\.\d+", container["image"])  # official image, pinned
     args = dict(a.split("=", 1) for a in container["args"])
-    assert args["--model_name"] == CONFIG.model_name and args["--port"] == "8500" and args["--rest_api_port"] == "8501"
+    assert args["--port"] == "8500" and args["--rest_api_port"] == "8501"
     mount = next(m for m in container["volumeMounts"] if m["name"] == "models")
-    assert args["--model_base_path"] == f"{mount['mountPath']}/{CONFIG.model_name}"
+    # The pipeline pods' path: the models.config that `bloodcell adapt` writes names the models by it.
+    assert mount["mountPath"] == CONFIG.kubeflow.models_mount and mount["readOnly"]
+    assert args["--model_config_file"] == f"{mount['mountPath']}/models.config"
+    init = deployment["spec"]["template"]["spec"]["initContainers"][0]  # the base model alone until a site is adapted
+    written = init["command"][-1]
+    assert f'base_path: "{mount["mountPath"]}/{CONFIG.model_name}"' in written.replace("\\n", "\n")
+    assert f'name: "{CONFIG.model_name}"' in written
     claim = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "models")
     assert claim["persistentVolumeClaim"]["claimName"] == CONFIG.kubeflow.models_pvc  # the pipeline pods' volume
     assert container["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{CONFIG.model_name}"

@@ -42,13 +42,14 @@ from contracts.signatures import (
     SERVING_SIGNATURE,
     alert_output,
 )
+from contracts.site_models import MODEL_CONFIG_FILE, read_model_server_config
 from pipelines.configs import tracking_uri
 from pipelines.local_runner import latest_summary, metadata_path, run_local
 from pipelines.run_history import list_runs
 from serving.client import ServingClient
 from serving.explain import explain_with_saved_model
 from serving.model_server import start_server
-from tests.helpers import CLASSES, make_real_subset, make_site_subsets, real_files, subset_roots
+from tests.helpers import CLASSES, DATA_ROOTS, make_real_subset, make_site_subsets, real_files, subset_roots
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +58,7 @@ pytestmark = pytest.mark.slow
 # the marrow site's blasts, monocytes and neutrophils (judged by its own bars, config `evaluation.site_bars`).
 PER_CLASS = {"blood-cells-5class": 40, "barcelona-extra": 12, "munich-extra": 10, "mll-marrow": 8, "other-cells": 6}
 BLOODCELL = os.path.join(os.path.dirname(sys.executable), "bloodcell")
+MARROW = Path(next(r.path for r in DATA_ROOTS if r.name == "mll-marrow"))
 
 
 @pytest.fixture(scope="module")
@@ -128,12 +130,19 @@ def blocked(workspace, no_pytest_argv):
 
 @pytest.fixture(scope="module")
 def pushed(blocked, workspace):
-    """Phase 2: thresholds any model passes, on the same data: the model is pushed."""
+    """Phase 2: thresholds any model passes, on the same data: the model is pushed, and a site with unlabelled
+    images of its own (real marrow cells, one folder) is adapted to it by the pipeline's SiteAdapter."""
+    site = workspace[1].parent / "paris-unlabelled"
+    site.mkdir(exist_ok=True)
+    for name in ("monocyte", "myeloblast", "seg_neutrophil"):
+        for f in real_files(name, 8, MARROW):
+            (site / f"{name}-{f.name}").write_bytes(f.read_bytes())
     config = config_for(
         workspace, "evaluation.min_accuracy=0.0", "evaluation.min_critical_recall=0.0", "evaluation.max_regression=1.0",
         'evaluation.site_bars={"mll-marrow": {"min_accuracy": 0.0, "min_critical_recall": 0.0}}',
         "evaluation.min_out_of_scope_caught=0.0", "evaluation.max_out_of_scope_alerts=1.0",
-        "evaluation.max_in_scope_called_out=1.0",
+        "evaluation.max_in_scope_called_out=1.0", f'adaptation.sites={{"paris": "{site}"}}', "adaptation.min_images=20",
+        "adaptation.max_confident_alerts_lost=1.0", "adaptation.max_drift=10",
     )  # fmt: skip
     return Phase(config, *run_local(config))
 
@@ -218,6 +227,21 @@ def test_passing_bars_reuse_ingestion_and_training_and_push_the_model(blocked, p
     assert pushed.summary.test_accuracy == blocked.summary.test_accuracy
     versions = pushed.versions()
     assert len(versions) == 1 and pushed.summary.pushed_destination == os.path.dirname(versions[0])
+
+
+def test_the_pipeline_adapts_each_configured_site_to_the_pushed_model(pushed):
+    store = store_of(pushed.config)
+    [artifact] = store.get_artifacts_by_type("bloodcell.SiteAdaptations")
+    outcome = json.loads(open(os.path.join(artifact.uri, "adaptations.json")).read())
+    record = outcome["sites"]["paris"]["record"]
+    assert outcome["pushed"] and record["images_used"] == 24 and record["base_version"] == int(pushed.summary.pushed_version)
+    assert record["base_model"] == pushed.summary.pushed_destination
+    root = pushed.config.paths.serving_root
+    assert os.path.isfile(os.path.join(root, "bloodcell-site-paris", str(record["version"]), "saved_model.pb"))
+    listed = read_model_server_config(os.path.join(root, MODEL_CONFIG_FILE))
+    assert sorted(listed) == ["bloodcell", "bloodcell-site-paris"]
+    run = MlflowClient(tracking_uri(pushed.config)).get_run(outcome["sites"]["paris"]["tracking"]["run_id"])
+    assert run.data.tags["site"] == "paris" and run.data.metrics["images_used"] == 24
 
 
 def test_the_pushed_model_answers_in_process_and_over_grpc_alike(pushed):

@@ -10,7 +10,8 @@ import tensorflow as tf
 import tf_keras as keras
 from typer.testing import CliRunner
 
-from benchmarks.site_adaptation import app, halves
+from benchmarks.leave_one_site_out import halves
+from benchmarks.site_adaptation import app
 from contracts import features
 from tests.helpers import TRAINER_CONFIG
 from training.export import export_serving_model

@@ -57,6 +57,8 @@ def test_upload_shows_class_probabilities_and_myeloblast_alert(web_url, model_se
         page = browser.new_page(viewport={"width": 1000, "height": 800})
         page.goto(web_url)
         expect(page.locator("h1")).to_have_text("Blood-cell screening")
+        page.fill("#site", "paris")  # a site never adapted: the base model answers, and the page says which
+        page.dispatch_event("#site", "change")
         page.set_input_files("#files", [str(cell), str(not_image)])
         card = page.locator(f'.result[data-filename="{cell.name}"]')
         expect(card.locator(".predicted")).to_have_text("myeloblast")
@@ -66,7 +68,10 @@ def test_upload_shows_class_probabilities_and_myeloblast_alert(web_url, model_se
         expect(card.locator(".bar").first.locator(".value")).to_have_text(f"{100 * served:.1f}%")
         failed = page.locator('.result[data-filename="notes.png"]')
         expect(failed.locator(".error-text")).to_contain_text("not an image")
-        expect(page.locator("#status")).to_have_text("2 image(s): 1 myeloblast alert(s), 1 not classified.")
+        expect(page.locator("#status")).to_have_text(
+            "2 image(s): 1 myeloblast alert(s), 1 not classified. Answered by bloodcell version 2."
+        )
+        assert page.evaluate("localStorage.getItem('site')") == "paris"  # kept for the next visit
         card.locator(".explain-button").click()  # Grad-CAM overlay from the model's explain signature
         overlay = card.locator("img.gradcam")
         expect(overlay).to_have_attribute("alt", f"Grad-CAM heat map of {cell.name}")
@@ -96,7 +101,9 @@ def test_a_cell_out_of_scope_is_shown_as_such_without_an_alert(web_url, model_se
         expect(card).to_have_class("card result out-of-scope")
         expect(card.locator(".alert-banner")).to_have_count(0)
         expect(card.locator(".bar")).to_have_count(len(CONFIG.classes))
-        expect(page.locator("#status")).to_have_text("1 image(s): 0 myeloblast alert(s), 1 out of scope.")
+        expect(page.locator("#status")).to_have_text(
+            "1 image(s): 0 myeloblast alert(s), 1 out of scope. Answered by bloodcell version 2."
+        )
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "web_page_out_of_scope.png"), full_page=True)
         browser.close()

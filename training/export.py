@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from contracts.artifacts import EXPORTED_OPERATING_POINT_FILE, write_json
+from contracts.artifacts import EXPORTED_OPERATING_POINT_FILE, EXPORTED_TRAINER_CONFIG_FILE, write_json
 from contracts.signatures import (
     CLASS_NAMES,
     EXAMPLES_INPUT,
@@ -158,7 +158,7 @@ def export_serving_model(
     model: keras.Model, config: TrainerConfig, export_dir: str, operating_point: OperatingPoint = UNCALIBRATED
 ) -> None:
     """Writes a SavedModel with `serving_default` (encoded images) and `serving_examples` signatures, and
-    the operating point beside it (assets.extra/operating_point.json)."""
+    the operating point and the trainer config beside it (assets.extra/)."""
     module = ServingModule(model, config, operating_point)
     tf.saved_model.save(
         module,
@@ -170,3 +170,4 @@ def export_serving_model(
         },
     )
     write_json(export_dir, EXPORTED_OPERATING_POINT_FILE, operating_point.as_dict())
+    write_json(export_dir, EXPORTED_TRAINER_CONFIG_FILE, config.as_dict())

@@ -4,6 +4,7 @@ Test modules import from here (and from each other never); fixtures live in conf
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import shutil
 import socket
@@ -23,6 +24,10 @@ CLASSES = CONFIG.classes
 DATA_ROOTS = CONFIG.paths.data_roots  # the real sites' folders in ../shared/data
 REAL_DATA = Path(DATA_ROOTS[0].path)  # the five-class folder
 TRAINER_CONFIG = trainer_config(CONFIG)
+# The small CNN of the exported test models (`export_model`): two blocks, a 16-unit dense layer, no dropout.
+SMALL_TRAINER_CONFIG = dataclasses.replace(
+    TRAINER_CONFIG, training=dataclasses.replace(TRAINER_CONFIG.training, filters=[8, 16], dense_units=16, dropout=0.0)
+)
 
 
 def image_bytes(fmt: str = "JPEG", mode: str = "RGB", size: tuple[int, int] = (64, 64), seed: int = 0) -> bytes:
@@ -121,14 +126,16 @@ def export_model(export_dir: Path, favour: str | None = None, seed: int = 0) -> 
     from training.model import build_model
 
     keras.utils.set_random_seed(seed)
-    model = build_model(len(CLASSES) + 1, CONFIG.preprocessing.image_size, [8, 16], 16, 0.0, 1e-3)
+    config = SMALL_TRAINER_CONFIG
+    training = config.training
+    model = build_model(len(CLASSES) + 1, config.preprocessing.image_size, training.filters, training.dense_units, 0.0, 1e-3)
     if favour is not None:
         output = model.get_layer("probabilities")
         kernel, bias = output.get_weights()
         bias[:] = 0.0
         bias[[*CLASSES, OUT_OF_SCOPE].index(favour)] = 8.0
         output.set_weights([np.zeros_like(kernel), bias])
-    export_serving_model(model, TRAINER_CONFIG, str(export_dir))
+    export_serving_model(model, config, str(export_dir))
     return export_dir
 
 
