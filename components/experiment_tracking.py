@@ -123,7 +123,7 @@ def log_adaptation(
             metrics = {f"drift_layer_{i + 1}": d for i, d in enumerate(record.drift)}
             metrics.update(
                 images_used=record.images_used, images_rejected=len(record.images_rejected), duplicates=record.duplicates,
-                estimated_critical_share=record.estimated_critical_share, critical_share_base=record.critical_share_base,
+                critical_share_base=record.critical_share_base,
                 critical_share_adapted=record.critical_share_adapted, confident_alerts=record.confident_alerts,
                 confident_alerts_kept=record.confident_alerts_kept,
             )  # fmt: skip

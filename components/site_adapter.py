@@ -45,7 +45,6 @@ from training.site_adaptation import (
     batch_norm_layers,
     drift,
     entropy_tuned,
-    estimated_priors,
     exported_config,
     restored_model,
 )
@@ -54,6 +53,9 @@ from training.trainer_config import TrainerConfig
 log = logging.getLogger(__name__)
 BLANK_SPREAD = 2.0  # an image whose values spread less than this (of 255) in every channel is blank or one colour
 BATCH = 64
+
+
+AUTO_METHODS = ("adabn", "balanced_adabn")  # adaptation.method auto: the candidates, measured in docs/results.md
 
 
 class AdaptationRefusedError(RuntimeError):
@@ -129,21 +131,31 @@ class AdaptedModel:
     """A base model adapted to a site's images, and what was measured on them (labels never used)."""
 
     model: keras.Model
+    method: str  # the method that made it (adabn, balanced_adabn or tent)
     blocks: int  # batch-norm blocks adapted, the first first
     drift: list[float]  # per block: `training.site_adaptation.drift` of the site under the base model
     share_base: float  # share of the site's images that raise the critical alert, base model
     share_adapted: float  # ... adapted model
     confident_alerts: int  # images whose alert the base model raises with confidence (settings.confident_alert)
     confident_alerts_kept: int  # ... that the adapted model raises too
-    estimated_critical_share: float  # the site's share of the critical class, EM on the base model's answers
+
+
+def _adapted(
+    base: keras.Model, pixels: np.ndarray, blocks: int, method: str, settings: Adaptation, predicted: np.ndarray
+) -> keras.Model:
+    start = base
+    if method == "tent":
+        start = entropy_tuned(base, pixels, blocks, settings.tent_steps, settings.tent_learning_rate)
+    return adapted_to_site(start, pixels, blocks, None if method == "adabn" else predicted)
 
 
 def adapted_for_site(
     base: keras.Model, config: TrainerConfig, point: OperatingPoint, images: list[bytes], settings: Adaptation, site: str
 ) -> AdaptedModel:
-    """The base model adapted to the site's encoded images by `settings.method`; AdaptationRefusedError when the
-    images are too far from the training sites (drift) or the adapted model would silence alerts the base model
-    raises with confidence."""
+    """The base model adapted to the site's encoded images by `settings.method` (`auto`: plain and class-balanced
+    AdaBN, and of those that keep every confident alert the one that raises the fewest alerts: the doubtful
+    ones a site's look raised are gone). AdaptationRefusedError when the images are too far from the training
+    sites (drift) or every candidate would silence alerts the base model raises with confidence."""
     alert = alert_output(config.critical_class)
     pixels = _preprocessed(images, config)
     drifts = drift(base, pixels)
@@ -156,19 +168,23 @@ def adapted_for_site(
     base_answers = _served(ServingModule(base, config, point), images, alert)
     log.info("adapt: %d images of %s, drift %s", len(images), site, ", ".join(f"{d:.3f}" for d in drifts))
     blocks = min(settings.blocks, len(batch_norm_layers(base)))
-    start = base
-    if settings.method == "tent":
-        start = entropy_tuned(base, pixels, blocks, settings.tent_steps, settings.tent_learning_rate)
-    balance_by = None if settings.method == "adabn" else base_answers[PREDICTED_INDEX]
-    adapted = adapted_to_site(start, pixels, blocks, balance_by)
-    adapted_answers = _served(ServingModule(adapted, config, point), images, alert)
     confident = base_answers[alert] & (base_answers[PROBABILITIES][:, config.critical_index] >= settings.confident_alert)
-    kept = int((confident & adapted_answers[alert]).sum())
-    check_confident_alerts(int(confident.sum()), kept, settings, site, config.critical_class)
-    n = len(config.classes)
-    priors = estimated_priors(base_answers[PROBABILITIES][:, :n], np.full(n, 1.0 / n))
-    shares = float(base_answers[alert].mean()), float(adapted_answers[alert].mean())
-    return AdaptedModel(adapted, blocks, drifts, *shares, int(confident.sum()), kept, float(priors[config.critical_index]))
+    accepted, refusals = [], []
+    for method in AUTO_METHODS if settings.method == "auto" else (settings.method,):
+        model = _adapted(base, pixels, blocks, method, settings, base_answers[PREDICTED_INDEX])
+        answers = _served(ServingModule(model, config, point), images, alert)
+        kept = int((confident & answers[alert]).sum())
+        try:
+            check_confident_alerts(int(confident.sum()), kept, settings, f"{site} ({method})", config.critical_class)
+        except AdaptationRefusedError as err:
+            refusals.append(str(err))
+            continue
+        log.info("adapt: %s by %s: alert on %.1f%% of the images", site, method, 100 * answers[alert].mean())
+        accepted.append((float(answers[alert].mean()), method, model, kept))
+    if not accepted:
+        raise AdaptationRefusedError("; ".join(refusals) + "; the base model keeps answering this site")
+    share, method, model, kept = min(accepted, key=lambda candidate: candidate[0])
+    return AdaptedModel(model, method, blocks, drifts, float(base_answers[alert].mean()), share, int(confident.sum()), kept)
 
 
 def adapt_site(
@@ -206,13 +222,12 @@ def adapt_site(
             version=version,
             base_model=os.path.abspath(base_dir),
             base_version=base_version,
-            method=settings.method,
+            method=found.method,
             blocks=found.blocks,
             images_used=len(site_images.images),
             images_rejected=site_images.rejected,
             duplicates=site_images.duplicates,
             drift=[round(d, 4) for d in found.drift],
-            estimated_critical_share=round(found.estimated_critical_share, 4),
             critical_share_base=round(found.share_base, 4),
             critical_share_adapted=round(found.share_adapted, 4),
             confident_alerts=found.confident_alerts,
@@ -239,7 +254,7 @@ def check_confident_alerts(confident: int, kept: int, settings: Adaptation, site
             f"{site}: the adapted model silences {lost} of the {confident} {critical} alerts the base model raises with"
             f" confidence >= {settings.confident_alert:g} on the site's images (allowed:"
             f" adaptation.max_confident_alerts_lost {settings.max_confident_alerts_lost:.0%}): it would lose"
-            f" {critical}s; the base model keeps answering this site"
+            f" {critical}s"
         )
 
 

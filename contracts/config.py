@@ -162,13 +162,13 @@ class Tracking:
     experiment: str     # MLflow experiment of the pipeline runs
 
 
-ADAPTATION_METHODS = ("adabn", "balanced_adabn", "tent")
+ADAPTATION_METHODS = ("auto", "adabn", "balanced_adabn", "tent")
 
 
 @dataclasses.dataclass(frozen=True)
 class Adaptation:
-    method: str                     # adabn, balanced_adabn (each predicted class weighs the same), or tent (entropy-
-                                    #   tuned scales and shifts, then balanced_adabn)
+    method: str                     # auto (the better of adabn and balanced_adabn, by the site's own answers), adabn,
+                                    #   balanced_adabn (each predicted class weighs the same), or tent (then balanced)
     blocks: int                     # batch-norm blocks adapted, the first first
     tent_steps: int                 # tent: batches of the site's images
     tent_learning_rate: float

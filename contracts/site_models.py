@@ -47,13 +47,12 @@ class AdaptationRecord:
     version: int
     base_model: str  # the exported base model it was adapted from
     base_version: int | None  # that model's served version, when it came from a serving root
-    method: str
+    method: str  # adabn, balanced_adabn or tent
     blocks: int  # batch-norm blocks adapted, first first
     images_used: int
     images_rejected: dict[str, str]  # file -> reason
     duplicates: int  # files with the bytes of another, used once
     drift: list[float]  # per batch-norm layer, `training.site_adaptation.drift` of the site under the base model
-    estimated_critical_share: float  # the site's share of the critical class, estimated from the base model's answers
     critical_share_base: float  # share of the site's images that raise the alert, base model
     critical_share_adapted: float  # ... adapted model
     confident_alerts: int  # the site's images whose alert the base model raises with confidence (confident_alert)

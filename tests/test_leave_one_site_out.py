@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -53,3 +54,26 @@ def test_the_table_and_json_hold_every_held_out_site(tmp_path):
     saved = json.loads((tmp_path / "loso.json").read_text())
     assert [s["site"] for s in saved["sites"]] == ["mll-marrow", "barcelona"]
     assert saved["sites"][0]["recall"] == {"monocyte": 0.5, "myeloblast": 5 / 6, "seg_neutrophil": 1.0}
+
+
+def test_a_held_out_site_is_adapted_on_one_half_and_the_other_half_scored_without_and_with(tmp_path):
+    """Real marrow cells through the ingestion's examples and a small exported model: the half scored, both
+    scorings of it, the outcome (adapted, or refused with the reason) and its table."""
+    import tensorflow as tf
+
+    from benchmarks.leave_one_site_out import adapted_half, halves
+    from tests.helpers import CONFIG, DATA_ROOTS, export_model, real_files, write_examples
+
+    marrow = next(r.path for r in DATA_ROOTS if r.name == "mll-marrow")
+    files = [f for name in ("monocyte", "myeloblast") for f in real_files(name, 20, Path(marrow))]
+    write_examples(tmp_path / "held.gz", files)
+    held = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(tmp_path / "held.gz"), "GZIP")]
+    found = adapted_half(held, export_model(tmp_path / "model", seed=2), CONFIG)
+    scored = halves(held)[1]
+    assert found.images == len(scored) and 0 < len(scored) < 40
+    assert sum(f.images for f in found.without.classes.values()) == len(scored)
+    assert found.refused or found.adapted != found.without  # adapted: its own answers; refused: the base model's
+    _, figures, precision, alert_rate = score_site(*marrow_like(), CLASSES, MYELOBLAST)
+    row = HeldOutSite("mll-marrow", 40, 0.7, figures, precision, alert_rate, [], 0.98, 1.0, {}, 1, 0.1, found)
+    table = markdown_table([row], CLASSES, "myeloblast", "note")
+    assert f"| `mll-marrow` | {found.images} | {'refused: ' if found.refused else 'adapted'}" in table

@@ -15,7 +15,7 @@ from benchmarks.site_adaptation import app
 from contracts import features
 from tests.helpers import TRAINER_CONFIG
 from training.export import export_serving_model
-from training.site_adaptation import adapted_to_site, batch_norm_layers, restored_model
+from training.site_adaptation import adapted_to_site, batch_norm_layers, drift, entropy_tuned, restored_model
 from training.trainer_module import configured_model
 
 CONFIG = dataclasses.replace(
@@ -62,6 +62,23 @@ def test_class_balanced_statistics_do_not_follow_the_class_mix():
     mean = lambda m: batch_norm_layers(m)[0].moving_mean.numpy()  # noqa: E731
     np.testing.assert_allclose(mean(skewed_balanced), mean(balanced), atol=1e-5)
     assert np.abs(mean(skewed_plain) - mean(balanced)).max() > 10 * np.abs(mean(skewed_balanced) - mean(balanced)).max()
+
+
+def test_tent_tunes_only_the_scales_and_shifts_of_the_first_blocks():
+    keras.utils.set_random_seed(0)
+    model = configured_model(CONFIG)
+    tuned = entropy_tuned(model, site_images(6, 40, 0.2), blocks=1, steps=5, learning_rate=0.05)
+    changed = [a.name for a, b in zip(model.weights, tuned.weights, strict=True) if not np.array_equal(a.numpy(), b.numpy())]
+    assert sorted(changed) == ["bn1/beta:0", "bn1/gamma:0"]  # moving statistics, other blocks, the head: as they were
+
+
+def test_drift_is_small_for_images_like_those_the_statistics_came_from_and_large_for_other_pictures():
+    keras.utils.set_random_seed(0)
+    model = adapted_to_site(configured_model(CONFIG), site_images(7, 60, 0.0), blocks=2)
+    stripes = np.zeros((60, 16, 16, 3), np.float32)
+    stripes[:, :, ::4] = 1.0  # pixel noise in, vertical stripes out: colour and brightness alone would not show
+    same, other = drift(model, site_images(8, 60, 0.0)), drift(model, stripes)
+    assert len(same) == 2 and max(same) < 0.1 and min(other) > 5 * max(same)
 
 
 def test_the_model_restored_from_an_export_answers_bit_for_bit_as_trained(tmp_path):

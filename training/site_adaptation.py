@@ -2,7 +2,7 @@
 are re-estimated on the site's images (AdaBN, Li et al. 2016), balanced over the model's own predicted classes
 so that the site's class mix does not move them, only its look; optionally the batch-norm scales and shifts of
 those blocks are then tuned to lower the entropy of the answers (TENT, Wang et al. 2021). Besides: how far a
-site is from the training sites (drift), and its class mix estimated from the answers (EM, Saerens et al. 2002)."""
+site is from the training sites (drift)."""
 
 from __future__ import annotations
 
@@ -119,17 +119,3 @@ def drift(model: keras.Model, images: np.ndarray) -> list[float]:
         shift = np.abs(mean - trained_mean) / trained_spread + np.abs(np.log(spread / trained_spread))
         figures.append(float(np.mean(shift)))
     return figures
-
-
-def estimated_priors(probabilities: np.ndarray, trained_priors: np.ndarray, iterations: int = 200) -> np.ndarray:
-    """The site's class mix estimated from a model's answers alone (EM, Saerens et al. 2002): the answers are
-    re-weighted by the estimated over the trained mix until the estimate is the mean re-weighted answer."""
-    priors = trained_priors.astype(float)
-    for _ in range(iterations):
-        weighted = probabilities * (priors / trained_priors)
-        weighted /= weighted.sum(axis=1, keepdims=True)
-        new = weighted.mean(axis=0)
-        if np.abs(new - priors).max() < 1e-6:
-            return new
-        priors = new
-    return priors
