@@ -174,8 +174,9 @@ class Adaptation:
     tent_learning_rate: float
     min_images: int                 # distinct usable images a site needs
     max_drift: float                # refused: a site further from the training sites (drift, the mean over blocks)
-    confident_alert: float          # an alert the base model raises at this calibrated probability or more ...
-    max_confident_alerts_lost: float  # ... the adapted model may silence at most this share of (else refused)
+    max_alert_share_drop: float     # refused: the adapted model alerts on a share of the site's images lower by more
+    confident_alert: float          # refused: of the alerts the base model raises at this probability or more ...
+    max_confident_alerts_lost: float  # ... the adapted model silences more than this share
     sites: dict[str, str]           # the pipeline's step: {site: folder of its unlabelled images}, after each push
 
 
@@ -383,8 +384,11 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"adaptation.method: one of {', '.join(ADAPTATION_METHODS)}, got {adaptation.method!r}")
     if not 1 <= adaptation.blocks <= len(config.training.filters):
         raise ConfigError(f"adaptation.blocks: between 1 and the {len(config.training.filters)} blocks of training.filters")
-    if not 0 <= adaptation.confident_alert <= 1 or not 0 <= adaptation.max_confident_alerts_lost <= 1:
-        raise ConfigError("adaptation.confident_alert and adaptation.max_confident_alerts_lost: between 0 and 1")
+    shares = (adaptation.max_alert_share_drop, adaptation.confident_alert, adaptation.max_confident_alerts_lost)
+    if not all(0 <= share <= 1 for share in shares):
+        raise ConfigError(
+            "adaptation.max_alert_share_drop, confident_alert and max_confident_alerts_lost: between 0 and 1"
+        )
     if adaptation.min_images < 1 or adaptation.tent_steps < 0 or adaptation.max_drift <= 0:
         raise ConfigError("adaptation.min_images and adaptation.max_drift: positive; adaptation.tent_steps: 0 or more")
     for where, sites in (("adaptation.sites", adaptation.sites), ("kubeflow.adaptation_sites", config.kubeflow.adaptation_sites)):

@@ -142,7 +142,7 @@ def pushed(blocked, workspace):
         'evaluation.site_bars={"mll-marrow": {"min_accuracy": 0.0, "min_critical_recall": 0.0}}',
         "evaluation.min_out_of_scope_caught=0.0", "evaluation.max_out_of_scope_alerts=1.0",
         "evaluation.max_in_scope_called_out=1.0", f'adaptation.sites={{"paris": "{site}"}}', "adaptation.min_images=20",
-        "adaptation.max_confident_alerts_lost=1.0", "adaptation.max_drift=10",
+        "adaptation.max_confident_alerts_lost=1.0", "adaptation.max_alert_share_drop=1.0", "adaptation.max_drift=10",
     )  # fmt: skip
     return Phase(config, *run_local(config))
 

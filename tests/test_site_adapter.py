@@ -19,7 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli.main import app
-from components.site_adapter import AUTO_METHODS, AdaptationRefusedError, adapt_site, check_confident_alerts, rollback_site
+from components.site_adapter import AUTO_METHODS, AdaptationRefusedError, adapt_site, check_alerts, rollback_site
 from contracts.artifacts import ADAPTATION_FILE, read_json
 from contracts.image_check import Limits
 from contracts.signatures import site_model_name
@@ -138,11 +138,13 @@ def test_degenerate_folders_are_refused_with_the_cause(tmp_path, base_model, ser
     assert not (serving_root / MODEL_CONFIG_FILE).exists()
 
 
-def test_an_adaptation_that_silences_confident_alerts_is_refused():
-    check_confident_alerts(210, 210, SETTINGS, "paris", "myeloblast")  # doubtful alerts may go, confident ones stay
+def test_an_adaptation_that_raises_fewer_alerts_or_silences_a_confident_one_is_refused():
+    check_alerts(0.002, 0.010, 3, 3, SETTINGS, "paris", "myeloblast")  # more alerts, every confident one kept
+    with pytest.raises(AdaptationRefusedError, match=r"alert on 23.3% of the site's images, the base model on 36.3%"):
+        check_alerts(0.363, 0.233, 77, 77, SETTINGS, "paris", "myeloblast")
+    check_alerts(0.363, 0.353, 77, 77, dataclasses.replace(SETTINGS, max_alert_share_drop=0.02), "paris", "myeloblast")
     with pytest.raises(AdaptationRefusedError, match=r"silences 3 of the 210 myeloblast alerts .* confidence >= 0.97"):
-        check_confident_alerts(210, 207, SETTINGS, "paris", "myeloblast")
-    check_confident_alerts(210, 207, dataclasses.replace(SETTINGS, max_confident_alerts_lost=0.02), "paris", "myeloblast")
+        check_alerts(0.5, 0.6, 210, 207, SETTINGS, "paris", "myeloblast")
 
 
 def predictions(target: str, images: list[bytes], site: str | None):
