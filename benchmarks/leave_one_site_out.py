@@ -313,7 +313,7 @@ def main(
     note = f"Leave-one-site-out on `{examples}`, --set {' '.join(overrides or []) or '(none)'}; held-out models are never pushed."
     rows: list[HeldOutSite] = []
     for site in sites or present:
-        LOG.info("leave-one-site-out: training without %s", site)
+        LOG.info("leave-one-site-out: %s without %s", "the model trained" if reuse else "training", site)
         rows.append(held_out_figures(site, splits, output, cfg, others, reuse))
         write_table(output, rows, list(cfg.classes), cfg.critical_class, note)
         LOG.info("leave-one-site-out: %s scored (%d images, accuracy %.4f)", site, rows[-1].images, rows[-1].accuracy)
