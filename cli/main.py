@@ -97,7 +97,8 @@ def runs(
     output_root: Optional[str] = typer.Option(None, help="Output root of the runs [default: paths.output_root]."),
     as_json: bool = typer.Option(False, "--json", help="JSON for scripts."),
 ) -> None:
-    """List past local pipeline runs (from ML Metadata): start, data, accuracy, myeloblast recall, push."""
+    """List past local pipeline runs (from ML Metadata): accuracy, myeloblast recall, weakest site, push."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -105,18 +106,19 @@ def runs(
     if as_json:
         typer.echo(json.dumps([r.row() for r in records], indent=1))
         return
-    table = Table(title=f"Runs in {where}")
-    # Whole run ids and versions in a 100-column terminal; the start time is in the id, the data
-    # fingerprint in --json.
+    # Fits an 80-column terminal: whole run ids and numbers never wrap (the start time is in the id, the data
+    # fingerprint in --json); a site and its accuracy on two lines; "pushed": the version, or why not.
+    table = Table(title=f"Runs in {where}", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("run id", no_wrap=True)
-    for column in ("accuracy", f"{config.critical_class}\nrecall", "weakest site", "held out", "blessed"):
-        table.add_column(column, overflow="fold")
+    table.add_column("accuracy", justify="right", no_wrap=True)
+    table.add_column(f"{config.critical_class}\nrecall", justify="right", no_wrap=True)
+    table.add_column("weakest\nsite", min_width=10)
+    table.add_column("held\nout", overflow="fold")
     table.add_column("pushed", no_wrap=True)
     for r in records:
-        table.add_row(
-            r.run_id, f"{r.test_accuracy:.4f}", f"{r.critical_recall:.4f}", r.weakest_site or "-", r.hold_out or "-",
-            "yes" if r.blessed else "no", r.pushed_version or "-",
-        )  # fmt: skip
+        pushed = r.pushed_version or ("blessed" if r.blessed else "no")
+        weakest = r.weakest_site.replace(" ", "\n") if r.weakest_site else "-"
+        table.add_row(r.run_id, f"{r.test_accuracy:.4f}", f"{r.critical_recall:.4f}", weakest, r.hold_out or "-", pushed)
     Console().print(table)
 
 

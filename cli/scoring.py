@@ -156,20 +156,25 @@ def _score(client: ServingClient, candidates: list[Candidate], config: Config, s
     return images
 
 
+def _short(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _print_side_by_side(base: ScoreReport, adapted: ScoreReport, critical_class: str) -> None:
     """Per site: the base model's figures beside those of the model that answers the site (its adapted one)."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="Base model | the site's adapted model (`bloodcell adapt`)")
-    columns = ("site", "answered by", "accuracy", f"{critical_class} recall", "alert raised", "alert on other cells")
+    table = Table(title="Base model / the site's adapted model (`bloodcell adapt`)", box=box.SIMPLE_HEAD, pad_edge=False)
+    columns = ("site", "answered by", "accuracy", f"{critical_class}\nrecall", "alert\nraised", "alert on\nother cells")
     for column in columns:
-        table.add_column(column, justify="left" if column in columns[:2] else "right")
+        table.add_column(column, justify="left" if column in columns[:2] else "right", no_wrap=column not in columns[:2])
     for site, figures in adapted.sites.items():
         before = base.sites[site]
         answered = sorted({i.model for i in adapted.images if i.site == site and i.model})
         cells = [
-            f"{_fraction(before[key])} | {_fraction(figures[key])}"
+            f"{_short(before[key])}/{_short(figures[key])}"
             for key in ("accuracy", "critical_recall", "critical_alert_recall", "other_alert_rate")
         ]
         table.add_row(site, ", ".join(answered), *cells)

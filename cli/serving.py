@@ -109,15 +109,17 @@ def _rows(outcomes, classes: list[str], critical_class: str) -> list[dict]:
 
 
 def _print_table(rows: list[dict], critical_class: str) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    table = Table(title="Predictions")
+    # Fits an 80-column terminal: the file name folds, classes and numbers never do.
+    table = Table(title="Predictions", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("file", overflow="fold")
-    table.add_column("predicted")
-    table.add_column("probability", justify="right")
-    table.add_column(f"p({critical_class})", justify="right")
+    table.add_column("answer", no_wrap=True)
+    table.add_column("p", justify="right", no_wrap=True)
+    table.add_column(f"p({critical_class})", justify="right", no_wrap=True)
     table.add_column("alert", no_wrap=True)
     table.add_column("review", no_wrap=True)
     classified = [r for r in rows if not r["error"]]
@@ -130,8 +132,8 @@ def _print_table(rows: list[dict], critical_class: str) -> None:
             f"[bold red]{answer}" if alert else answer,
             f"{probability:.3f}",
             f"{row['p_' + critical_class]:.3f}",
-            "[bold white on red] MYELOBLAST ALERT " if alert else "",
-            "[yellow]low confidence" if row["needs_review"] else "",
+            "[bold white on red]MYELOBLAST" if alert else "",
+            "[yellow]yes" if row["needs_review"] else "",
         )
     if classified:
         console.print(table)

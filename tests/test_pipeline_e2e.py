@@ -331,9 +331,10 @@ def test_run_history_lists_and_compares_the_three_runs(blocked, pushed, unchange
     assert len({r.data_fingerprint for r in records}) == 1 and records[0].test_accuracy == blocked.summary.test_accuracy
     listed = CliRunner().invoke(app, ["runs", "--output-root", output_root, "--json"])
     assert [r["run_id"] for r in json.loads(listed.output)] == [r.run_id for r in records]
-    table = CliRunner().invoke(app, ["runs", "--output-root", output_root], env={"COLUMNS": "100"})
-    whole = [r.run_id for r in records] + [records[1].pushed_version]
-    assert all(text in table.output for text in whole), table.output  # in a 100-column terminal
+    table = CliRunner().invoke(app, ["runs", "--output-root", output_root], env={"COLUMNS": "80"})
+    whole = [r.run_id for r in records] + [records[1].pushed_version] + [f"{r.test_accuracy:.4f}" for r in records]
+    assert all(text in table.output for text in whole), table.output  # in an 80-column terminal
+    assert max(len(line) for line in table.output.splitlines()) <= 80
     compared = CliRunner().invoke(app, ["compare", records[0].run_id, records[2].run_id, "--output-root", output_root, "--json"])
     deltas = {m["metric"]: m["delta"] for m in json.loads(compared.output)["metrics"]}
     assert deltas["test_accuracy"] == pytest.approx(unchanged.summary.test_accuracy - blocked.summary.test_accuracy)

@@ -36,9 +36,13 @@ def test_predict_prints_every_input_and_flags_myeloblasts(model_server, model_ex
     assert len(classified) == 3
     assert all(r["predicted_class"] == "myeloblast" and r["myeloblast_alert"] and r["model_version"] == 2 for r in classified)
 
-    table = runner.invoke(app, ["predict", *map(str, real_files("monocyte", 2)), "--server", model_server.target])
+    files = [str(f) for f in real_files("monocyte", 2)]
+    table = runner.invoke(app, ["predict", *files, "--server", model_server.target], env={"COLUMNS": "80"})
     assert table.exit_code == 0, table.output
-    assert "MYELOBLAST ALERT" in table.output and "2 of 2 image(s) flagged as myeloblast" in table.output
+    assert "2 of 2 image(s) flagged as myeloblast" in table.output
+    rows = [line for line in table.output.splitlines() if "MYELOBLAST" in line]
+    assert len(rows) == 2 and all(" myeloblast " in row for row in rows)  # class and alert on one line
+    assert max(len(line) for line in table.output.splitlines()) <= 80  # an 80-column terminal
 
 
 def test_a_batch_mixing_good_and_refused_images_answers_the_good_ones(model_server):

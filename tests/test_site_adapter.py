@@ -195,7 +195,7 @@ def test_the_site_gets_its_model_over_grpc_and_every_other_site_the_base_models_
         assert report["models"] == ["bloodcell 1", f"bloodcell-site-paris {record.version}"]  # lyon: no model of its own
         assert report["base"]["models"] == ["bloodcell 1"] and set(report["sites"]) == {"paris", "lyon"}
         side = runner.invoke(app, ["score", roots[0], "--server", target, "--adapted"])
-        assert "Base model | the site's adapted model" in side.stdout and "bloodcell-site-paris" in side.stdout
+        assert "Base model / the site's adapted model" in side.stdout and "bloodcell-site-paris" in side.stdout
 
         with ServingClient(target, MODEL) as client:
             web = TestClient(create_app(client, CONFIG.critical_class, upload_limits(CONFIG)))
