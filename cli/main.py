@@ -108,7 +108,7 @@ def runs(
         return
     # Fits an 80-column terminal: whole run ids and numbers never wrap (the start time is in the id, the data
     # fingerprint in --json); a site and its accuracy on two lines; "pushed": the version, or why not.
-    table = Table(title=f"Runs in {where}", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=f"Runs in {where}", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
     table.add_column("run id", no_wrap=True)
     table.add_column("accuracy", justify="right", no_wrap=True)
     table.add_column(f"{config.critical_class}\nrecall", justify="right", no_wrap=True)

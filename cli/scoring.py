@@ -166,7 +166,8 @@ def _print_side_by_side(base: ScoreReport, adapted: ScoreReport, critical_class:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="Base model / the site's adapted model (`bloodcell adapt`)", box=box.SIMPLE_HEAD, pad_edge=False)
+    title = "Base model / the site's adapted model (`bloodcell adapt`)"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
     columns = ("site", "answered by", "accuracy", f"{critical_class}\nrecall", "alert\nraised", "alert on\nother cells")
     for column in columns:
         table.add_column(column, justify="left" if column in columns[:2] else "right", no_wrap=column not in columns[:2])

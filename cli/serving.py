@@ -115,7 +115,7 @@ def _print_table(rows: list[dict], critical_class: str) -> None:
 
     console = Console()
     # Fits an 80-column terminal: the file name folds, classes and numbers never do.
-    table = Table(title="Predictions", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title="Predictions", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
     table.add_column("file", overflow="fold")
     table.add_column("answer", no_wrap=True)
     table.add_column("p", justify="right", no_wrap=True)
