@@ -51,6 +51,7 @@ from training.site_adaptation import (
 from training.trainer_config import TrainerConfig
 
 log = logging.getLogger(__name__)
+BLANK = "blank or a single colour"  # why such an image is not used
 BLANK_SPREAD = 2.0  # an image whose values spread less than this (of 255) in every channel is blank or one colour
 BATCH = 64
 
@@ -93,7 +94,7 @@ def read_site_images(folder: str, limits: Limits) -> SiteImages:
             continue
         seen.add(digest)
         if float(np.asarray(checked.pixels, np.float32).reshape(-1, 3).std(axis=0).max()) < BLANK_SPREAD:
-            rejected[entry.relpath] = "blank or a single colour"
+            rejected[entry.relpath] = BLANK
             continue
         images.append(checked.image_bytes)
         files.append(entry.relpath)
@@ -107,7 +108,7 @@ def check_enough(site_images: SiteImages, folder: str, min_images: int) -> None:
         return
     reasons: dict[str, int] = {}
     for reason in site_images.rejected.values():
-        kind = "blank or a single colour" if reason == "blank or a single colour" else "unreadable or not an image"
+        kind = BLANK if reason == BLANK else "unreadable or not an image"
         reasons[kind] = reasons.get(kind, 0) + 1
     if site_images.duplicates:
         reasons["a repeat of another image"] = site_images.duplicates

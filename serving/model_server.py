@@ -111,9 +111,8 @@ class VersionManager:
         log.info("serving %s version %d from %s", self.model_name, wanted, path)
 
     def get(self, model_spec) -> LoadedVersion:
-        """The loaded version a request's ModelSpec asks for, or NOT_FOUND as TF Serving answers."""
-        if model_spec.name != self.model_name:
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({model_spec.name})")
+        """The loaded version a request's ModelSpec asks for (its name routed here by ServedModels), or NOT_FOUND
+        as TF Serving answers."""
         if model_spec.version_label:
             raise RequestError(
                 grpc.StatusCode.NOT_FOUND, f"Unrecognized servable version label: {model_spec.version_label}"
@@ -130,8 +129,6 @@ class VersionManager:
         return serving
 
     def statuses(self, model_spec) -> list[get_model_status_pb2.ModelVersionStatus]:
-        if model_spec.name != self.model_name:
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {model_spec.name}")
         with self._lock:
             states = dict(self._states)
         if model_spec.HasField("version"):
