@@ -90,12 +90,13 @@ def main(
     batch_size: int = typer.Option(32, help="Images per batched request."),
     batched_requests: int = typer.Option(64, help="Requests per batched run."),
     output: Optional[Path] = typer.Option(None, help="Write the results as JSON here."),
+    model_base_path: Optional[Path] = typer.Option(None, help="Serve this folder of versions [default: the pushed model]."),
     config_path: Path = CONFIG_OPTION,
 ) -> None:
     config = load_config_or_exit(config_path)
     processes: list[subprocess.Popen] = []
     try:
-        grpc_target, http_url = start_serving(config_path, processes, grpc_target, http_url)
+        grpc_target, http_url = start_serving(config_path, processes, grpc_target, http_url, model_base_path)
         results = _benchmark(config, grpc_target, http_url, concurrency, requests, batch_size, batched_requests)
     finally:
         stop(processes)

@@ -6,7 +6,6 @@ import dataclasses
 import enum
 import json
 import re
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
@@ -115,16 +114,15 @@ def _print_report(report: ScoreReport, classes: list[str], critical_class: str, 
 
 def _score(client: ServingClient, candidates: list[Candidate], config: Config, size: int) -> list[ScoredImage]:
     """Each candidate as a ScoredImage: the served answer, or why there is none. Reads `size` files at a time."""
-    from tqdm import tqdm
-
     from components.image_verification import UnreadableFileError, listing_problem, read_candidate
     from components.labelled_scores import ScoredImage
     from contracts.image_check import ImageRejectedError
+    from contracts.progress import progress
     from serving.screening import RequestCaps, screen_images
 
     limits, caps = image_limits(config), RequestCaps.of(config.serving, size)
     images = []
-    with tqdm(total=len(candidates), unit="img", disable=len(candidates) <= size, file=sys.stderr) as bar:
+    with progress(total=len(candidates), unit="img", small=len(candidates) <= size) as bar:
         for start in range(0, len(candidates), size):
             chunk = candidates[start : start + size]
             scored = [ScoredImage(c.key, c.site, c.label_name) for c in chunk]

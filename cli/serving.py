@@ -172,8 +172,7 @@ def predict(
     """Classify images with the model in TF Serving (gRPC Predict) and flag myeloblasts.
 
     Exit codes: 0 all classified, 1 serving error, 2 bad arguments, 3 some images not classified."""
-    from tqdm import tqdm
-
+    from contracts.progress import progress
     from serving.client import ServingError
     from serving.screening import RequestCaps, screen_images
 
@@ -183,8 +182,8 @@ def predict(
     size = batch_size or config.serving.batch_size
     outcomes = []
     try:
-        with serving_client(config, server, model, version, tls, root_cert, site) as client, tqdm(
-            total=len(files), unit="img", disable=len(files) <= size, file=sys.stderr
+        with serving_client(config, server, model, version, tls, root_cert, site) as client, progress(
+            total=len(files), unit="img", small=len(files) <= size
         ) as bar:
             for start in range(0, len(files), size):  # reads one batch of files at a time
                 chunk = [(str(f), f.read_bytes()) for f in files[start : start + size]]
@@ -321,7 +320,7 @@ def serve(
     serving = config.serving
     running = start_server(
         name, base, port, host, poll_wait_s or serving.poll_wait_s, serving.max_message_mb,
-        serving.max_concurrent_predictions, serving.max_queued_requests, model_config_file,
+        serving.max_concurrent_predictions, serving.max_queued_requests, model_config_file, serving.precision,
     )  # fmt: skip
     served = f"the models of {model_config_file}" if model_config_file else f"model {name} from {base}"
     typer.echo(f"serving {served} on {host}:{running.port} (Ctrl-C to stop)", err=True)

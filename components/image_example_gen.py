@@ -6,10 +6,11 @@ import logging
 import os
 import sys
 from collections import Counter
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import tensorflow as tf
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from tfx.components.util import examples_utils
 from tfx.dsl.component.experimental.annotations import (
     BeamComponentParameter,
@@ -44,9 +45,13 @@ from contracts.artifacts import (
 from contracts.data_roots import DataRoot, has_out_of_scope, roots_from_json
 from contracts.image_check import Limits
 
-# Beam's DirectRunner with several workers has been seen to lose a share of one split's records without an
-# error (docs/hardening.md); what was written is read back, and written again once.
+# What was written is read back and, where it falls short of the plan, written again once (docs/hardening.md).
 WRITE_ATTEMPTS = 2
+# Runners of this machine's process(es). With dynamic sharding (num_shards 0) their multi-worker FnApiRunner lost
+# records: the writer results a worker emits from finish_bundle did not all reach FinalizeWrite, whose clean-up
+# then deleted the unnamed temporary files. A fixed shard count writes each shard inside one `process` call
+# after a GroupByKey (as TFX's BulkInferrer does for local runners since tensorflow/tfx#7856).
+LOCAL_RUNNERS = frozenset({"DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner", "FnApiRunner"})
 
 
 def to_example(record: ImageRecord, labels: list[str]) -> bytes:
@@ -152,6 +157,26 @@ def check_accounting(listed: list[str], accounted: list[str]) -> None:
         raise IngestionError(f"ingestion accounting of {len(listed)} listed files failed ({'; '.join(problems)})")
 
 
+class Shortfall(NamedTuple):
+    """A split, class and site whose written tf.Examples differ in number from the plan."""
+
+    split: str
+    label: str
+    site: str
+    written: int
+    planned: int
+
+    def __str__(self) -> str:
+        return f"{self.split} {self.label} at {self.site}: {self.written} written, {self.planned} planned"
+
+
+def num_shards(options: PipelineOptions | None) -> int:
+    """Files per split: one on a local runner (see LOCAL_RUNNERS), the runner's choice (0) on a distributed one."""
+    runner = options.view_as(StandardOptions).runner if options else None
+    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
+    return 1 if name is None or name.rsplit(".", 1)[-1] in LOCAL_RUNNERS else 0
+
+
 def _is_record(result: ImageRecord | Rejection, _: int) -> int:
     return 0 if isinstance(result, ImageRecord) else 1
 
@@ -173,6 +198,7 @@ def _write_examples(
     report_path: str,
     loose: list[str],
 ) -> None:
+    shards = num_shards(pipeline.options)
     results = (
         pipeline
         | "ListFiles" >> beam.Create(candidates)
@@ -198,6 +224,7 @@ def _write_examples(
             >> beam.io.WriteToTFRecord(
                 os.path.join(split_folder(examples_uri, name), "data_tfrecord"),
                 file_name_suffix=".gz",
+                num_shards=shards,
                 compression_type=beam.io.filesystem.CompressionTypes.GZIP,
             )
         )
@@ -236,7 +263,7 @@ def written_counts(examples_uri: str, split: str) -> Counter:
     return counts
 
 
-def unwritten(examples_uri: str, report: dict[str, Any]) -> list[str]:
+def unwritten(examples_uri: str, report: dict[str, Any]) -> list[Shortfall]:
     """Where the written splits differ from the images the report counts, per split, site and class: the report
     is computed from the plan, this reads back what the Beam job wrote (empty: they agree)."""
     wrong = []
@@ -246,15 +273,15 @@ def unwritten(examples_uri: str, report: dict[str, Any]) -> list[str]:
             {(site, c): n[split] for site, per_class in report["counts_by_site"].items() for c, n in per_class.items()}
         )
         wrong += [
-            f"{split} {c} at {site}: {written[(site, c)]} written, {planned[(site, c)]} planned"
+            Shortfall(split, c, site, written[(site, c)], planned[(site, c)])
             for site, c in sorted(set(planned) | set(written))
             if written[(site, c)] != planned[(site, c)]
         ]
     return wrong
 
 
-def _differ(wrong: list[str]) -> str:
-    return "the written tf.Examples differ from the ingestion plan (" + "; ".join(wrong) + ")"
+def _differ(wrong: list[Shortfall]) -> str:
+    return "the written tf.Examples differ from the ingestion plan (" + "; ".join(map(str, wrong)) + ")"
 
 
 def check_report(report: dict[str, Any], classes: list[str], hold_out: str = "") -> None:
@@ -340,7 +367,7 @@ def ImageExampleGen(  # noqa: N802 - TFX component names are classes
         examples.uri, os.path.join(report.uri, INGESTION_REPORT_FILE), beam_pipeline, input_fingerprint,
     )  # fmt: skip
     examples.split_names = artifact_utils.encode_split_names(list(result["split_totals"]))
-    for key in ("found", "ingested", "duplicates", "rejected"):
+    for key in ("found", "ingested", "duplicates", "rejected", "write_attempts", "short_in_first_write"):
         report.set_int_custom_property(key, result[key])
     check_report(result, json.loads(classes_json), hold_out)
 
@@ -370,6 +397,7 @@ def run_ingestion(
         len(candidates), ", ".join(r.path for r in roots), input_fingerprint[:16] or "none",
     )  # fmt: skip
     options = beam_pipeline.options if beam_pipeline else None
+    short_in_first_write = 0
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         # The first attempt runs the component's own Beam pipeline; another, a new one with the same options.
         pipeline = beam_pipeline if attempt == 1 and beam_pipeline else beam.Pipeline(options=options)
@@ -380,7 +408,12 @@ def run_ingestion(
         if attempt == 1:
             logging.info("ImageExampleGen: %s", summarise(result))
         wrong = unwritten(examples_uri, result)
+        if attempt == 1:
+            short_in_first_write = sum(max(0, w.planned - w.written) for w in wrong)
         if not wrong:
+            result.update(write_attempts=attempt, short_in_first_write=short_in_first_write)
+            with tf.io.gfile.GFile(report_path, "w") as f:
+                json.dump(result, f, indent=1)
             return result
         if attempt < WRITE_ATTEMPTS:
             logging.warning("ImageExampleGen: %s; writing the examples again", _differ(wrong))

@@ -16,7 +16,6 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
-from tqdm import tqdm
 
 from components.atomic_pusher import publish
 from components.file_listing import UnreadableFileError, list_files, read_file
@@ -30,6 +29,7 @@ from contracts.artifacts import (
 )
 from contracts.config import Adaptation
 from contracts.image_check import ImageRejectedError, Limits, check_image
+from contracts.progress import progress
 from contracts.signatures import PREDICTED_INDEX, PROBABILITIES, alert_output, site_model_name
 from contracts.site_models import (
     ROLLED_BACK_FOLDER,
@@ -78,7 +78,7 @@ def read_site_images(folder: str, limits: Limits) -> SiteImages:
     image with content of its own is used; every other file is rejected with the reason, or counted as a repeat."""
     images, files, rejected, seen, duplicates = [], [], {}, set(), 0
     listed = list_files(folder)
-    for entry in tqdm(listed, desc="reading the site's images", unit="file", disable=None):
+    for entry in progress(listed, desc="reading the site's images", unit="file"):
         if entry.problem:
             rejected[entry.relpath] = entry.problem
             continue

@@ -84,6 +84,7 @@ class Training:
     mixstyle: float                 # MixStyle probability after the first two blocks (training only; 0 = off)
     look_consistency: float         # weight of the loss that holds each answer when its image takes another site's colours
     weight_average: float           # decay per step of the weights' moving average that is validated and exported
+    precision: str                  # auto: training steps in bfloat16 where the CPU has AMX/AVX-512 BF16 | float32
     seed: int
 
 
@@ -196,6 +197,7 @@ class Serving:
     max_concurrent_predictions: int  # local server: requests computing at once
     max_queued_requests: int    # local server: requests waiting for a slot; more get RESOURCE_EXHAUSTED
     web_max_connections: int    # web endpoint: connections and requests at once; more get 503
+    precision: str              # local server: auto (bfloat16 where the CPU has AMX/AVX-512 BF16, else float32) | float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,6 +353,9 @@ def _validate(config: Config) -> None:
     ):
         if not 0.0 <= probability <= 1.0:
             raise ConfigError(f"{name}: a probability, between 0 and 1")
+    for name, precision in (("serving.precision", config.serving.precision), ("training.precision", config.training.precision)):
+        if precision not in ("auto", "float32"):
+            raise ConfigError(f"{name}: auto or float32, got {precision!r}")
     if not 0.0 <= config.training.weight_average < 1.0:
         raise ConfigError("training.weight_average: 0 (off) or a decay per step, at least 0 and under 1")
     if config.training.look_consistency < 0:

@@ -15,7 +15,7 @@ from ml_metadata.metadata_store import metadata_store
 from tfx.dsl.placeholder import placeholder as ph
 from tfx.orchestration import metadata
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
-from tfx.orchestration.pipeline import Pipeline
+from tfx.orchestration.pipeline import Pipeline, RunOptions
 
 from bloodcell import RunSummary as RunSummaryArtifact
 from components.image_example_gen import code_fingerprint
@@ -104,6 +104,12 @@ def run_local(config: Config, enable_cache: bool = True) -> tuple[RunSummary, st
 
 
 def _run(config: Config, enable_cache: bool) -> tuple[RunSummary, str]:
+    run_pipeline(config, enable_cache)
+    return latest_summary(config)
+
+
+def run_pipeline(config: Config, enable_cache: bool = True, last_step: str | None = None) -> None:
+    """Builds the pipeline as `bloodcell run` does and runs it, or its steps up to `last_step` (a node id)."""
     roots = config.paths.data_roots
     input_fingerprint = f"{fingerprint(roots)}:{code_fingerprint()}"
     logging.info("data roots %s, fingerprint %s", ", ".join(r.path for r in roots), input_fingerprint[:16])
@@ -119,8 +125,7 @@ def _run(config: Config, enable_cache: bool) -> tuple[RunSummary, str]:
         enable_cache=enable_cache,
     )
     package_module_files(pipeline)
-    LocalDagRunner().run(pipeline)
-    return latest_summary(config)
+    LocalDagRunner().run(pipeline, run_options=RunOptions(to_nodes=[last_step]) if last_step else None)
 
 
 def package_module_files(pipeline: Pipeline) -> None:

@@ -30,6 +30,7 @@ from tensorflow_serving.apis import (
 from contracts.artifacts import served_versions
 from contracts.signatures import SERVING_SIGNATURE
 from contracts.site_models import read_model_server_config
+from training.precision import enable_bfloat16
 
 log = logging.getLogger(__name__)
 MB = 1024 * 1024
@@ -367,6 +368,7 @@ def start_server(
     max_concurrent_predictions: int = 4,
     max_queued_requests: int = 64,
     model_config_file: str | Path | None = None,
+    precision: str = "float32",
 ) -> RunningServer:
     """Loads the model, then serves TF Serving's PredictionService and ModelService on host:port
     (port 0 picks a free port). Returns at once; call `.stop()` to shut down.
@@ -374,7 +376,9 @@ def start_server(
     At most `max_concurrent_predictions` requests compute at once (memory stays bounded), at most
     `max_queued_requests` wait; more are refused with RESOURCE_EXHAUSTED. With `model_config_file` (a
     ModelServerConfig: the base model and its site-adapted models, contracts.site_models) the models are those it
-    lists, followed as it changes; `model_name` is then the one `.manager` returns."""
+    lists, followed as it changes; `model_name` is then the one `.manager` returns. `precision`:
+    `training.precision.enable_bfloat16`, before any model is loaded."""
+    computing = "bfloat16 (oneDNN)" if enable_bfloat16(precision) else "float32"
     workers = max_concurrent_predictions + max_queued_requests + 4  # the rest answer status calls and refusals
     config_file = Path(model_config_file) if model_config_file else None
     models = ServedModels({model_name: Path(model_base_path)}, config_file, poll_wait_s)
@@ -393,5 +397,5 @@ def start_server(
     bound = server.add_insecure_port(f"{host}:{port}")
     server.start()
     served = f"the models of {config_file}" if config_file else f"model {model_name} (base path {model_base_path})"
-    log.info("TF Serving gRPC API for %s on %s:%d", served, host, bound)
+    log.info("TF Serving gRPC API for %s on %s:%d, computing in %s", served, host, bound, computing)
     return RunningServer(server, models, model_name, bound)

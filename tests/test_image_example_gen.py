@@ -183,7 +183,7 @@ def test_written_examples_are_checked_against_the_plan_and_a_lost_record_is_name
         for k, r in enumerate(records):
             if k != lost:
                 writer.write(r)
-    assert unwritten(str(out), report) == ["holdout seg_neutrophil at munich: 1 written, 2 planned"]
+    assert [str(s) for s in unwritten(str(out), report)] == ["holdout seg_neutrophil at munich: 1 written, 2 planned"]
 
 
 @pytest.mark.parametrize("losing_jobs", [1, 2])
@@ -217,6 +217,31 @@ def test_splits_that_fall_short_are_written_again_and_short_twice_stop_the_run(t
     assert unwritten(str(out), report) == []
     assert lost in {row[features.RELPATH].decode() for split in SPLITS for row in read_split(out, split)}
     assert caplog.text.count("writing the examples again") == 1
+    assert (report["write_attempts"], report["short_in_first_write"]) == (2, 1)  # the report says what happened
+    assert json.loads((out / INGESTION_REPORT_FILE).read_text())["write_attempts"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "shards"),
+    [([], 1), (["--runner=DirectRunner"], 1), (["--runner=SwitchingDirectRunner"], 1), (["--runner=DataflowRunner"], 0)],
+)
+def test_local_runners_write_a_fixed_number_of_files_distributed_ones_choose(args, shards):
+    assert image_example_gen.num_shards(PipelineOptions(args)) == shards
+
+
+def test_two_worker_processes_write_every_record_in_one_attempt(tmp_path):
+    """The ingestion on the DirectRunner with two worker processes (each split written as one file after a
+    GroupByKey, not from the workers' bundles): every planned record is read back after the first write."""
+    subsets = make_site_subsets(tmp_path / "data", {"blood-cells-5class": 8, "barcelona-extra": 4, "munich-extra": 2})
+    out = tmp_path / "out"
+    options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    report = run_ingestion(
+        [DataRoot(str(p)) for p in subsets], CLASSES, LIMITS, RATIOS, 42, "", str(out), str(out / INGESTION_REPORT_FILE),
+        beam.Pipeline(options=options),
+    )  # fmt: skip
+    assert (report["write_attempts"], report["short_in_first_write"]) == (1, 0)
+    assert sum(report["split_totals"].values()) == report["ingested"] == sum(len(read_split(out, s)) for s in SPLITS)
+    assert all(len(example_files(str(out), s)) == 1 for s in SPLITS)
 
 
 def test_an_out_of_scope_root_is_ingested_into_splits_of_its_own_and_never_mixed_with_the_five(tmp_path):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -15,6 +18,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from contracts.signatures import SERVING_INPUT
 from serving.client import ServingClient, ServingError, string_tensor
 from tests.helpers import CLASSES, CONFIG, bomb_png, png_header, real_files
+from training.precision import cpu_has_bfloat16
 
 
 def raw_predict(target: str, images: list[bytes], input_key: str = SERVING_INPUT):
@@ -162,3 +166,33 @@ def test_hot_reload_under_load_and_a_broken_version_keeps_the_old_one(model_serv
         status = {s.version: s for s in client.status()}
         assert "failed to load" in status[3].error and status[2].state == "AVAILABLE"
         assert client.predict([image])[0].model_version == 2
+
+
+BFLOAT16_PROBABILITIES = """
+import json, sys
+import tensorflow as tf
+from contracts.signatures import SERVING_INPUT
+from training.precision import enable_bfloat16
+assert enable_bfloat16("auto")
+images = [open(path, "rb").read() for path in sys.argv[2:]]
+outputs = tf.saved_model.load(sys.argv[1]).signatures["serving_default"](**{SERVING_INPUT: tf.constant(images)})
+print(json.dumps(outputs["probabilities"].numpy().tolist()))
+"""
+
+
+@pytest.mark.skipif(not cpu_has_bfloat16(), reason="this CPU has no native bfloat16: the server stays in float32")
+def test_a_server_in_bfloat16_answers_as_the_float32_model_within_its_rounding(model_exports):
+    """`serving.precision: auto` (the server process's graph rewrite) on real images: the probabilities of the
+    float32 model within bfloat16's rounding (8 bits of mantissa), the same top class where it leads by more."""
+    files = [str(f) for c in CLASSES for f in real_files(c, 2)]
+    done = subprocess.run(
+        [sys.executable, "-c", BFLOAT16_PROBABILITIES, str(model_exports["random"]), *files],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    in_bfloat16 = np.array(json.loads(done.stdout.strip().splitlines()[-1]))
+    direct = tf.saved_model.load(str(model_exports["random"])).signatures["serving_default"]
+    in_float32 = direct(**{SERVING_INPUT: tf.constant([open(f, "rb").read() for f in files])})["probabilities"].numpy()
+    np.testing.assert_allclose(in_bfloat16, in_float32, atol=0.01)
+    top_two = np.sort(in_float32, axis=1)[:, -2:]
+    clear = top_two[:, 1] - top_two[:, 0] > 0.02
+    assert (in_bfloat16.argmax(axis=1) == in_float32.argmax(axis=1))[clear].all()

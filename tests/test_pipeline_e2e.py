@@ -476,9 +476,9 @@ def test_hold_out_benchmark_trains_without_a_root_and_scores_it(blocked, workspa
     assert "test split without it: " in done.stdout and (tmp_path / "bench" / "model" / "saved_model.pb").exists()
 
 
-def test_train_step_benchmark_times_both_kernel_settings(blocked):
+def test_train_step_benchmark_times_the_stream_and_each_kernel_and_precision_setting(blocked):
     """benchmarks/train_step.py (docs/results.md) times the Trainer's own training stream and CNN on a run's
-    split in a process without oneDNN's kernels and one with them."""
+    split in a process without oneDNN's kernels, one with them and one at training.precision auto."""
     examples_uri = store_of(blocked.config).get_artifacts_by_type("Examples")[0].uri
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.train_step", examples_uri, "--steps", "2", "--epochs", "1"]
@@ -489,8 +489,11 @@ def test_train_step_benchmark_times_both_kernel_settings(blocked):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
-    assert [line.split(":")[0] for line in lines] == ["TF_ENABLE_ONEDNN_OPTS=0", "TF_ENABLE_ONEDNN_OPTS=1"]
-    assert all(float(line.split()[1]) > 0 and " s per epoch of " in line for line in lines)
+    names = [line.split(":")[0].removesuffix(" (bfloat16)") for line in lines]
+    settings = (("0", "float32"), ("1", "float32"), ("1", "auto"))
+    assert names == [f"TF_ENABLE_ONEDNN_OPTS={onednn}, training.precision={precision}" for onednn, precision in settings]
+    assert all(float(line.split(": ")[1].split()[0]) > 0 and " s per epoch of " in line for line in lines)
+    assert all(float(line.split("the input stream alone ")[1].split()[0]) > 0 for line in lines)
 
 
 def test_leave_one_site_out_trains_without_the_site_scores_it_and_pushes_nothing(blocked, tmp_path):

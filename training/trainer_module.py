@@ -27,6 +27,7 @@ from training.export import export_serving_model
 from training.model import build_model
 from training.operating_point import OperatingPoint, fit_operating_point
 from training.outputs import Outputs, outputs_of
+from training.precision import bfloat16_rewrite
 from training.preprocessing import preprocess_image, training_examples
 from training.sampling import balanced_dataset
 from training.test_time_views import averaged_probabilities
@@ -270,14 +271,16 @@ def fit(
     ]
     class_weight = {k: 1.0 for k in range(outputs.count)}
     class_weight[config.critical_index] = training.critical_class_weight
-    model.fit(
-        train_ds,
-        steps_per_epoch=steps,
-        epochs=epochs,
-        callbacks=callbacks,
-        class_weight=class_weight,
-        verbose=0,  # EpochLog logs each epoch once
-    )
+    with bfloat16_rewrite(training.precision) as in_bfloat16:
+        logging.info("Trainer: training steps in %s", "bfloat16 (oneDNN)" if in_bfloat16 else "float32")
+        model.fit(
+            train_ds,
+            steps_per_epoch=steps,
+            epochs=epochs,
+            callbacks=callbacks,
+            class_weight=class_weight,
+            verbose=0,  # EpochLog logs each epoch once
+        )
     return model, epoch_log.rows, eval_ds
 
 

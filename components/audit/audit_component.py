@@ -1,5 +1,6 @@
 """ShortcutAudit: the audit of `shortcut_audit` as a pipeline step, on the run's splits and model."""
 
+import io
 import itertools
 import json
 import os
@@ -8,12 +9,14 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 from bloodcell import ShortcutAuditReport
-from components.audit.shortcut_audit import Predict, Predictions, run_audit
+from components.audit import stress
+from components.audit.shortcut_audit import VARIANT_REDUCTION, Predict, Predictions, run_audit
 from contracts.artifacts import AUDIT_FILE, SERVING_FORMAT, example_files
 from contracts.signatures import PREDICTED_INDEX, SERVING_INPUT, SERVING_SIGNATURE, alert_output
 from training.preprocessing import labelled_examples
@@ -30,8 +33,19 @@ def load_split(examples_uri: str, split: str) -> tuple[list[bytes], list[int], l
 
 
 def decode(encoded: Iterable[bytes]) -> Iterator[np.ndarray]:
-    """Decodes one image at a time (the train split does not fit in memory decoded)."""
+    """Decodes one image at a time."""
     return (tf.io.decode_image(b, channels=3, expand_animations=False).numpy() for b in encoded)
+
+
+def decode_reduced(encoded: Iterable[bytes], factor: int) -> Iterator[np.ndarray]:
+    """Decodes one image at a time (the train split does not fit in memory decoded) at 1/`factor` of each side:
+    a JPEG by its own DCT scaling (Pillow's draft mode, a fraction of the decoding), others whole, then reduced."""
+    for data in encoded:
+        with Image.open(io.BytesIO(data)) as image:
+            size = image.size
+            image.draft("RGB", (size[0] // factor, size[1] // factor))
+            pixels = np.asarray(image.convert("RGB"))
+        yield stress.reduce(pixels, factor) if pixels.shape[1] == size[0] else pixels
 
 
 def saved_model_predictor(model_dir: str, critical_class: str, batch_size: int = 64) -> Predict:
@@ -64,7 +78,7 @@ def audit_examples(
     train_bytes, train_labels, train_sites = load_split(examples_uri, "train")
     test_bytes, test_labels, test_sites = load_split(examples_uri, "test")
     return run_audit(
-        decode(train_bytes),
+        decode_reduced(train_bytes, VARIANT_REDUCTION),
         train_labels,
         train_sites,
         list(decode(test_bytes)),

@@ -89,6 +89,11 @@ def normalise_stain(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return lab_to_rgb(lab)[inverse].reshape(image.shape)
 
 
+def reduce(image: np.ndarray, factor: int) -> np.ndarray:
+    """The image with each side `factor` times shorter (mean of each factor x factor block)."""
+    return np.asarray(Image.fromarray(image).reduce(factor)) if factor > 1 else image
+
+
 def rescale(image: np.ndarray, scale: float, size: tuple[int, int]) -> np.ndarray:
     """Magnifies the content by `scale` about the centre and returns a (height, width) = `size` image:
     a centre crop when the content grew past it, mirrored borders where it shrank inside it."""
