@@ -36,8 +36,8 @@ def seconds_per_step(
     import tf_keras as keras
 
     from contracts.artifacts import example_files
+    from contracts.precision import bfloat16_rewrite
     from pipelines.configs import trainer_config
-    from training.precision import bfloat16_rewrite
     from training.trainer_module import training_stream_and_model
 
     trainer = trainer_config(load_config_or_exit(config, overrides))

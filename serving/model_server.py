@@ -28,9 +28,9 @@ from tensorflow_serving.apis import (
 )
 
 from contracts.artifacts import served_versions
+from contracts.precision import enable_bfloat16
 from contracts.signatures import SERVING_SIGNATURE
 from contracts.site_models import read_model_server_config
-from training.precision import enable_bfloat16
 
 log = logging.getLogger(__name__)
 MB = 1024 * 1024
@@ -377,7 +377,7 @@ def start_server(
     `max_queued_requests` wait; more are refused with RESOURCE_EXHAUSTED. With `model_config_file` (a
     ModelServerConfig: the base model and its site-adapted models, contracts.site_models) the models are those it
     lists, followed as it changes; `model_name` is then the one `.manager` returns. `precision`:
-    `training.precision.enable_bfloat16`, before any model is loaded."""
+    `contracts.precision.enable_bfloat16`, before any model is loaded."""
     computing = "bfloat16 (oneDNN)" if enable_bfloat16(precision) else "float32"
     workers = max_concurrent_predictions + max_queued_requests + 4  # the rest answer status calls and refusals
     config_file = Path(model_config_file) if model_config_file else None

@@ -15,10 +15,10 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from contracts.precision import cpu_has_bfloat16
 from contracts.signatures import SERVING_INPUT
 from serving.client import ServingClient, ServingError, string_tensor
 from tests.helpers import CLASSES, CONFIG, bomb_png, png_header, real_files
-from training.precision import cpu_has_bfloat16
 
 
 def raw_predict(target: str, images: list[bytes], input_key: str = SERVING_INPUT):
@@ -172,7 +172,7 @@ BFLOAT16_PROBABILITIES = """
 import json, sys
 import tensorflow as tf
 from contracts.signatures import SERVING_INPUT
-from training.precision import enable_bfloat16
+from contracts.precision import enable_bfloat16
 assert enable_bfloat16("auto")
 images = [open(path, "rb").read() for path in sys.argv[2:]]
 outputs = tf.saved_model.load(sys.argv[1]).signatures["serving_default"](**{SERVING_INPUT: tf.constant(images)})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from training.precision import bfloat16_rewrite, cpu_has_bfloat16, enable_bfloat16
+from contracts.precision import bfloat16_rewrite, cpu_has_bfloat16, enable_bfloat16
 
 REWRITE = "auto_mixed_precision_onednn_bfloat16"
 

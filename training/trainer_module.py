@@ -15,6 +15,7 @@ from tfx.components.tuner.component import TunerFnResult
 
 from contracts.artifacts import HISTORY_FILE, TRAINED_OPERATING_POINT_FILE, write_json
 from contracts.config import Augmentation, Preprocessing
+from contracts.precision import bfloat16_rewrite
 from training.augmentation import (
     at_another_magnification,
     build_augmenter,
@@ -27,7 +28,6 @@ from training.export import export_serving_model
 from training.model import build_model
 from training.operating_point import OperatingPoint, fit_operating_point
 from training.outputs import Outputs, outputs_of
-from training.precision import bfloat16_rewrite
 from training.preprocessing import preprocess_image, training_examples
 from training.sampling import balanced_dataset
 from training.test_time_views import averaged_probabilities
